@@ -1,0 +1,68 @@
+# optrepro — every target that runs code first makes sure the environment is installed (`setup`).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+# sweep-eps / reproduce-table parameters (override on the command line)
+TASK ?= toy2d
+OPTIMIZERS ?= adam,eadam,adabelief
+EPS ?= 1e-16,1e-12,1e-8,1e-6,1e-4
+SEEDS ?= 0,1,2
+LAUNCHER ?= basic
+TABLE ?= all
+
+.PHONY: help setup test test-all demo reproduce-table sweep-eps bench lint format wandb-sync clean
+
+help:
+	@echo "make demo             the whole pipeline at CPU scale (no downloads), report in results/demo/"
+	@echo "make test             the test suite (installs everything first)"
+	@echo "make reproduce-table  TABLE=<name> paper-scale sweep + analysis (GPU, downloads data)"
+	@echo "make sweep-eps        TASK=... OPTIMIZERS=... EPS=... SEEDS=... an eps sweep + its analysis"
+	@echo "make bench            optimizer and training-throughput benchmarks -> results/bench/"
+	@echo "make lint             ruff"
+	@echo "make wandb-sync       upload offline wandb runs under results/"
+	@echo "make clean            remove caches (never results/)"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	@echo "make demo: not implemented yet (analysis issue)"; exit 1
+
+reproduce-table: setup
+	@echo "make reproduce-table: not implemented yet (analysis issue)"; exit 1
+
+sweep-eps: setup
+	@echo "make sweep-eps: not implemented yet (sweeps issue)"; exit 1
+
+bench: setup
+	$(BIN)/python scripts/bench_optim.py
+
+lint: setup
+	$(BIN)/ruff check src tests scripts
+
+format: setup
+	$(BIN)/ruff format src tests scripts
+
+wandb-sync: setup
+	@found=$$(find results -path '*/wandb/offline-run-*' -maxdepth 6 -type d 2>/dev/null); \
+	if [ -z "$$found" ]; then echo "no offline wandb runs under results/"; exit 0; fi; \
+	$(BIN)/wandb sync $$found
+
+clean:
+	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

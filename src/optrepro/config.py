@@ -1,0 +1,229 @@
+"""From composed Hydra config to the resolved config a run records, and one-line config errors.
+
+Precedence, lowest first (each layer only touches what the ones above it did not set):
+
+1. ``configs/optimizer/<name>.yaml``            the reference's own defaults
+2. ``task.recipe[key]`` for key in ``optimizer.recipe_keys``   the paper's per-optimizer settings
+3. ``task.profiles[profile.name]``              e.g. ``smoke`` shrinks epochs and data
+4. command-line overrides                       always win
+
+After resolution ``task.recipe`` and ``task.profiles`` are dropped: ``config.yaml`` shows the
+values actually used, and editing an unrelated recipe entry does not change a run's identity.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+
+from optrepro.errors import UserError
+
+CONFIG_DIR = Path(os.environ.get("OPTREPRO_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+GROUPS = ("task", "optimizer", "profile", "experiment")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def group_options(group: str) -> list[str]:
+    """Config names available in a group folder (e.g. every file in configs/task/)."""
+    folder = CONFIG_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+# ------------------------------------------------------------------------------ overrides
+def parse_overrides(overrides: Sequence[str]) -> list[Any]:
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_overrides(list(overrides))
+    except Exception as exc:  # hydra's OverrideParseException is multi-line
+        raise UserError(f"cannot parse the command line: {_first_line(exc)}") from None
+
+
+def overridden_keys(overrides: Sequence[str]) -> set[str]:
+    """Dotted keys set on the command line (``optimizer.eps=1e-16`` -> ``optimizer.eps``)."""
+    return {o.key_or_group for o in parse_overrides(overrides) if not o.key_or_group.startswith("hydra")}
+
+
+def expand_for_checking(overrides: Sequence[str]) -> list[list[str]]:
+    """Single-run override lists that together use every value of every sweep once.
+
+    ``a=1,2 b=x,y,z`` gives ``[a=1 b=x]``, ``[a=2 b=x]``, ``[a=1 b=y]``, ``[a=1 b=z]``: each value
+    is checked once without composing the whole grid.
+    """
+    parsed = parse_overrides(overrides)
+    base: list[str] = []
+    sweeps: list[tuple[int, list[str]]] = []
+    for o in parsed:
+        if o.key_or_group.startswith("hydra"):
+            continue
+        if o.is_sweep_override():
+            key = o.input_line.split("=", 1)[0]
+            values = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            if not values:
+                raise UserError(f"'{o.input_line}' sweeps over no values")
+            sweeps.append((len(base), values))
+            base.append(values[0])
+        else:
+            base.append(o.input_line)
+    combos = [list(base)]
+    for position, values in sweeps:
+        for value in values[1:]:
+            combo = list(base)
+            combo[position] = value
+            combos.append(combo)
+    return combos
+
+
+def check_group_choices(overrides: Sequence[str]) -> None:
+    """Unknown task/optimizer/profile/experiment names, as one line listing the valid ones."""
+    for o in parse_overrides(overrides):
+        group = o.key_or_group
+        if group not in GROUPS:
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.value()]
+        allowed = group_options(group)
+        for value in values:
+            if value is None or str(value) == "null":
+                continue
+            if str(value) not in allowed:
+                raise UserError(f"unknown {group} '{value}' ({group}={value}); choose one of: {', '.join(allowed)}")
+
+
+# ------------------------------------------------------------------------------ resolution
+def _set_unless_overridden(node: DictConfig, prefix: str, patch: Any, cli_keys: set[str]) -> None:
+    """Merge ``patch`` into ``node`` key by key, skipping keys the command line set."""
+    for key, value in patch.items():
+        dotted = f"{prefix}.{key}"
+        if dotted in cli_keys:
+            continue
+        if isinstance(value, DictConfig) and isinstance(node.get(key), DictConfig):
+            _set_unless_overridden(node[key], dotted, value, cli_keys)
+        else:
+            with open_dict(node):
+                node[key] = value
+
+
+def resolve_config(cfg: DictConfig, cli_overrides: Sequence[str]) -> DictConfig:
+    """Apply recipe and profile layers (module docstring) and return a new, resolved config."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    cli_keys = overridden_keys(cli_overrides)
+    task, optimizer = cfg.task, cfg.optimizer
+    recipes = task.get("recipe") or {}
+    for key in optimizer.get("recipe_keys") or []:
+        patch = recipes.get(key)
+        if patch:
+            _set_unless_overridden(optimizer, "optimizer", patch, cli_keys)
+    profile_name = cfg.profile.name if "profile" in cfg else "default"
+    patch = (task.get("profiles") or {}).get(profile_name)
+    if patch:
+        _set_unless_overridden(task, "task", patch, cli_keys)
+    with open_dict(task):
+        task.pop("recipe", None)
+        task.pop("profiles", None)
+    return cfg
+
+
+# ------------------------------------------------------------------------------ validation
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` is bf16 autocast on a GPU that supports it, fp32 elsewhere."""
+    if name not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got '{name}'")
+    if name != "auto":
+        return name
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Catch bad values before any folder is written; each error names its key."""
+    from optrepro.optim import build_optimizer
+    from optrepro.tasks import task_class
+
+    if not isinstance(cfg.get("seed"), int):
+        raise UserError(f"seed must be an integer, got {cfg.get('seed')!r}")
+    if cfg.precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
+    every = cfg.checkpoint.get("every_steps", 0)
+    if not isinstance(every, int) or every < 0:
+        raise UserError(f"checkpoint.every_steps must be an integer >= 0, got {every!r}")
+    for key in ("lr", "eps", "weight_decay"):
+        value = cfg.optimizer.get(key)
+        if value is not None and not isinstance(value, (int, float)):
+            raise UserError(f"optimizer.{key} must be a number, got {value!r}")
+        if isinstance(value, float) and math.isnan(value):
+            raise UserError(f"optimizer.{key} must be a number, got nan")
+    betas = cfg.optimizer.get("betas")
+    if betas is not None:
+        if not isinstance(betas, (ListConfig, list, tuple)) or len(betas) != 2:
+            raise UserError(f"optimizer.betas must be a pair like [0.9,0.999], got {betas!r}")
+        for i, b in enumerate(betas):
+            if not isinstance(b, (int, float)) or not 0.0 <= float(b) < 1.0:
+                raise UserError(f"optimizer.betas[{i}] must be in [0, 1), got {b!r}")
+    try:  # the optimizer's own checks, on a throwaway parameter
+        build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optimizer)
+    except (ValueError, TypeError) as exc:
+        message = _first_line(exc)
+        if "optimizer." not in message:
+            message = f"optimizer ({cfg.optimizer.get('name')}): {message}"
+        raise UserError(message) from None
+    cls = task_class(str(cfg.task.get("kind")))
+    check = getattr(cls, "validate_config", None)
+    if check is not None:
+        check(cfg.task)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def preflight(argv: Iterable[str]) -> None:
+    """Compose and validate every single-run config a command line implies, before Hydra starts.
+
+    Turns Hydra/OmegaConf's multi-line errors into one line and catches bad values of every
+    swept value before the first job trains.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [a for a in argv if not a.startswith("-")]
+    check_group_choices(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            for combo in expand_for_checking(overrides):
+                try:
+                    cfg = compose(config_name="train", overrides=combo)
+                except Exception as exc:  # noqa: BLE001 - any compose error is a config error
+                    raise UserError(_compose_message(exc)) from None
+                validate_config(resolve_config(cfg, combo))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _compose_message(exc: BaseException) -> str:
+    text = f"{exc}\n{exc.__cause__ or ''}"
+    first = _first_line(exc)
+    if "not in struct" in text and first.startswith("Could not override '"):
+        key = first.split("'")[1]
+        return f"unknown config key '{key}' (see `python -m optrepro.train --cfg job` for the keys; add with +{key}=...)"
+    return first

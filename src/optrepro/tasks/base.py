@@ -1,0 +1,210 @@
+"""What every task provides to the training loop, and small shared pieces (batch order, RNG state).
+
+A task owns its data, model(s), optimizer(s) and schedule, and keeps its own step/epoch counters,
+so the loop in :mod:`optrepro.train` stays the same for a 2-D toy, a CIFAR net, an LSTM with
+variable-length BPTT and a GAN with two optimizers. The loop only calls, in order::
+
+    task = TaskClass(cfg.task, ctx)      # build data, model, optimizer(s)
+    task.load_state_dict(...)            # when resuming
+    while not task.done():
+        logs = task.train_step()         # one optimizer step; logs["loss"] is a scalar
+        if task.eval_due(): task.evaluate()
+    task.finalize(run_dir)               # write artifacts (trajectories, sample grids)
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+import random
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from optrepro.optim import build_optimizer
+
+
+@dataclass
+class RunContext:
+    """What a task needs from the run: the whole config, where to compute, how to make optimizers."""
+
+    cfg: DictConfig
+    device: torch.device
+    precision: str  # "fp32" | "bf16" | "fp16"
+    seed: int
+    run_dir: Path | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def make_optimizer(self, params: Iterable[Any]) -> torch.optim.Optimizer:
+        """The optimizer the config names (with the task's per-optimizer recipe already applied)."""
+        return build_optimizer(params, self.cfg.optimizer)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed precision for forward passes when the config asks for it (bf16 on GPU by default)."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+
+class Task(abc.ABC):
+    """Base class of all tasks. Subclasses set ``metric`` and ``mode`` and implement the methods."""
+
+    #: name of the primary metric reported in summary.json (e.g. "test_acc")
+    metric: str = "loss"
+    #: "max" when larger is better, "min" otherwise
+    mode: str = "min"
+
+    def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
+        self.cfg = cfg
+        self.ctx = ctx
+        self.step = 0  # optimizer steps done
+
+    # --- the loop's interface --------------------------------------------------
+    @abc.abstractmethod
+    def train_step(self) -> dict[str, Any]:
+        """Do one optimization step and advance ``self.step``; return at least {"loss": scalar}."""
+
+    @abc.abstractmethod
+    def evaluate(self) -> dict[str, float]:
+        """Evaluation metrics at the current step; must not touch the training RNG streams."""
+
+    @abc.abstractmethod
+    def done(self) -> bool:
+        """True when training is over."""
+
+    @abc.abstractmethod
+    def eval_due(self) -> bool:
+        """True when an evaluation should follow the step just taken (the last step included)."""
+
+    @property
+    @abc.abstractmethod
+    def total_steps(self) -> int:
+        """Number of steps of the whole run (an estimate where steps vary, e.g. variable BPTT)."""
+
+    @property
+    def epoch(self) -> float:
+        """Epochs done, possibly fractional; tasks without epochs report steps."""
+        return float(self.step)
+
+    def current_lr(self) -> float | None:
+        opt = getattr(self, "optimizer", None)
+        return float(opt.param_groups[0]["lr"]) if opt is not None else None
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: models, optimizers, counters, data position."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def finalize(self, run_dir: Path) -> dict[str, Any]:
+        """Write task artifacts into the run folder; return extra entries for summary.json."""
+        return {}
+
+
+# ------------------------------------------------------------------------------- batch order
+def derived_seed(*parts: Any) -> int:
+    """A stable 63-bit seed from any parts (independent of PYTHONHASHSEED)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+class BatchOrder:
+    """Deterministic per-epoch shuffling whose position is part of the checkpoint.
+
+    The permutation of epoch ``e`` depends only on (seed, e), so a run resumed mid-epoch sees
+    exactly the batches an uninterrupted run would have seen.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = True):
+        if n <= 0 or batch_size <= 0:
+            raise ValueError(f"BatchOrder needs n > 0 and batch_size > 0, got n={n}, batch_size={batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.epoch = 0
+        self.index = 0  # batches already taken in the current epoch
+
+    @property
+    def batches_per_epoch(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        return full if (self.drop_last or rest == 0) else full + 1
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        gen = torch.Generator().manual_seed(derived_seed("batch-order", self.seed, epoch))
+        return torch.randperm(self.n, generator=gen)
+
+    def next_indices(self) -> torch.Tensor:
+        """Indices of the next batch; rolls over to the next epoch after the last batch."""
+        if self.index >= self.batches_per_epoch:
+            self.epoch += 1
+            self.index = 0
+        perm = self.permutation(self.epoch)
+        start = self.index * self.batch_size
+        self.index += 1
+        return perm[start : start + self.batch_size]
+
+    @property
+    def epoch_finished(self) -> bool:
+        return self.index >= self.batches_per_epoch
+
+    @property
+    def epochs_done(self) -> float:
+        return self.epoch + self.index / self.batches_per_epoch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+def iterate_in_batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Slices covering range(n) in order (for evaluation)."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+# ------------------------------------------------------------------------------- RNG state
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """All global RNG streams, as types that ``torch.load(weights_only=True)`` accepts."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state(
+        ("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

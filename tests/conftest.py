@@ -1,0 +1,79 @@
+"""Shared helpers: compose configs in-process, run the CLI as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# keep tests quiet and light on a 2-core machine
+torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def compose(overrides: Sequence[str] = ()) -> Any:
+    """The composed (not yet resolved) config for ``overrides``, like the CLI would build it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+        cfg = hydra_compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    choices = dict(cfg.hydra.runtime.choices)
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg, choices
+
+
+def run_inprocess(overrides: Sequence[str], results_dir: Path) -> Any:
+    """optrepro.train.run on a composed config: the job body without Hydra's process overhead."""
+    from optrepro.train import run
+
+    overrides = [*overrides, f"results_dir={results_dir}", "wandb.mode=disabled", "progress=false"]
+    cfg, choices = compose(overrides)
+    return run(cfg, overrides, choices)
+
+
+def cli(args: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None,
+        timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """``python -m optrepro.train ARGS`` in a fresh process."""
+    full_env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([sys.executable, "-m", "optrepro.train", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def run_folders(results_dir: Path) -> list[Path]:
+    return sorted(p.parent for p in Path(results_dir).rglob("config.yaml") if ".sweeps" not in p.parts)
+
+
+def summary(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "summary.json").read_text())
+
+
+def metrics(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]

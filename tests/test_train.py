@@ -1,0 +1,205 @@
+"""The training entry point and the run-folder contract (DESIGN.md section 2), on the toy2d task."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from conftest import REPO, cli, metrics, run_folders, run_inprocess, summary
+
+SMOKE = ["task=toy2d", "profile=smoke"]
+
+
+def test_run_folder_contract(tmp_path: Path) -> None:
+    outcome = run_inprocess([*SMOKE, "optimizer=adam", "seed=3"], tmp_path)
+    assert outcome.status == "completed"
+    (folder,) = run_folders(tmp_path)
+    assert folder.name.startswith("toy2d_l1_adam_s3_")
+    for name in ("config.yaml", "env.json", "metrics.jsonl", "checkpoint.pt", "summary.json", "trajectory.csv"):
+        assert (folder / name).is_file(), name
+    assert not (folder / "run.lock").exists()
+    s = summary(folder)
+    assert s["status"] == "completed" and s["reason"] is None
+    assert s["metric"] == "loss" and s["mode"] == "min"
+    assert s["steps"] == 100  # profile=smoke
+    rows = metrics(folder)
+    assert [r["step"] for r in rows] == [20, 40, 60, 80, 100]
+    for row in rows:
+        assert {"step", "epoch", "wall_time", "loss", "distance", "train_loss", "lr"} <= set(row)
+    assert s["final"]["loss"] == rows[-1]["loss"]
+    assert s["best"]["value"] == min(r["loss"] for r in rows)
+    env = json.loads((folder / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and "git_sha" in env and env["device"] == "cpu"
+    # the resolved config shows the recipe values actually used and no longer carries the tables
+    saved = OmegaConf.load(folder / "config.yaml")
+    assert "recipe" not in saved.task and "profiles" not in saved.task
+    assert saved.optimizer.lr == 0.01  # toy2d recipe for adaptive methods
+    assert saved.task.steps == 100 and saved.task.name == "toy2d_l1"
+    trajectory = (folder / "trajectory.csv").read_text().splitlines()
+    assert trajectory[0] == "step,x,y,loss" and len(trajectory) == 102
+    assert trajectory[1].startswith("0,-2.5,0.0,")
+    # the optimizer moved the point towards the optimum
+    assert rows[-1]["distance"] < 2.5
+
+
+def test_identity_excludes_paths_but_includes_seed_and_values(tmp_path: Path) -> None:
+    run_inprocess([*SMOKE, "seed=0"], tmp_path / "a")
+    run_inprocess([*SMOKE, "seed=0"], tmp_path / "b")
+    run_inprocess([*SMOKE, "seed=1"], tmp_path / "b")
+    run_inprocess([*SMOKE, "seed=1", "optimizer.eps=1e-12"], tmp_path / "b")
+    (a,) = run_folders(tmp_path / "a")
+    b = run_folders(tmp_path / "b")
+    assert a.name in {p.name for p in b}
+    assert len({p.name for p in b}) == 3
+
+
+def test_completed_run_is_not_rerun(tmp_path: Path) -> None:
+    first = run_inprocess(SMOKE, tmp_path)
+    (folder,) = run_folders(tmp_path)
+    before = (folder / "summary.json").stat().st_mtime_ns, (folder / "metrics.jsonl").read_text()
+    second = run_inprocess(SMOKE, tmp_path)
+    assert first.status == "completed" and second.status == "skipped"
+    assert ((folder / "summary.json").stat().st_mtime_ns, (folder / "metrics.jsonl").read_text()) == before
+
+
+def test_cli_override_beats_task_recipe(tmp_path: Path) -> None:
+    run_inprocess([*SMOKE, "optimizer=adam", "optimizer.lr=0.05"], tmp_path)
+    run_inprocess([*SMOKE, "optimizer=sgd"], tmp_path)
+    texts = {p.name.split("_s0")[0]: (p / "config.yaml").read_text() for p in run_folders(tmp_path)}
+    assert "lr: 0.05" in texts["toy2d_l1_adam"]
+    assert "lr: 0.001" in texts["toy2d_l1_sgd"]  # the task's recipe for SGD, not SGD's yaml default
+
+
+def test_divergence_is_a_result(tmp_path: Path) -> None:
+    outcome = run_inprocess(["task=toy2d", "task.function=quadratic_rotated", "optimizer=sgd",
+                             "optimizer.lr=10", "task.steps=200"], tmp_path)
+    assert outcome.status == "diverged"
+    (folder,) = run_folders(tmp_path)
+    s = summary(folder)
+    assert s["status"] == "diverged"
+    assert isinstance(s["diverged_step"], int) and 1 < s["diverged_step"] < 200
+    assert str(s["diverged_step"]) in s["reason"]
+    # relaunching a diverged config does not train it again
+    assert run_inprocess(["task=toy2d", "task.function=quadratic_rotated", "optimizer=sgd",
+                          "optimizer.lr=10", "task.steps=200"], tmp_path).status == "skipped"
+
+
+def test_exception_is_recorded_as_failed_and_retried(tmp_path: Path) -> None:
+    args = [*SMOKE, "task.fault.raise_at_step=30"]
+    outcome = run_inprocess(args, tmp_path)
+    assert outcome.status == "failed"
+    (folder,) = run_folders(tmp_path)
+    s = summary(folder)
+    assert s["status"] == "failed" and "fault injected at step 30" in s["reason"]
+    assert "Traceback" in (folder / "error.log").read_text()
+    # a failed run is tried again on relaunch; the old summary is kept beside it
+    again = run_inprocess(args, tmp_path)
+    assert again.status == "failed"
+    assert len(list(folder.glob("summary.failed.*.json"))) == 1
+
+
+# ------------------------------------------------------------------------------- CLI behaviour
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["task=nope"], "unknown task 'nope' (task=nope); choose one of:"),
+        (["optimizer=nope"], "unknown optimizer 'nope' (optimizer=nope); choose one of:"),
+        (["optimizer.eps=-1e-8"], "optimizer.eps"),
+        (["optimizer.betas=[0.9,1.5]"], "optimizer.betas[1] must be in [0, 1)"),
+        (["optimizer.lr=abc"], "optimizer.lr must be a number"),
+        (["task.function=sphere"], "unknown task.function 'sphere'"),
+        (["optimizer.nonsense=1"], "unknown config key 'optimizer.nonsense'"),
+        (["-m", "optimizer=adam,nope"], "unknown optimizer 'nope'"),
+        (["-m", "optimizer.eps=1e-8,-1"], "optimizer.eps"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path: Path, args: list[str], expected: str) -> None:
+    proc = cli([*args, f"results_dir={tmp_path}"])
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr
+    assert run_folders(tmp_path) == []
+
+
+def test_single_run_from_the_readme_command(tmp_path: Path) -> None:
+    proc = cli(["task=toy2d", "optimizer=adam", "optimizer.eps=1e-16", "seed=0", "profile=smoke",
+                f"results_dir={tmp_path}"], check=True)
+    assert "completed" in proc.stderr
+    (folder,) = run_folders(tmp_path)
+    assert summary(folder)["status"] == "completed"
+    again = cli(["task=toy2d", "optimizer=adam", "optimizer.eps=1e-16", "seed=0", "profile=smoke",
+                 f"results_dir={tmp_path}"], check=True)
+    assert "nothing to do" in again.stderr
+
+
+def test_multirun_two_optimizers_two_eps_gives_four_folders(tmp_path: Path) -> None:
+    proc = cli(["-m", "task=toy2d", "profile=smoke", "optimizer=adam,adabelief", "optimizer.eps=1e-16,1e-8",
+                f"results_dir={tmp_path}"], check=True)
+    folders = run_folders(tmp_path)
+    assert len(folders) == 4, proc.stderr
+    assert {summary(f)["status"] for f in folders} == {"completed"}
+    eps = sorted((summary(f)["optimizer"], json.loads(json.dumps(summary(f)["factors"]))["eps"]) for f in folders)
+    assert eps == [("adabelief", 1e-16), ("adabelief", 1e-8), ("adam", 1e-16), ("adam", 1e-8)]
+
+
+def test_failed_job_does_not_stop_a_sweep(tmp_path: Path) -> None:
+    proc = cli(["-m", "task=toy2d", "profile=smoke", "task.fault.raise_at_step=5,null", f"results_dir={tmp_path}"])
+    assert proc.returncode == 0, proc.stderr
+    statuses = sorted(summary(f)["status"] for f in run_folders(tmp_path))
+    assert statuses == ["completed", "failed"]
+
+
+def test_wandb_offline_writes_its_run_files(tmp_path: Path) -> None:
+    cli([*SMOKE, f"results_dir={tmp_path}", "wandb.mode=offline"], env={"WANDB_MODE": "offline",
+        "WANDB_SILENT": "true"}, check=True)
+    (folder,) = run_folders(tmp_path)
+    offline = list((folder / "wandb").glob("offline-run-*"))
+    assert len(offline) == 1
+    assert list(offline[0].glob("run-*.wandb")), list(offline[0].iterdir())
+    assert summary(folder)["status"] == "completed"
+
+
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    args = ["task=toy2d", "task.function=quadratic_rotated", "optimizer=adam", "task.steps=1200",
+            "task.eval_every=100", "task.fault.sleep_per_step=0.002", "checkpoint.every_steps=25"]
+    cli([*args, f"results_dir={tmp_path / 'whole'}"], check=True)
+    (whole,) = run_folders(tmp_path / "whole")
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "optrepro.train", *args, f"results_dir={tmp_path / 'cut'}"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    folder = None
+    while time.time() < deadline:
+        found = run_folders(tmp_path / "cut")
+        if found and (found[0] / "metrics.jsonl").exists() and len(metrics(found[0])) >= 4:
+            folder = found[0]
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert folder is not None, "the run never reached step 400"
+    assert not (folder / "summary.json").exists(), "run finished before it could be killed"
+    assert (folder / "checkpoint.pt").exists()
+
+    resumed = cli([*args, f"results_dir={tmp_path / 'cut'}"], check=True)
+    assert "resuming from step" in resumed.stderr
+
+    def strip(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in rows]
+
+    assert strip(metrics(folder)) == strip(metrics(whole))
+    assert (folder / "trajectory.csv").read_text() == (whole / "trajectory.csv").read_text()
+    a = torch.load(folder / "checkpoint.pt", weights_only=True)["task"]["point"]
+    b = torch.load(whole / "checkpoint.pt", weights_only=True)["task"]["point"]
+    assert torch.equal(a, b)
