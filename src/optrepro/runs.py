@@ -38,7 +38,7 @@ from omegaconf import DictConfig, OmegaConf
 from optrepro.errors import UserError
 
 #: Top-level keys that do not change what a run computes, so they do not enter its identity.
-NON_IDENTITY_KEYS = ("results_dir", "wandb", "checkpoint", "device", "progress", "hydra")
+NON_IDENTITY_KEYS = ("results_dir", "wandb", "checkpoint", "device", "progress", "hydra", "sweep")
 
 STATUSES = ("completed", "diverged", "failed")
 
@@ -202,8 +202,10 @@ class RunDir:
     def create(self, cfg: DictConfig, device: torch.device | str | None) -> None:
         """Make the folder and write config.yaml and env.json (config first: it names the run)."""
         self.path.mkdir(parents=True, exist_ok=True)
+        for leftover in self.path.glob(".*.tmp*"):  # temp files of a write cut by a kill
+            leftover.unlink()
         text = OmegaConf.to_yaml(cfg, resolve=True)
-        if self.config_path.exists() and self.config_path.read_text() != text:
+        if self.config_path.exists() and identity_config(OmegaConf.load(self.config_path)) != identity_config(cfg):
             raise UserError(
                 f"run folder {self.path} holds a different config.yaml; refusing to overwrite it "
                 "(remove the folder or change results_dir)"
@@ -231,6 +233,10 @@ class RunDir:
         atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+        self._checkpoints_written = getattr(self, "_checkpoints_written", 0) + 1
+        kill_at = os.environ.get("OPTREPRO_FAULT_KILL_IN_CHECKPOINT")
+        if kill_at and int(kill_at) == self._checkpoints_written:
+            _die_while_writing(self.checkpoint_path, state)
         atomic_torch_save(self.checkpoint_path, dict(state))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
@@ -311,6 +317,22 @@ class RunDir:
         except PermissionError:
             return False
         return False
+
+
+def _die_while_writing(path: Path, state: Mapping[str, Any]) -> None:
+    """Fault test hook (OPTREPRO_FAULT_KILL_IN_CHECKPOINT=N): SIGKILL ourselves halfway through the
+    N-th checkpoint write, exactly where a real kill would leave a half-written temp file."""
+    import signal
+
+    buf = io.BytesIO()
+    torch.save(dict(state), buf)
+    data = buf.getvalue()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data[: len(data) // 2])
+        f.flush()
+        os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def check_writable(results_dir: Path) -> None:

@@ -6,6 +6,7 @@ The loop below is the whole of training; tasks only supply steps and evaluations
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import sys
@@ -70,6 +71,12 @@ def run(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str] | Non
     except UserError as exc:
         say(f"error: {exc}")
         return Outcome("error", str(run_dir.path), str(exc))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+            raise
+        message = f"cannot write to {run_dir.path} ({os.strerror(exc.errno)}); free space and relaunch"
+        say(f"error: {message}")
+        return Outcome("error", str(run_dir.path), message)
     finally:
         _remove_if_empty(run_dir.path)
 
@@ -119,8 +126,10 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
     factors = describe(cfg.optimizer)
     tracker = Tracker(cfg, run_dir.path, config_hash(cfg), factors)
     every = int(cfg.checkpoint.every_steps)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    loss_count = 0
+    # running mean of the training loss since the last eval point (part of the checkpoint)
+    loss_sum = torch.tensor(float(state.get("loss_sum", 0.0)) if state else 0.0, dtype=torch.float64,
+                            device=device)
+    loss_count = int(state.get("loss_count", 0)) if state else 0
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)
     status, reason, diverged_step = "completed", None, None
     start = time.perf_counter() - elapsed
@@ -131,7 +140,7 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
     def checkpoint() -> None:
         run_dir.save_checkpoint(
             {"task": task.state_dict(), "rng": rng_state(), "wall_time": wall(), "best": best,
-             "last_eval": last_eval, "step": task.step}
+             "last_eval": last_eval, "step": task.step, "loss_sum": loss_sum.item(), "loss_count": loss_count}
         )
 
     progress = _progress_bar(cfg, run_dir.path.name, task.total_steps, task.step)
@@ -172,6 +181,13 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
     except (KeyboardInterrupt, SystemExit):
         progress.close()
         raise  # interrupted, not failed: the checkpoint lets a relaunch resume
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):  # cannot store results: not a result
+            progress.close()
+            raise UserError(f"cannot write to {run_dir.path} ({os.strerror(exc.errno)}); free space and "
+                            "relaunch: the run resumes from its last checkpoint") from None
+        status, reason = "failed", f"{type(exc).__name__}: {exc}"
+        (run_dir.path / "error.log").write_text(traceback.format_exc())
     except Exception as exc:  # noqa: BLE001 - a failed job is a recorded result, not a crash
         status, reason = "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
         (run_dir.path / "error.log").write_text(traceback.format_exc())
@@ -230,8 +246,13 @@ def _hydra_job(cfg: DictConfig) -> Outcome:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from optrepro.sweep import job_resources
+
     hydra_cfg = HydraConfig.get()
-    outcome = run(cfg, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
+    with job_resources(cfg) as device:
+        if device is not None:
+            cfg.device = device
+        outcome = run(cfg, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
     if hydra_cfg.mode != RunMode.MULTIRUN and outcome.status in ("failed", "error"):
         sys.exit(1 if outcome.status == "failed" else 2)
     return outcome

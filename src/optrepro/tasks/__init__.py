@@ -15,6 +15,12 @@ from optrepro.tasks.base import RunContext, Task
 #: task kind -> "module:Class"
 TASK_KINDS: dict[str, str] = {
     "toy2d": "optrepro.tasks.toy2d:Toy2DTask",
+    "image_classification": "optrepro.tasks.vision:ImageClassificationTask",
+    "language_model": "optrepro.tasks.language_model:LanguageModelTask",
+    "gan": "optrepro.tasks.gan:GANTask",
+    "ring_gan": "optrepro.tasks.ring_gan:RingGANTask",
+    "translation": "optrepro.tasks.translation:TranslationTask",
+    "detection": "optrepro.tasks.detection:DetectionTask",
 }
 
 

@@ -1,0 +1,1 @@
+"""Network definitions: CIFAR ResNet/VGG/DenseNet, AWD-LSTM, DCGAN/SN-GAN, Transformer."""

@@ -1,0 +1,145 @@
+"""Multirun support: per-job resources under parallel launchers, and the end-of-sweep summary.
+
+Each job appends its outcome to ``<sweep dir>/outcomes.jsonl`` (jobs may run in other processes or
+on other SLURM nodes); when the sweep ends the launcher process prints one screen: how many runs
+completed, were skipped (already done), resumed, diverged, failed or were rejected, with the
+failed runs' one-line reasons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+OUTCOMES_FILE = "outcomes.jsonl"
+
+
+# --------------------------------------------------------------------------- per-job resources
+def launcher_jobs() -> int:
+    """How many jobs the current launcher runs at once (1 for the sequential launcher)."""
+    try:
+        launcher = HydraConfig.get().launcher
+    except ValueError:
+        return 1
+    if "Joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    n_jobs = int(launcher.get("n_jobs", 1) or 1)
+    return os.cpu_count() or 1 if n_jobs < 0 else n_jobs
+
+
+@contextlib.contextmanager
+def job_resources(cfg: DictConfig) -> Iterator[str | None]:
+    """Give a parallel job its share of the machine; yields a device override or None.
+
+    On CPU the threads are divided between the jobs running at once. With GPUs, a job takes one of
+    ``n_gpus * sweep.jobs_per_gpu`` slots through a flock'ed file (released when the process dies),
+    so each GPU runs at most ``jobs_per_gpu`` jobs whatever order joblib dispatches them in.
+    """
+    import torch
+
+    n_jobs = launcher_jobs()
+    if n_jobs <= 1:
+        yield None
+        return
+    if str(cfg.device) in ("auto", "cuda") and torch.cuda.is_available():
+        per_gpu = int(cfg.sweep.get("jobs_per_gpu", 1))
+        slots = torch.cuda.device_count() * per_gpu
+        slot_dir = Path(cfg.results_dir) / ".gpu_slots"
+        slot_dir.mkdir(parents=True, exist_ok=True)
+        while True:
+            for slot in range(slots):
+                handle = open(slot_dir / f"slot{slot}", "w")  # noqa: SIM115 - held for the job's life
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    continue
+                try:
+                    yield f"cuda:{slot // per_gpu}"
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+                    handle.close()
+                return
+            import time
+
+            time.sleep(1.0)  # more workers than slots: wait for one to free
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_jobs))
+        yield None
+
+
+# --------------------------------------------------------------------------- sweep summary
+def record_outcome(sweep_dir: Path, row: dict[str, Any]) -> None:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with open(sweep_dir / OUTCOMES_FILE, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def read_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
+    path = sweep_dir / OUTCOMES_FILE
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
+
+
+def format_summary(rows: list[dict[str, Any]]) -> str:
+    """The one-screen end-of-sweep report."""
+    counts: Counter[str] = Counter()
+    for row in rows:
+        status = row["status"]
+        if status == "completed" and row.get("resumed"):
+            status = "resumed"
+        counts[status] += 1
+    order = ("completed", "resumed", "skipped", "diverged", "failed", "error")
+    head = ", ".join(f"{counts[s]} {s}" for s in order if counts[s]) or "no jobs"
+    lines = [f"sweep: {len(rows)} jobs: {head}"]
+    for row in rows:
+        if row["status"] in ("failed", "error", "diverged"):
+            where = Path(row["run_dir"]).name if row.get("run_dir") else f"job {row.get('job')}"
+            lines.append(f"  {row['status']:>8}  {where}: {row.get('reason')}")
+    return "\n".join(lines)
+
+
+class SweepSummary(Callback):
+    """Hydra callback (configs/train.yaml, hydra.callbacks) that collects and prints job outcomes."""
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            return
+        value = getattr(job_return, "_return_value", None)
+        if value is not None and hasattr(value, "status"):
+            row = {"status": value.status, "run_dir": value.run_dir, "reason": value.reason,
+                   "resumed": value.resumed}
+        else:  # the job raised past optrepro.train.run (should not happen; recorded all the same)
+            row = {"status": "failed", "run_dir": None, "reason": repr(value)[:300], "resumed": False}
+        row["job"] = hydra_cfg.job.num
+        record_outcome(Path(hydra_cfg.sweep.dir), row)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = sorted(read_outcomes(sweep_dir), key=lambda r: r.get("job", 0))
+        text = format_summary(rows)
+        print(text, file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):
+            (sweep_dir / "summary.txt").write_text(text + "\n")
