@@ -12,7 +12,10 @@ OPTIMIZERS ?= adam,eadam,adabelief
 EPS ?= 1e-16,1e-12,1e-8,1e-6,1e-4
 SEEDS ?= 0,1,2
 LAUNCHER ?= basic
+JOBS ?= 2
 TABLE ?= all
+DRY_RUN ?=
+ARGS ?=
 
 .PHONY: help setup test test-all demo reproduce-table sweep-eps bench lint format wandb-sync clean
 
@@ -41,13 +44,16 @@ test-all: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
-	@echo "make demo: not implemented yet (analysis issue)"; exit 1
+	$(BIN)/python -m optrepro.demo --jobs $(JOBS)
 
 reproduce-table: setup
-	@echo "make reproduce-table: not implemented yet (analysis issue)"; exit 1
+	$(BIN)/python -m optrepro.reproduce --table $(TABLE) --seeds $(SEEDS) --jobs $(JOBS) $(if $(filter 1,$(DRY_RUN)),--dry-run)
 
 sweep-eps: setup
-	@echo "make sweep-eps: not implemented yet (sweeps issue)"; exit 1
+	$(BIN)/python -m optrepro.train -m task=$(TASK) optimizer=$(OPTIMIZERS) optimizer.eps=$(EPS) seed=$(SEEDS) \
+		hydra/launcher=$(LAUNCHER) $(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(JOBS)) \
+		results_dir=results/sweeps/$(TASK)/runs progress=false $(ARGS)
+	$(BIN)/python -m optrepro.analyze --runs results/sweeps/$(TASK)/runs --out results/sweeps/$(TASK)
 
 bench: setup
 	$(BIN)/python scripts/bench_optim.py

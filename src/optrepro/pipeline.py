@@ -1,0 +1,143 @@
+"""Run a list of Hydra multiruns with one progress display, then the analysis.
+
+``make demo``, ``make reproduce-table`` and ``make sweep-eps`` are each a list of :class:`Sweep` (a
+multirun command line) followed by ``optrepro.analyze``. Every job is a run folder, so running a
+pipeline again skips what is done and resumes what was interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from optrepro.config import parse_overrides
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One ``python -m optrepro.train -m ...`` command line."""
+
+    label: str
+    overrides: tuple[str, ...]
+    #: extra sweep dimensions that come from an experiment preset's hydra.sweeper.params
+    preset_grid: dict[str, str] = field(default_factory=dict)
+
+    def n_runs(self) -> int:
+        grid = {o.key_or_group: o for o in parse_overrides(list(self.overrides))}
+        sizes = []
+        for o in grid.values():
+            sizes.append(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1)
+        for key, values in self.preset_grid.items():
+            if key not in grid:
+                sizes.append(len(str(values).split(",")))
+        return math.prod(sizes)
+
+
+def preset_grid(experiment: str) -> dict[str, str]:
+    """The grid an experiment preset declares in ``hydra.sweeper.params``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from optrepro.config import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = compose(config_name="train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    params = cfg.hydra.sweeper.get("params") or {}
+    return {str(k): str(v) for k, v in params.items()}
+
+
+def measure_step_seconds(task: str, steps: int = 10, warmup: int = 3) -> tuple[float, int] | str:
+    """Time ``steps`` training steps of ``task`` (with Adam) on this machine's default device.
+
+    Returns (seconds per step, steps per run), or the reason it could not be measured (e.g. the
+    dataset is not downloaded). Used to estimate a sweep's GPU hours before it starts.
+    """
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from optrepro.config import CONFIG_DIR, resolve_config, resolve_device, resolve_precision
+    from optrepro.errors import UserError
+    from optrepro.tasks import RunContext, build_task
+
+    overrides = [f"task={task}", "optimizer=adam"]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = resolve_config(compose(config_name="train", overrides=overrides), overrides)
+    finally:
+        GlobalHydra.instance().clear()
+    device = resolve_device("auto")
+    try:
+        task_obj = build_task(cfg.task, RunContext(cfg, device, resolve_precision("auto", device), 0))
+    except UserError as exc:
+        return str(exc)
+    for _ in range(warmup):
+        task_obj.train_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        task_obj.train_step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps, int(task_obj.total_steps)
+
+
+def count_outcomes(results_dir: Path, since: float) -> int:
+    """Jobs finished (run, skipped or rejected) by the sweeps started after ``since``."""
+    total = 0
+    for path in (Path(results_dir) / ".sweeps").glob("*/outcomes.jsonl"):
+        if path.parent.stat().st_mtime >= since - 1:
+            total += sum(1 for _ in path.open())
+    return total
+
+
+def run_sweeps(sweeps: Sequence[Sweep], results_dir: Path, jobs: int = 1, extra: Sequence[str] = (),
+               show_progress: bool = True) -> int:
+    """Run each sweep as a subprocess multirun; show one overall progress bar. Returns failures."""
+    from tqdm.auto import tqdm
+
+    results_dir = Path(results_dir)
+    total = sum(s.n_runs() for s in sweeps)
+    started = time.time()
+    bar = tqdm(total=total, desc="runs", unit="run", disable=not show_progress, dynamic_ncols=True)
+    failures = 0
+    env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+    for sweep in sweeps:
+        bar.set_postfix_str(sweep.label)
+        log = results_dir / ".sweeps" / f"{sweep.label}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "optrepro.train", "-m", *sweep.overrides, *launcher,
+                   f"results_dir={results_dir}", "progress=false", *extra]
+        with open(log, "w") as out:
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+            while proc.poll() is None:
+                time.sleep(1.0)
+                bar.n = min(total, count_outcomes(results_dir, started))
+                bar.refresh()
+        if proc.returncode != 0:
+            failures += 1
+            tail = log.read_text().strip().splitlines()[-3:]
+            tqdm.write(f"sweep {sweep.label} exited {proc.returncode}: {' | '.join(tail)} (log: {log})")
+        else:
+            summary_line = next((line for line in log.read_text().splitlines() if line.startswith("sweep:")), "")
+            tqdm.write(f"{sweep.label}: {summary_line}")
+    bar.n = min(total, count_outcomes(results_dir, started))
+    bar.close()
+    return failures
+
+
+def analyze(runs: Path, out: Path) -> int:
+    return subprocess.call([sys.executable, "-m", "optrepro.analyze", "--runs", str(runs), "--out", str(out)])
