@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import REPO, cli, metrics, run_folders, summary
 
 TOY = ["task=toy2d", "profile=smoke"]
@@ -135,7 +138,7 @@ def test_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     rd = RunDir(tmp_path / "run")
     rd.path.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    rd.lock_path.write_text('{"pid": %d, "host": "%s", "since": 0}' % (int(dead.stdout), os.uname().nodename))
+    rd.lock_path.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": 0}))
     with rd.lock():
         assert rd.lock_path.exists()
     assert not rd.lock_path.exists()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from omegaconf import OmegaConf
+
 from conftest import REPO, cli, metrics, run_folders, run_inprocess, summary
 
 SMOKE = ["task=toy2d", "profile=smoke"]

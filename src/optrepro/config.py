@@ -225,5 +225,6 @@ def _compose_message(exc: BaseException) -> str:
     first = _first_line(exc)
     if "not in struct" in text and first.startswith("Could not override '"):
         key = first.split("'")[1]
-        return f"unknown config key '{key}' (see `python -m optrepro.train --cfg job` for the keys; add with +{key}=...)"
+        return (f"unknown config key '{key}' (see `python -m optrepro.train --cfg job` for the keys; "
+                f"add with +{key}=...)")
     return first

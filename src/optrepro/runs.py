@@ -149,8 +149,10 @@ class RunLockedError(UserError):
 class RunDir:
     """One run's folder: the only code that reads or writes its files."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, writer: bool = True) -> None:
         self.path = Path(path)
+        #: False on data-parallel ranks other than 0: they read (resume) but never write
+        self.writer = writer
 
     # paths ---------------------------------------------------------------
     @property
@@ -201,6 +203,8 @@ class RunDir:
     # writing -------------------------------------------------------------
     def create(self, cfg: DictConfig, device: torch.device | str | None) -> None:
         """Make the folder and write config.yaml and env.json (config first: it names the run)."""
+        if not self.writer:
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         for leftover in self.path.glob(".*.tmp*"):  # temp files of a write cut by a kill
             leftover.unlink()
@@ -221,6 +225,8 @@ class RunDir:
 
     def append_metrics(self, row: Mapping[str, Any]) -> None:
         """Append one eval point; the line is flushed and fsynced so a kill cannot lose it."""
+        if not self.writer:
+            return
         line = json.dumps(dict(row), sort_keys=True, default=_json_default)
         with open(self.metrics_path, "a") as f:
             f.write(line + "\n")
@@ -229,10 +235,14 @@ class RunDir:
 
     def truncate_metrics(self, last_step: int) -> None:
         """On resume, drop eval points logged after the checkpoint (they will be recomputed)."""
+        if not self.writer:
+            return
         rows = [r for r in self.read_metrics() if r.get("step", 0) <= last_step]
         atomic_write_text(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
     def save_checkpoint(self, state: Mapping[str, Any]) -> None:
+        if not self.writer:
+            return
         self._checkpoints_written = getattr(self, "_checkpoints_written", 0) + 1
         kill_at = os.environ.get("OPTREPRO_FAULT_KILL_IN_CHECKPOINT")
         if kill_at and int(kill_at) == self._checkpoints_written:
@@ -251,8 +261,9 @@ class RunDir:
                 "restarting this run from scratch",
                 stacklevel=2,
             )
-            bad = self.checkpoint_path.with_name(f"checkpoint.corrupt.{int(time.time())}.pt")
-            os.replace(self.checkpoint_path, bad)
+            if self.writer:
+                bad = self.checkpoint_path.with_name(f"checkpoint.corrupt.{int(time.time())}.pt")
+                os.replace(self.checkpoint_path, bad)
             return None
         if not isinstance(state, dict) or "task" not in state:
             warnings.warn(f"checkpoint {self.checkpoint_path} has no task state; restarting", stacklevel=2)
@@ -263,12 +274,17 @@ class RunDir:
         status = summary.get("status")
         if status not in STATUSES:
             raise ValueError(f"summary status must be one of {STATUSES}, got {status!r}")
+        if not self.writer:
+            return
         atomic_write_json(self.summary_path, dict(summary))
 
     # locking -------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive claim on this run; a lock left by a dead process on this host is taken over."""
+        if not self.writer:
+            yield
+            return
         self.path.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
         for _ in range(2):

@@ -9,6 +9,7 @@ run folder's content hash, so a resumed run continues the same wandb run. Files 
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -68,6 +69,13 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 - wandb trouble must not stop training
             self._give_up("init", exc)
 
+    @classmethod
+    def disabled(cls) -> Tracker:
+        """A tracker that logs nothing (data-parallel ranks other than 0)."""
+        tracker = cls.__new__(cls)
+        tracker.run = None
+        return tracker
+
     def log(self, row: Mapping[str, Any], step: int) -> None:
         if self.run is None:
             return
@@ -92,8 +100,6 @@ class Tracker:
         warnings.warn(f"wandb {what} failed ({type(exc).__name__}: {exc}); local results are unaffected",
                       stacklevel=3)
         if self.run is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.run.finish(exit_code=1, quiet=True)
-            except Exception:  # noqa: BLE001
-                pass
         self.run = None

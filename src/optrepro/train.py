@@ -50,20 +50,23 @@ def say(message: str) -> None:
 # ---------------------------------------------------------------------------------- one run
 def run(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str] | None = None) -> Outcome:
     """Resolve, validate and train one config; never raises for a single job's failure."""
+    writer = rank() == 0
     try:
         cfg = prepare_config(cfg, cli_overrides, choices or {})
-        check_writable(Path(cfg.results_dir))
+        if writer:
+            check_writable(Path(cfg.results_dir))
     except UserError as exc:
         say(f"error: {exc}")
         return Outcome("error", reason=str(exc))
-    run_dir = RunDir(Path(cfg.results_dir) / run_name(cfg))
+    run_dir = RunDir(Path(cfg.results_dir) / run_name(cfg), writer=writer)
     if run_dir.is_complete():
         previous = run_dir.read_summary()
         if previous.get("status") in SKIP_STATUSES:
             say(f"{run_dir.path.name}: already {previous['status']} ({run_dir.path}); nothing to do")
             return Outcome("skipped", str(run_dir.path), previous.get("reason"))
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        os.replace(run_dir.summary_path, run_dir.path / f"summary.failed.{stamp}.json")
+        if writer:
+            os.replace(run_dir.summary_path, run_dir.path / f"summary.failed.{stamp}.json")
         say(f"{run_dir.path.name}: last attempt failed ({previous.get('reason')}); trying again")
     try:
         with run_dir.lock():
@@ -78,7 +81,8 @@ def run(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str] | Non
         say(f"error: {message}")
         return Outcome("error", str(run_dir.path), message)
     finally:
-        _remove_if_empty(run_dir.path)
+        if writer:
+            _remove_if_empty(run_dir.path)
 
 
 def prepare_config(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str]) -> DictConfig:
@@ -89,6 +93,11 @@ def prepare_config(cfg: DictConfig, cli_overrides: list[str], choices: dict[str,
     cfg = resolve_config(cfg, cli_overrides)
     validate_config(cfg)
     return cfg
+
+
+def rank() -> int:
+    """This process's data-parallel rank (torchrun sets RANK); only rank 0 writes results."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def _remove_if_empty(path: Path) -> None:
@@ -124,7 +133,7 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
         run_dir.metrics_path.unlink()  # killed before the first checkpoint: start clean
 
     factors = describe(cfg.optimizer)
-    tracker = Tracker(cfg, run_dir.path, config_hash(cfg), factors)
+    tracker = Tracker(cfg, run_dir.path, config_hash(cfg), factors) if run_dir.writer else Tracker.disabled()
     every = int(cfg.checkpoint.every_steps)
     # running mean of the training loss since the last eval point (part of the checkpoint)
     loss_sum = torch.tensor(float(state.get("loss_sum", 0.0)) if state else 0.0, dtype=torch.float64,
@@ -187,19 +196,20 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
             raise UserError(f"cannot write to {run_dir.path} ({os.strerror(exc.errno)}); free space and "
                             "relaunch: the run resumes from its last checkpoint") from None
         status, reason = "failed", f"{type(exc).__name__}: {exc}"
-        (run_dir.path / "error.log").write_text(traceback.format_exc())
+        _write_error_log(run_dir, traceback.format_exc())
     except Exception as exc:  # noqa: BLE001 - a failed job is a recorded result, not a crash
-        status, reason = "failed", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-        (run_dir.path / "error.log").write_text(traceback.format_exc())
+        message = str(exc).strip().splitlines()
+        status, reason = "failed", f"{type(exc).__name__}: {message[0] if message else ''}"
+        _write_error_log(run_dir, traceback.format_exc())
     progress.close()
 
     extras: dict[str, Any] = {}
-    if status != "failed":
+    if status != "failed" and run_dir.writer:  # artifacts are written by rank 0 only
         try:
             extras = task.finalize(run_dir.path)
         except Exception as exc:  # noqa: BLE001
             status, reason = "failed", f"finalize: {type(exc).__name__}: {exc}"
-            (run_dir.path / "error.log").write_text(traceback.format_exc())
+            _write_error_log(run_dir, traceback.format_exc())
     summary = {
         "status": status,
         "reason": reason,
@@ -224,8 +234,15 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
     tracker.finish(summary)
     shown = last_eval.get(task.metric)
     shown_text = f" {task.metric}={shown:.4g}" if isinstance(shown, (int, float)) else ""
+    if not run_dir.writer:
+        return Outcome(status, str(run_dir.path), reason)
     say(f"{run_dir.path.name}: {status}{shown_text}{f' ({reason})' if reason else ''} -> {run_dir.path}")
     return Outcome(status, str(run_dir.path), reason, resumed=state is not None)
+
+
+def _write_error_log(run_dir: RunDir, text: str) -> None:
+    if run_dir.writer:
+        (run_dir.path / "error.log").write_text(text)
 
 
 def _better(value: float, best: dict[str, Any] | None, mode: str) -> bool:
