@@ -178,3 +178,51 @@ def test_no_space_left_is_one_line_and_keeps_the_checkpoint(tmp_path: Path) -> N
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "No space left on device" in errors[0] and "Traceback" not in proc.stderr
     assert "summary.json" not in proc.stdout  # not a result: no summary was written
+
+
+def _pids_running(fragment: str) -> list[int]:
+    pids = []
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            cmdline = (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if fragment in cmdline:
+            pids.append(int(proc_dir.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path: Path) -> None:
+    """The SLURM path with submitit's local executor: a preemption signal mid-run checkpoints and
+    requeues the job (hydra-submitit-launcher's checkpoint()), which resumes from the run's checkpoint."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    args = [*SLOW_TOY, "task.fault.sleep_per_step=0.01"]
+    cli([*args, f"results_dir={tmp_path / 'whole'}"], check=True)
+    (whole,) = run_folders(tmp_path / "whole")
+
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "optrepro.train", "-m", *args, "hydra/launcher=submitit_local",
+         "hydra.launcher.timeout_min=10", f"results_dir={tmp_path / 'cut'}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    folder = tmp_path / "cut"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        found = run_folders(folder)
+        if found and (found[0] / "metrics.jsonl").exists() and len(metrics(found[0])) >= 2:
+            break
+        time.sleep(0.1)
+    jobs = [pid for pid in _pids_running("submitit.core._submit") if str(tmp_path) in
+            (Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="ignore"))]
+    assert len(jobs) == 1, "expected one running submitit job"
+    os.kill(jobs[0], signal.SIGUSR2)  # what SLURM sends before preemption or timeout
+    output = launcher.communicate(timeout=300)[0]
+    assert launcher.returncode == 0, output
+    (run,) = run_folders(folder)
+    assert summary(run)["status"] == "completed"
+    logs = "".join(p.read_text(errors="ignore") for p in folder.rglob("*_log.*"))
+    assert "resuming from step" in logs, logs[-2000:]
+    _same_result(run, whole)
