@@ -180,7 +180,7 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
                 tracker.log(row, task.step)
                 last_eval = row
                 value = metrics.get(task.metric)
-                if value is not None and math.isfinite(value) and _better(value, best, task.mode):
+                if task.track_best and value is not None and math.isfinite(value) and _better(value, best, task.mode):
                     best = {"value": value, "step": task.step, "epoch": task.epoch}
                 progress.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()
                                       if k == task.metric or k.endswith("loss")})

@@ -60,6 +60,9 @@ class Task(abc.ABC):
     metric: str = "loss"
     #: "max" when larger is better, "min" otherwise
     mode: str = "min"
+    #: False when the metric is itself a model selection (e.g. test ppl at the best valid ppl): then
+    #: summary.json's ``best`` is null and the final value is the result
+    track_best: bool = True
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         self.cfg = cfg

@@ -1,0 +1,478 @@
+"""Word-level language modeling with AWD-LSTM: the AdaBelief repo's PTB experiment
+(PyTorch_Experiments/LSTM, derived from salesforce/awd-lstm-lm), and a CPU-sized demo corpus.
+
+One ``train_step`` is one BPTT window of the training stream, as in the reference ``train()``:
+
+* window length drawn per step: ``bptt`` w.p. 0.95 else ``bptt/2``, then ``N(that, 5)``, at least
+  5 (from a ``torch.Generator`` kept in the checkpoint, so a resumed run draws the same lengths);
+* the lr of every group is scaled by ``seq_len / bptt`` for that step only;
+* the hidden state is carried over from the previous window and detached;
+* loss = cross entropy + AR (alpha * mean square of the dropped last-layer output) + TAR
+  (beta * mean square of the change of the raw last-layer output over time); grads clipped to
+  ``clip`` (global norm).
+
+An epoch is one pass over the stream. At its end (inside the step that finishes it, so the
+checkpoint that follows the evaluation is consistent) the task evaluates valid and test
+perplexity, applies SGD's switch to averaged SGD on the non-monotonic trigger, and divides the lr
+at ``lr_decay_epochs`` -- in the reference's order. ``evaluate`` only reports what that produced.
+
+Perplexity = exp(mean cross entropy per target token, ``<eos>`` included) over the whole split,
+run in windows of ``bptt`` with the state carried, batch ``eval_batch_size`` (valid) and
+``test_batch_size`` (test); the reference used 10 and 1.
+
+Model selection differs from the reference on purpose: the reference evaluated (and selected its
+checkpoint, and triggered ASGD) on the *test* split. Here selection and the ASGD trigger use
+valid; the primary metric ``test_ppl_at_best_valid`` is the test perplexity at the epoch with the
+best valid perplexity so far, and ``best_test_ppl`` (the reference's selection on test) is
+reported beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from optrepro.data.textcorpus import (
+    Corpus,
+    batchify,
+    build_pydoc_corpus,
+    get_batch,
+    load_corpus,
+    sha256_file,
+    unigram_perplexity,
+)
+from optrepro.errors import UserError
+from optrepro.models.awd_lstm import AWDLSTM, Hidden, detach_hidden
+from optrepro.tasks.base import RunContext, Task, derived_seed
+
+CORPORA = ("ptb", "pydoc")
+
+
+def load_task_corpus(data: DictConfig) -> Corpus:
+    """The corpus ``task.data`` names: PTB files under ``root`` (downloaded on request) or the
+    pydoc corpus, written into ``root`` on first use."""
+    root = Path(str(data.root)).expanduser()
+    if data.corpus == "ptb":
+        from optrepro.data.ptb import PTB_URL, load_ptb
+
+        return load_ptb(root, download=bool(data.get("download", False)), url=str(data.get("url") or PTB_URL))
+    return load_corpus(build_pydoc_corpus(root, int(data.get("vocab_size", 2000))))
+
+
+def _truncate(stream: torch.Tensor, limit: Any) -> torch.Tensor:
+    return stream if limit is None else stream[: int(limit)]
+
+
+class LanguageModelTask(Task):
+    metric = "test_ppl_at_best_valid"
+    mode = "min"
+    track_best = False  # the metric is already a selection (on valid); its minimum over epochs means nothing
+
+    @staticmethod
+    def validate_config(cfg: DictConfig) -> None:
+        def positive_int(key: str, value: Any) -> None:
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"task.{key} must be a positive integer, got {value!r}")
+
+        data = cfg.get("data")
+        if data is None or data.get("corpus") not in CORPORA:
+            got = None if data is None else data.get("corpus")
+            raise UserError(f"task.data.corpus must be one of {', '.join(CORPORA)}, got {got!r}")
+        if not data.get("root"):
+            raise UserError("task.data.root must name the data folder")
+        for key in ("train_tokens", "eval_tokens"):
+            if data.get(key) is not None:
+                positive_int(f"data.{key}", data.get(key))
+        if data.corpus == "pydoc":
+            positive_int("data.vocab_size", data.get("vocab_size", 2000))
+        for key in ("batch_size", "eval_batch_size", "test_batch_size", "bptt", "epochs", "nonmono"):
+            positive_int(key, cfg.get(key))
+        for key in ("emsize", "nhid", "nlayers"):
+            positive_int(f"model.{key}", cfg.model.get(key))
+        for key in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
+            value = cfg.model.get(key)
+            if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+                raise UserError(f"task.model.{key} must be in [0, 1), got {value!r}")
+        for key in ("clip", "alpha", "beta", "lr_decay"):
+            value = cfg.get(key)
+            if value is not None and (not isinstance(value, (int, float)) or float(value) < 0):
+                raise UserError(f"task.{key} must be a number >= 0 (or null), got {value!r}")
+        epochs = cfg.get("lr_decay_epochs") or []
+        if not all(isinstance(e, int) and e > 0 for e in epochs):
+            raise UserError(f"task.lr_decay_epochs must be a list of positive epoch numbers, "
+                            f"got {list(epochs)!r}")
+
+    # ------------------------------------------------------------------------ setup
+    def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
+        super().__init__(cfg, ctx)
+        self.validate_config(cfg)
+        device = ctx.device
+        corpus = load_task_corpus(cfg.data)
+        self.corpus_info = {
+            "files": corpus.files,
+            "sha256": {s: sha256_file(Path(p)) for s, p in corpus.files.items()},
+            "vocab_size": len(corpus.vocab),
+            "tokens": {s: int(corpus.split(s).numel()) for s in ("train", "valid", "test")},
+        }
+        train = _truncate(corpus.train, cfg.data.get("train_tokens"))
+        valid = _truncate(corpus.valid, cfg.data.get("eval_tokens"))
+        test = _truncate(corpus.test, cfg.data.get("eval_tokens"))
+        ntoken = len(corpus.vocab)
+        self.unigram = {"valid": unigram_perplexity(train, valid, ntoken),
+                        "test": unigram_perplexity(train, test, ntoken)}
+        self.batch_size, self.bptt = int(cfg.batch_size), int(cfg.bptt)
+        self.eval_batch_size, self.test_batch_size = int(cfg.eval_batch_size), int(cfg.test_batch_size)
+        streams = {"train": (train, self.batch_size, "batch_size"),
+                   "valid": (valid, self.eval_batch_size, "eval_batch_size"),
+                   "test": (test, self.test_batch_size, "test_batch_size")}
+        batched = {}
+        for split, (stream, size, key) in streams.items():
+            try:
+                batched[split] = batchify(stream, size).to(device)
+            except ValueError:
+                raise UserError(f"the {split} split ({stream.numel()} tokens) is too short for "
+                                f"task.{key}={size}; lower it or raise task.data.*_tokens") from None
+        self.train_data, self.valid_data, self.test_data = batched["train"], batched["valid"], batched["test"]
+        if self.train_data.size(0) < 3:
+            raise UserError(f"the training stream has {self.train_data.size(0)} rows; lower task.batch_size")
+
+        m = cfg.model
+        self.model = AWDLSTM(ntoken, emsize=int(m.emsize), nhid=int(m.nhid), nlayers=int(m.nlayers),
+                             dropout=float(m.dropout), dropouth=float(m.dropouth), dropouti=float(m.dropouti),
+                             dropoute=float(m.dropoute), wdrop=float(m.wdrop), tied=bool(m.get("tied", True)),
+                             init_range=float(m.get("init_range", 0.1))).to(device)
+        self.params = list(self.model.parameters())  # the tied matrix appears once
+        self.optimizer = ctx.make_optimizer(self.params)
+        self.optimizer_name = str(ctx.cfg.optimizer.get("name"))
+        self.initial_lr = float(ctx.cfg.optimizer.get("lr"))
+        self.using_asgd = False
+
+        self.variable_bptt = bool(cfg.get("variable_bptt", True))
+        self.bptt_gen = torch.Generator().manual_seed(derived_seed("lm-bptt", ctx.seed))
+        self.epochs = int(cfg.epochs)
+        self.decay_epochs = {int(e) for e in (cfg.get("lr_decay_epochs") or [])}
+        self.lr_decay = float(cfg.get("lr_decay", 0.1))
+        self.clip = float(cfg.clip) if cfg.get("clip") else 0.0
+        self.alpha, self.beta = float(cfg.get("alpha") or 0.0), float(cfg.get("beta") or 0.0)
+        self.asgd_switch = bool(cfg.get("asgd", True))
+        self.asgd_average_eval = bool(cfg.get("asgd_average_eval", False))
+        self.nonmono = int(cfg.nonmono)
+
+        # position and history (all in the checkpoint)
+        self.epochs_done = 0
+        self.pos = 0  # row of the training stream where the next window starts
+        self.hidden: Hidden | None = None
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # this epoch's CE * tokens
+        self.loss_tokens = 0
+        self.valid_history: list[float] = []  # valid losses, for the non-monotonic trigger
+        self.history: list[dict[str, float]] = []  # per-epoch metrics
+        self.asgd_epoch: int | None = None
+        self._epoch_ended = False
+
+    # ------------------------------------------------------------------------ training
+    @property
+    def rows_per_epoch(self) -> int:
+        """Window starts run over rows 0 .. T-3 (the reference's ``while i < T - 1 - 1``)."""
+        return self.train_data.size(0) - 2
+
+    def draw_seq_len(self) -> int:
+        """The reference's variable BPTT, from the task's own generator."""
+        if not self.variable_bptt:
+            return self.bptt
+        base = self.bptt if float(torch.rand((), generator=self.bptt_gen)) < 0.95 else self.bptt / 2.0
+        return max(5, int(base + 5.0 * float(torch.randn((), generator=self.bptt_gen))))
+
+    def train_step(self) -> dict[str, Any]:
+        self._epoch_ended = False
+        seq_len = self.draw_seq_len()
+        inputs, targets = get_batch(self.train_data, self.pos, seq_len)
+        if self.hidden is None:
+            self.hidden = self.model.init_hidden(self.batch_size)
+        base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["lr"] * seq_len / self.bptt
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.ctx.autocast():
+            logits, hidden, raw_outputs, outputs = self.model(inputs, self.hidden)
+            raw_loss = F.cross_entropy(logits.float(), targets.reshape(-1))
+            loss = raw_loss
+            if self.alpha:
+                loss = loss + self.alpha * outputs[-1].float().pow(2).mean()
+            if self.beta:
+                last = raw_outputs[-1].float()
+                loss = loss + self.beta * (last[1:] - last[:-1]).pow(2).mean()
+        loss.backward()
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self.optimizer.step()
+        for group, lr in zip(self.optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr
+        self.hidden = detach_hidden(hidden)
+        self.loss_sum += raw_loss.detach().double() * targets.numel()
+        self.loss_tokens += targets.numel()
+        self.pos += seq_len
+        self.step += 1
+        if self.pos >= self.rows_per_epoch:
+            self._end_epoch()
+        return {"loss": raw_loss.detach(), "seq_len": seq_len}
+
+    def _end_epoch(self) -> None:
+        """Evaluate, then the reference's epoch-end schedule: ASGD switch, lr division."""
+        self.epochs_done += 1
+        self.pos = 0
+        self.hidden = None  # the reference starts every epoch from a zero state
+        train_loss = float(self.loss_sum) / max(self.loss_tokens, 1)
+        self.loss_sum.zero_()
+        self.loss_tokens = 0
+        valid_loss = self.split_loss("valid")
+        test_loss = self.split_loss("test")
+        if (self.asgd_switch and self.optimizer_name == "sgd" and not self.using_asgd
+                and len(self.valid_history) > self.nonmono
+                and valid_loss > min(self.valid_history[: -self.nonmono])):
+            self._switch_to_asgd()
+        self.valid_history.append(valid_loss)
+        if self.epochs_done in self.decay_epochs:
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["lr"] * self.lr_decay
+        self.history.append({"epoch": float(self.epochs_done), "train_loss": train_loss,
+                             "valid_loss": valid_loss, "test_loss": test_loss})
+        self._epoch_ended = True
+
+    def _switch_to_asgd(self) -> None:
+        """As the reference: a fresh ``ASGD(lr=<the configured initial lr>, t0=0, lambd=0)`` with
+        the same weight decay (averaging from the switch on; the reference then evaluated the raw,
+        not the averaged, weights -- ``asgd_average_eval`` selects the averaged ones)."""
+        weight_decay = float(self.ctx.cfg.optimizer.get("weight_decay") or 0.0)
+        self.optimizer = torch.optim.ASGD(self.params, lr=self.initial_lr, t0=0, lambd=0.0,
+                                          weight_decay=weight_decay)
+        self.using_asgd = True
+        self.asgd_epoch = self.epochs_done
+
+    # ------------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def split_loss(self, split: str) -> float:
+        """Mean cross entropy per target token of a whole split (no dropout, no global RNG)."""
+        data = self.valid_data if split == "valid" else self.test_data
+        batch = self.eval_batch_size if split == "valid" else self.test_batch_size
+        with self._averaged_weights():
+            self.model.eval()
+            hidden = self.model.init_hidden(batch)
+            total = torch.zeros((), dtype=torch.float64, device=data.device)
+            count = 0
+            for i in range(0, data.size(0) - 1, self.bptt):
+                inputs, targets = get_batch(data, i, self.bptt)
+                with self.ctx.autocast():
+                    logits, hidden, _, _ = self.model(inputs, hidden)
+                total += F.cross_entropy(logits.float(), targets.reshape(-1), reduction="sum").double()
+                count += targets.numel()
+        return float(total) / count
+
+    @contextlib.contextmanager
+    def _averaged_weights(self) -> Iterator[None]:
+        """Swap ASGD's running averages into the model for the duration, when asked to evaluate them."""
+        if not (self.using_asgd and self.asgd_average_eval):
+            yield
+            return
+        saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p in self.params:
+                ax = self.optimizer.state.get(p, {}).get("ax")
+                if ax is not None:
+                    p.copy_(ax)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, kept in zip(self.params, saved, strict=True):
+                    p.copy_(kept)
+
+    def selection(self) -> dict[str, Any]:
+        """Best-valid selection (ours) and best-test selection (the reference's) over the epochs so far."""
+        if not self.history:
+            return {}
+        best_valid = min(self.history, key=lambda r: (r["valid_loss"], r["epoch"]))
+        best_test = min(self.history, key=lambda r: (r["test_loss"], r["epoch"]))
+        return {
+            "test_ppl_at_best_valid": math.exp(best_valid["test_loss"]),
+            "best_valid_ppl": math.exp(best_valid["valid_loss"]),
+            "best_valid_epoch": best_valid["epoch"],
+            "best_test_ppl": math.exp(best_test["test_loss"]),
+            "best_test_epoch": best_test["epoch"],
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        if self.history and self._epoch_ended:
+            row = self.history[-1]
+            out = {"valid_loss": row["valid_loss"], "valid_ppl": math.exp(row["valid_loss"]),
+                   "test_loss": row["test_loss"], "test_ppl": math.exp(row["test_loss"]),
+                   "train_ppl": math.exp(row["train_loss"]), **self.selection()}
+        else:  # called between epoch ends: measure, change nothing
+            valid_loss, test_loss = self.split_loss("valid"), self.split_loss("test")
+            out = {"valid_loss": valid_loss, "valid_ppl": math.exp(valid_loss),
+                   "test_loss": test_loss, "test_ppl": math.exp(test_loss), **self.selection()}
+        out["asgd"] = float(self.using_asgd)
+        return {k: float(v) for k, v in out.items()}
+
+    # ------------------------------------------------------------------------ loop interface
+    def done(self) -> bool:
+        return self.epochs_done >= self.epochs
+
+    def eval_due(self) -> bool:
+        return self._epoch_ended
+
+    @property
+    def total_steps(self) -> int:
+        """Estimate: a window averages about ``bptt`` rows."""
+        return self.epochs * math.ceil(self.rows_per_epoch / self.bptt)
+
+    @property
+    def epoch(self) -> float:
+        return self.epochs_done + min(self.pos / self.rows_per_epoch, 1.0)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epochs_done": self.epochs_done,
+            "pos": self.pos,
+            "model": self.model.state_dict(),
+            "using_asgd": self.using_asgd,
+            "asgd_epoch": self.asgd_epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "bptt_gen": self.bptt_gen.get_state(),
+            "hidden": None if self.hidden is None else [[h.clone(), c.clone()] for h, c in self.hidden],
+            "loss_sum": self.loss_sum.clone(),
+            "loss_tokens": self.loss_tokens,
+            "valid_history": list(self.valid_history),
+            "history": [dict(r) for r in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.epochs_done = int(state["epochs_done"])
+        self.pos = int(state["pos"])
+        self.model.load_state_dict(state["model"])
+        if state["using_asgd"] and not self.using_asgd:
+            self._switch_to_asgd()
+        self.asgd_epoch = state["asgd_epoch"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.bptt_gen.set_state(state["bptt_gen"])
+        hidden = state["hidden"]
+        device = self.ctx.device
+        self.hidden = None if hidden is None else [(h.to(device), c.to(device)) for h, c in hidden]
+        self.loss_sum = state["loss_sum"].to(self.ctx.device)
+        self.loss_tokens = int(state["loss_tokens"])
+        self.valid_history = [float(v) for v in state["valid_history"]]
+        self.history = [dict(r) for r in state["history"]]
+        self._epoch_ended = False
+
+    def finalize(self, run_dir: Path) -> dict[str, Any]:
+        """Summary extras: both selections, ASGD switch epoch, the unigram yardstick, the corpus."""
+        chosen = self.selection()
+        lm = {**chosen, "asgd_epoch": self.asgd_epoch,
+              "unigram_valid_ppl": self.unigram["valid"], "unigram_test_ppl": self.unigram["test"],
+              "final_test_ppl": math.exp(self.history[-1]["test_loss"]) if self.history else None}
+        if chosen:
+            print(f"{self.cfg.name}: test ppl {chosen['test_ppl_at_best_valid']:.2f} at best valid "
+                  f"(epoch {chosen['best_valid_epoch']:.0f}), best test ppl {chosen['best_test_ppl']:.2f}; "
+                  f"unigram test ppl {self.unigram['test']:.2f}", file=sys.stderr, flush=True)
+        return {"lm": lm, "corpus": self.corpus_info}
+
+
+# ---------------------------------------------------------------------------- benchmark
+def benchmark_tokens_per_second(quick: bool, device: str = "cpu") -> dict[str, Any]:
+    """Training throughput of the language-model task at a CPU-sized configuration.
+
+    ``train_step_tokens_per_s``: whole ``train_step`` calls (window slicing, variable BPTT, AR/TAR,
+    clipping, lr scaling, Adam) on a synthetic PTB-format corpus. ``model_only_tokens_per_s``: the
+    ceiling -- forward, cross entropy, backward and Adam step of the same model on pre-made
+    tensors of the mean window size. Tokens = target tokens (window length x batch).
+    """
+    import tempfile
+
+    from optrepro.data.ptb import write_fake_ptb
+
+    size = {"vocab": 2000, "emsize": 200, "nhid": 400, "nlayers": 2, "batch_size": 20, "bptt": 70}
+    warmup, steps = (1, 3) if quick else (5, 40)
+    dev = torch.device(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        # enough training text that the timed steps never reach an epoch end (no evaluation inside)
+        lines = {"train": (warmup + steps + 2) * 220, "valid": 20, "test": 20}
+        write_fake_ptb(Path(tmp), lines=lines, vocab_size=size["vocab"], seed=0)
+        cfg = OmegaConf.create({
+            "name": "lm_bench", "kind": "language_model",
+            "data": {"corpus": "ptb", "root": tmp, "download": False},
+            "model": {"emsize": size["emsize"], "nhid": size["nhid"], "nlayers": size["nlayers"],
+                      "dropout": 0.4, "dropouth": 0.25, "dropouti": 0.4, "dropoute": 0.1, "wdrop": 0.5},
+            "batch_size": size["batch_size"], "eval_batch_size": 10, "test_batch_size": 1,
+            "bptt": size["bptt"], "variable_bptt": True, "epochs": 1, "lr_decay_epochs": [],
+            "clip": 0.25, "alpha": 2.0, "beta": 1.0, "asgd": False, "nonmono": 5,
+        })
+        run_cfg = OmegaConf.create({"optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 1.2e-6}})
+        torch.manual_seed(0)
+        ctx = RunContext(cfg=run_cfg, device=dev, precision="fp32", seed=0)
+        task = LanguageModelTask(cfg, ctx)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    for _ in range(warmup):
+        task.train_step()
+    sync()
+    tokens = 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        tokens += int(task.train_step()["seq_len"]) * size["batch_size"]
+    sync()
+    step_time = time.perf_counter() - start
+    mean_len = tokens // (steps * size["batch_size"])
+
+    model, optimizer = task.model, task.optimizer
+    gen = torch.Generator().manual_seed(1)
+    ntoken = model.ntoken
+    inputs = torch.randint(0, ntoken, (mean_len, size["batch_size"]), generator=gen).to(dev)
+    targets = torch.randint(0, ntoken, (mean_len * size["batch_size"],), generator=gen).to(dev)
+    hidden = model.init_hidden(size["batch_size"])
+    model.train()
+
+    def model_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logits, _, _, _ = model(inputs, hidden)
+        F.cross_entropy(logits, targets).backward()
+        optimizer.step()
+
+    for _ in range(warmup):
+        model_step()
+    sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        model_step()
+    sync()
+    model_time = time.perf_counter() - start
+    train_rate = tokens / step_time
+    model_rate = mean_len * size["batch_size"] * steps / model_time
+    return {
+        "task": "language_model",
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "config": {**{k: v for k, v in size.items() if k != "vocab"}, "optimizer": "adam",
+                   "vocab_size": model.ntoken},
+        "steps": steps,
+        "mean_seq_len": mean_len,
+        "train_step_tokens_per_s": train_rate,
+        "model_only_tokens_per_s": model_rate,
+        "train_step_fraction_of_ceiling": train_rate / model_rate,
+    }
+
+
+__all__ = ["LanguageModelTask", "benchmark_tokens_per_second", "load_task_corpus"]
