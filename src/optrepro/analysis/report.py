@@ -1,0 +1,212 @@
+"""REPORT.md: the tables inline, the figures linked, the environment of the runs and what is missing."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from optrepro.analysis.load import RunsData
+from optrepro.analysis.tables import Ablation, Comparison, markdown
+
+
+@dataclass
+class Artifacts:
+    """What the analysis wrote, for linking: per task, figure PNG paths by kind."""
+
+    figures: dict[str, dict[str, Path]] = field(default_factory=dict)  # task -> kind -> png
+    global_figures: dict[str, Path] = field(default_factory=dict)  # kind -> png
+    tables: dict[str, Path] = field(default_factory=dict)  # stem -> md path
+
+
+def configured_tasks(config_dir: Path | None) -> dict[str, str]:
+    """Task config stem -> its task name (or the stem when the name is interpolated)."""
+    out: dict[str, str] = {}
+    if config_dir is None or not (Path(config_dir) / "task").is_dir():
+        return out
+    for path in sorted((Path(config_dir) / "task").glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            data = {}
+        name = data.get("name") if isinstance(data, dict) else None
+        out[path.stem] = name if isinstance(name, str) and "${" not in name else path.stem
+    return out
+
+
+def _rel(path: Path, out_dir: Path) -> str:
+    return Path(os.path.relpath(path, out_dir)).as_posix()
+
+
+def _environment(runs: pd.DataFrame) -> str:
+    if runs.empty:
+        return "_no runs_"
+    cols = ["git_sha", "torch", "cuda", "device", "device_name", "precision"]
+    env = runs[cols].map(lambda v: "—" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    dirty = runs.git_dirty.map(lambda v: v is True).to_numpy() if "git_dirty" in runs else False
+    env["git_sha"] = env.git_sha.str[:12].where(~dirty, env.git_sha.str[:12] + " (uncommitted changes)")
+    table = env.groupby(cols, sort=True, dropna=False).size().reset_index(name="runs")
+    return table.to_markdown(index=False)
+
+
+def _missing(data: RunsData, published: pd.DataFrame, config_dir: Path | None) -> list[str]:
+    lines: list[str] = []
+    tasks_with_runs = set(data.runs.task.astype(str))
+    configured = configured_tasks(config_dir)
+    unrun = [
+        stem
+        for stem, name in configured.items()
+        if name not in tasks_with_runs and not any(t.startswith(f"{stem}_") for t in tasks_with_runs)
+    ]
+    if unrun:
+        lines.append(f"- Configured tasks without runs: {', '.join(sorted(unrun))}.")
+    pub_tasks = sorted(set(published.task) - tasks_with_runs) if not published.empty else []
+    if pub_tasks:
+        lines.append(f"- Tasks with published numbers but no runs: {', '.join(pub_tasks)}.")
+    for task in sorted(tasks_with_runs & set(published.task)):
+        ran = set(data.runs[data.runs.task == task].optimizer) | set(data.runs[data.runs.task == task].opt_class)
+        missing = [o for o in dict.fromkeys(published[published.task == task].optimizer) if o not in ran]
+        if missing:
+            lines.append(f"- {task}: published optimizers without runs: {', '.join(missing)}.")
+    if not data.incomplete.empty:
+        lines.append(f"- {len(data.incomplete)} incomplete run folder(s) (listed, not counted):\n")
+        inc = data.incomplete.copy()
+        inc["last_step"] = inc.last_step.map(lambda v: "—" if not math.isfinite(v) else str(int(v)))
+        lines.append(inc[["run", "task", "optimizer", "seed", "state", "last_step"]].to_markdown(index=False))
+        lines.append("")
+    failed = data.runs[data.runs.status == "failed"]
+    if not failed.empty:
+        lines.append(f"- {len(failed)} failed run(s) (excluded from every mean):\n")
+        lines.append(failed[["run", "task", "optimizer", "seed", "reason"]].fillna("—").to_markdown(index=False))
+        lines.append("")
+    diverged = data.runs[data.runs.status == "diverged"]
+    if not diverged.empty:
+        lines.append(f"- {len(diverged)} diverged run(s) (counted in the `diverged` column, excluded from means):\n")
+        div = diverged[["run", "task", "optimizer", "seed", "reason"]].fillna("—")
+        lines.append(div.to_markdown(index=False))
+        lines.append("")
+    nan_runs = data.runs[(data.runs.status == "completed") & ~data.runs.final.astype(float).map(math.isfinite)]
+    if not nan_runs.empty:
+        lines.append(
+            f"- {len(nan_runs)} completed run(s) with a non-finite or missing final metric: {', '.join(nan_runs.run)}."
+        )
+    return lines
+
+
+def write_report(
+    out_dir: Path,
+    data: RunsData,
+    published: pd.DataFrame,
+    comparison: Comparison,
+    views: dict[str, tuple[pd.DataFrame, pd.DataFrame, str]],
+    ablation: Ablation,
+    artifacts: Artifacts,
+    config_dir: Path | None,
+    value_kind: str,
+) -> Path:
+    runs = data.runs
+    status_counts = runs.status.value_counts().to_dict() if len(runs) else {}
+    counts_text = ", ".join(f"{v} {k}" for k, v in sorted(status_counts.items())) or "none"
+    lines = [
+        "# optrepro results",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M:%S %Z')} from `{data.runs_dir}`: "
+        f"{len(runs)} complete run(s) ({counts_text}), "
+        f"{len(data.incomplete)} incomplete.",
+        "",
+        f"Tables report the **{value_kind}** value of each task's primary metric: mean ± std over seeds, "
+        "95% percentile-bootstrap interval of the mean, n = seeds counted (completed with a finite metric). "
+        "Diverged and failed runs are counted in their own columns and never averaged. "
+        "Δ vs published = our mean − the published number.",
+        "",
+    ]
+    if runs.empty:
+        lines += [
+            "**No complete runs found.** Train some first, e.g. "
+            "`python -m optrepro.train task=toy2d optimizer=adam profile=smoke`.",
+            "",
+        ]
+    lines += ["## Environment", "", _environment(runs), ""]
+
+    if not runs.empty:
+        lines += ["## Results per task", ""]
+    for task in sorted(comparison.per_task):
+        frame = runs[runs.task == task]
+        metric, mode = frame.metric.iloc[0], frame["mode"].iloc[0]
+        lines += [
+            f"### {task}",
+            "",
+            f"Primary metric `{metric}` ({'higher' if mode == 'max' else 'lower'} is better). "
+            f"Tables: {_table_links(artifacts, out_dir, f'comparison_{task}')}",
+            "",
+        ]
+        lines += [markdown(comparison.per_task[task][1]), ""]
+        for kind, title in (
+            ("curves", "Learning curves"),
+            ("eps", "ε sensitivity (nominal ε and effective floor)"),
+            ("ablation_floor", "Ablation corners on the effective-floor axis"),
+            ("samples", "Generated samples"),
+        ):
+            png = artifacts.figures.get(task, {}).get(kind)
+            if png is not None:
+                lines += [
+                    f"{title}: [PNG]({_rel(png, out_dir)}) · [PDF]({_rel(png.with_suffix('.pdf'), out_dir)})",
+                    "",
+                    f"![{title}]({_rel(png, out_dir)})",
+                    "",
+                ]
+        if task in ablation.displays:
+            lines += [
+                "**Belief × ε ablation** (improvements: positive = better):",
+                "",
+                markdown(ablation.displays[task]),
+                "",
+                f"> {ablation.sentences[task]}",
+                "",
+            ]
+    toy = artifacts.global_figures.get("toy2d")
+    if toy is not None:
+        lines += ["## 2-D test functions", "", f"![toy 2-D trajectories]({_rel(toy, out_dir)})", ""]
+
+    if ablation.sentences:
+        lines += ["## Belief × ε ablation: verdicts", ""]
+        lines += [f"- {ablation.sentences[t]}" for t in sorted(ablation.sentences)]
+        lines += [""]
+
+    if views:
+        lines += [
+            "## Paper views",
+            "",
+            "Laid out like the papers' tables; published numbers beside ours (— where we have no runs; "
+            "ours: mean ± std over seeds, [setting] when the config is not the paper's name).",
+            "",
+        ]
+        for stem, (_numeric, display, title) in views.items():
+            lines += [
+                f"### {title}",
+                "",
+                f"Tables: {_table_links(artifacts, out_dir, f'paper_{stem}')}",
+                "",
+                markdown(display),
+                "",
+            ]
+
+    lines += ["## What is missing", ""]
+    missing = _missing(data, published, config_dir)
+    lines += missing if missing else ["Nothing: every configured task has runs and no run is incomplete or failed."]
+    lines += [""]
+    path = out_dir / "REPORT.md"
+    path.write_text("\n".join(lines).rstrip() + "\n")
+    return path
+
+
+def _table_links(artifacts: Artifacts, out_dir: Path, stem: str) -> str:
+    md = artifacts.tables.get(stem)
+    if md is None:
+        return "—"
+    return " · ".join(f"[{ext}]({_rel(md.with_suffix('.' + ext), out_dir)})" for ext in ("md", "csv", "tex"))
