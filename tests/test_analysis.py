@@ -23,7 +23,7 @@ from optrepro.analysis.tables import (
     verdict,
 )
 from optrepro.analyze import DEFAULT_PUBLISHED, analyze, main
-from test_analysis_fixtures import ABLATION_CORNERS, write_run
+from analysis_fixtures import ABLATION_CORNERS, write_run
 
 PUBLISHED = REPO / "results" / "published_results.csv"
 
