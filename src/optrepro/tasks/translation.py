@@ -1,0 +1,512 @@
+"""Machine translation: IWSLT14 de-en with ``transformer_iwslt_de_en``, and a synthetic demo task.
+
+The recipe is fairseq's (the AdaBelief fork's ``run_adam.sh`` / ``run_adabelief.sh``):
+
+* batches of at most ``max_tokens`` tokens (max(source, target) length incl. EOS times sentences,
+  sentence counts rounded to a multiple of 8 where possible), built once from length-sorted
+  sentences (ties in a seeded random order) and visited in a fresh seeded order every epoch;
+* label-smoothed cross entropy (0.1) normalised per target token;
+* inverse square-root schedule: linear warm-up from ``warmup_init_lr`` to the optimizer's lr over
+  ``warmup_updates`` steps, then lr * sqrt(warmup / step); no gradient clipping (``clip_norm: 0``);
+* the final model is the average of the last ``average_last`` epoch-end parameters (a running sum
+  kept in the task state, so a resumed run averages the same snapshots);
+* beam search (beam 5, length penalty 1, max length a * src + b) and BLEU on the tokenized,
+  lowercased text after BPE removal (fairseq's number) plus detokenized sacreBLEU.
+
+Batches are padded once at start-up and kept on the device, so a training step does no host work.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+
+from optrepro.errors import DataMissingError, UserError
+from optrepro.metrics.bleu import detok_bleu, remove_bpe, tokenized_bleu
+from optrepro.models.transformer import Seq2SeqTransformer, TransformerConfig, beam_search, label_smoothed_nll
+from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # source, decoder input, target
+
+
+# ------------------------------------------------------------------------------- vocabulary
+class Vocab:
+    """fairseq's Dictionary: <s>=0 <pad>=1 </s>=2 <unk>=3, then symbols by count (ties alphabetical),
+    padded with ``madeupwordNNNN`` to a multiple of 8."""
+
+    BOS, PAD, EOS, UNK = 0, 1, 2, 3
+    SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
+
+    def __init__(self, symbols: Sequence[str]) -> None:
+        self.symbols = list(symbols)
+        self.index = {s: i for i, s in enumerate(self.symbols)}
+
+    @classmethod
+    def build(cls, lines: Iterable[str], pad_to_multiple: int = 8) -> Vocab:
+        counts = Counter(word for line in lines for word in line.split())
+        words = sorted(counts, key=lambda w: (-counts[w], w))
+        symbols = [*cls.SPECIALS, *words]
+        i = 0
+        while pad_to_multiple > 1 and len(symbols) % pad_to_multiple:
+            symbols.append(f"madeupword{i:04d}")
+            i += 1
+        return cls(symbols)
+
+    def __len__(self) -> int:
+        return len(self.symbols)
+
+    def encode(self, line: str) -> list[int]:
+        """Token ids of a line, with the EOS fairseq appends."""
+        return [self.index.get(w, self.UNK) for w in line.split()] + [self.EOS]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join(self.symbols[i] for i in ids if i not in (self.BOS, self.PAD, self.EOS))
+
+
+# ------------------------------------------------------------------------------- batching
+def token_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, seed: int | None,
+                  multiple: int = 8) -> list[np.ndarray]:
+    """fairseq's ``batch_by_size`` over length-sorted sentences.
+
+    Sentences are sorted by source length, then target length, ties in a random order drawn from
+    ``seed`` (``None``: index order). A batch grows while (sentences x longest side) <= max_tokens;
+    when it is full, a batch of more than ``multiple`` sentences is cut back to a multiple of it
+    and the rest starts the next batch.
+    """
+    n = len(src_lens)
+    order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
+    order = order[np.argsort(tgt_lens[order], kind="stable")]
+    order = order[np.argsort(src_lens[order], kind="stable")]
+    sizes = np.maximum(src_lens, tgt_lens)
+    if sizes.max(initial=0) > max_tokens:
+        raise UserError(f"a sentence of {int(sizes.max())} tokens exceeds task.max_tokens={max_tokens}")
+    batches: list[np.ndarray] = []
+    current: list[int] = []
+    longest = 0
+    for i in order.tolist():
+        size = int(sizes[i])
+        if current and (len(current) + 1) * max(longest, size) > max_tokens:
+            cut = len(current)
+            if cut > multiple:
+                cut -= cut % multiple
+            batches.append(np.asarray(current[:cut]))
+            current = current[cut:]
+            longest = int(sizes[current].max()) if current else 0
+        current.append(i)
+        longest = max(longest, size)
+    if current:
+        batches.append(np.asarray(current))
+    return batches
+
+
+def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], pad: int, eos: int) -> Batch:
+    """Right-padded source, decoder input (EOS + target without its EOS, as fairseq) and target."""
+    b = len(src)
+    s_len, t_len = max(len(s) for s in src), max(len(t) for t in tgt)
+    source = torch.full((b, s_len), pad, dtype=torch.long)
+    prev = torch.full((b, t_len), pad, dtype=torch.long)
+    target = torch.full((b, t_len), pad, dtype=torch.long)
+    for i, (s, t) in enumerate(zip(src, tgt, strict=True)):
+        source[i, : len(s)] = torch.as_tensor(s)
+        target[i, : len(t)] = torch.as_tensor(t)
+        prev[i, 0] = eos
+        prev[i, 1 : len(t)] = torch.as_tensor(t[:-1])
+    return source, prev, target
+
+
+def inverse_sqrt_lr(step: int, peak: float, warmup: int, init: float) -> float:
+    """fairseq ``inverse_sqrt``: the lr of the update that follows ``step`` finished updates."""
+    if warmup > 0 and step < warmup:
+        return init + step * (peak - init) / warmup
+    return peak * math.sqrt(max(warmup, 1)) / math.sqrt(max(step, 1))
+
+
+# ------------------------------------------------------------------------------- data
+class Split:
+    """One split as text (BPE) and token ids."""
+
+    def __init__(self, src_text: list[str], tgt_text: list[str], src_vocab: Vocab, tgt_vocab: Vocab) -> None:
+        self.src_text, self.tgt_text = src_text, tgt_text
+        self.src = [src_vocab.encode(line) for line in src_text]
+        self.tgt = [tgt_vocab.encode(line) for line in tgt_text]
+        self.src_lens = np.asarray([len(s) for s in self.src], dtype=np.int64)
+        self.tgt_lens = np.asarray([len(t) for t in self.tgt], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def batches(self, max_tokens: int, seed: int | None, device: torch.device) -> list[Batch]:
+        out = []
+        for idx in token_batches(self.src_lens, self.tgt_lens, max_tokens, seed):
+            batch = collate([self.src[i] for i in idx], [self.tgt[i] for i in idx], Vocab.PAD, Vocab.EOS)
+            out.append(tuple(t.to(device) for t in batch))
+        return out  # type: ignore[return-value]
+
+
+def load_text(cfg: DictConfig) -> dict[str, tuple[list[str], list[str]]]:
+    """{split: (source lines, target lines)} for the configured dataset."""
+    if cfg.dataset == "synthetic":
+        from optrepro.data.synthetic_mt import make_splits
+
+        syn = cfg.synthetic
+        return make_splits(int(syn.train_size), int(syn.valid_size), int(syn.test_size), int(syn.seed))
+    from optrepro.data import iwslt14
+
+    folder = Path(str(cfg.data_dir))
+    src, tgt = str(cfg.src_lang), str(cfg.tgt_lang)
+    if not iwslt14.is_prepared(folder, src, tgt):
+        raw = Path(str(cfg.raw)) if cfg.get("raw") else None
+        if raw is None or not raw.exists():
+            raise DataMissingError(
+                f"IWSLT14 not found: {folder} has no {{train,valid,test}}.{{{src},{tgt}}} and task.raw={raw} "
+                f"does not exist; download de-en.tgz ({iwslt14.URL.split()[0]}) to task.raw, or run "
+                f"`python -m optrepro.data.iwslt14 --raw de-en.tgz --out {folder}`")
+        iwslt14.prepare(raw, folder, merges=int(cfg.bpe_merges), workers=int(cfg.get("prepare_workers", 1)))
+    return {split: iwslt14.load_prepared(folder, split, src, tgt) for split in ("train", "valid", "test")}
+
+
+def _subset(pair: tuple[list[str], list[str]], n: Any) -> tuple[list[str], list[str]]:
+    return pair if n is None else (pair[0][: int(n)], pair[1][: int(n)])
+
+
+# ------------------------------------------------------------------------------- the task
+class TranslationTask(Task):
+    metric = "test_bleu"
+    mode = "max"
+
+    @staticmethod
+    def validate_config(cfg: DictConfig) -> None:
+        if cfg.get("dataset") not in ("iwslt14", "synthetic"):
+            raise UserError(f"task.dataset must be iwslt14 or synthetic, got {cfg.get('dataset')!r}")
+        for key in ("epochs", "max_tokens", "beam", "average_last", "eval_every_epochs", "eval_batch_size"):
+            value = cfg.get(key)
+            if not isinstance(value, int) or value <= 0:
+                raise UserError(f"task.{key} must be a positive integer, got {value!r}")
+        for key in ("warmup_updates",):
+            if not isinstance(cfg.get(key), int) or cfg.get(key) < 0:
+                raise UserError(f"task.{key} must be an integer >= 0, got {cfg.get(key)!r}")
+        ls = cfg.get("label_smoothing")
+        if not isinstance(ls, (int, float)) or not 0.0 <= float(ls) < 1.0:
+            raise UserError(f"task.label_smoothing must be in [0, 1), got {ls!r}")
+        for key in ("clip_norm", "lenpen", "max_len_a", "max_len_b", "warmup_init_lr"):
+            if not isinstance(cfg.get(key), (int, float)) or float(cfg.get(key)) < 0:
+                raise UserError(f"task.{key} must be a number >= 0, got {cfg.get(key)!r}")
+        for key in ("train_subset", "valid_bleu_subset", "test_subset"):
+            value = cfg.get(key)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise UserError(f"task.{key} must be null or an integer >= 0, got {value!r}")
+        model = cfg.get("model") or {}
+        d, h = model.get("d_model"), model.get("heads")
+        if not isinstance(d, int) or not isinstance(h, int) or d <= 0 or h <= 0 or d % h:
+            raise UserError(f"task.model.d_model ({d!r}) must be a multiple of task.model.heads ({h!r})")
+
+    def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
+        super().__init__(cfg, ctx)
+        self.validate_config(cfg)
+        self.device = ctx.device
+        text = load_text(cfg)
+        text["train"] = _subset(text["train"], cfg.get("train_subset"))
+        text["test"] = _subset(text["test"], cfg.get("test_subset"))
+        self.src_vocab = Vocab.build(text["train"][0])
+        self.tgt_vocab = Vocab.build(text["train"][1])
+        self.data = {split: Split(*pair, self.src_vocab, self.tgt_vocab) for split, pair in text.items()}
+        self.counts = {split: len(s) for split, s in self.data.items()}
+
+        self.max_tokens = int(cfg.max_tokens)
+        self.train_batches = self.data["train"].batches(self.max_tokens, derived_seed("mt-batches", ctx.seed),
+                                                        self.device)
+        self.train_ntokens = [int(b[2].ne(Vocab.PAD).sum()) for b in self.train_batches]
+        self.last_batch = -1
+        self.valid_batches = self.data["valid"].batches(self.max_tokens, None, self.device)
+        self.order = BatchOrder(len(self.train_batches), 1, seed=ctx.seed, shuffle=True, drop_last=False)
+        self.epochs = int(cfg.epochs)
+
+        model_cfg = TransformerConfig(**OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
+        model = Seq2SeqTransformer(len(self.src_vocab), len(self.tgt_vocab), Vocab.PAD, model_cfg)
+        self.model = model.to(self.device)
+        self.optimizer = ctx.make_optimizer(self.model.parameters())
+        self.peak_lr = float(self.optimizer.param_groups[0]["lr"])
+        self.warmup = int(cfg.warmup_updates)
+        self.warmup_init_lr = float(cfg.warmup_init_lr)
+        self.schedule = str(cfg.get("lr_schedule", "inverse_sqrt"))
+        if self.schedule not in ("inverse_sqrt", "constant"):
+            raise UserError(f"task.lr_schedule must be inverse_sqrt or constant, got {self.schedule!r}")
+        self._set_lr()
+        self.smoothing = float(cfg.label_smoothing)
+        self.clip_norm = float(cfg.clip_norm)
+        self.average_last = int(cfg.average_last)
+        self.avg_sum: dict[str, torch.Tensor] | None = None
+        self.avg_epochs: list[int] = []
+        self.final: dict[str, Any] = {}  # test metrics of the averaged model (kept in the checkpoint)
+        self._test_hyps: list[str] | None = None
+
+    # --- schedule --------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        if self.schedule == "constant":
+            return self.peak_lr
+        return inverse_sqrt_lr(step, self.peak_lr, self.warmup, self.warmup_init_lr)
+
+    def _set_lr(self) -> None:
+        lr = self.lr_at(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    # --- loop interface --------------------------------------------------------------------
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * len(self.train_batches)
+
+    @property
+    def epoch(self) -> float:
+        return self.order.epochs_done
+
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def eval_due(self) -> bool:
+        if not self.order.epoch_finished:
+            return False
+        return (self.order.epoch + 1) % int(self.cfg.eval_every_epochs) == 0 or self.done()
+
+    def train_step(self) -> dict[str, Any]:
+        self.last_batch = int(self.order.next_indices()[0])
+        source, prev, target = self.train_batches[self.last_batch]
+        self._set_lr()
+        self.model.train()
+        with self.ctx.autocast():
+            logits = self.model(source, prev)
+        loss_sum, _, ntokens = label_smoothed_nll(logits, target, self.smoothing, Vocab.PAD)
+        loss = loss_sum / ntokens
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
+        self.optimizer.step()
+        self.step += 1
+        if self.order.epoch_finished:
+            self._end_of_epoch(self.order.epoch + 1)
+        return {"loss": loss.detach()}
+
+    def _end_of_epoch(self, completed: int) -> None:
+        """Add this epoch's parameters to the running sum when it is one of the last ``average_last``."""
+        if completed <= self.epochs - self.average_last or completed in self.avg_epochs:
+            return
+        with torch.no_grad():
+            params = {k: v.detach().float() for k, v in self.model.state_dict().items()}
+            if self.avg_sum is None:
+                self.avg_sum = {k: v.clone() for k, v in params.items()}
+            else:
+                for k, v in params.items():
+                    self.avg_sum[k].add_(v)
+        self.avg_epochs.append(completed)
+
+    def averaged_model(self) -> Seq2SeqTransformer:
+        """A copy of the model holding the average of the snapshots summed so far (or the model)."""
+        model = copy.deepcopy(self.model)
+        if self.avg_sum:
+            n = len(self.avg_epochs)
+            state = {k: (v / n).to(self.model.state_dict()[k].dtype) for k, v in self.avg_sum.items()}
+            model.load_state_dict(state)
+        return model
+
+    # --- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def loss_on(self, model: Seq2SeqTransformer, batches: Sequence[Batch]) -> dict[str, float]:
+        model.eval()
+        totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+        for source, prev, target in batches:
+            with self.ctx.autocast():
+                logits = model(source, prev)
+            loss, nll, n = label_smoothed_nll(logits, target, self.smoothing, Vocab.PAD)
+            totals += torch.stack([loss.double(), nll.double(), n.double()])
+        loss, nll, n = totals.tolist()
+        n = max(n, 1.0)
+        return {"loss": loss / n, "nll_loss": nll / n, "ppl": math.exp(min(nll / n, 50.0))}
+
+    @torch.no_grad()
+    def translate(self, model: Seq2SeqTransformer, sources: Sequence[Sequence[int]]) -> list[str]:
+        """Beam-search translations (BPE text) of token-id sources, in input order."""
+        model.eval()
+        beam, out = int(self.cfg.beam), [""] * len(sources)
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        size = int(self.cfg.eval_batch_size)
+        for start in range(0, len(order), size):
+            idx = order[start : start + size]
+            src = collate([sources[i] for i in idx], [[Vocab.EOS]] * len(idx), Vocab.PAD, Vocab.EOS)[0]
+            src = src.to(self.device)
+            with self.ctx.autocast():
+                memory, src_mask = model.encode(src)
+            memory = memory.repeat_interleave(beam, dim=0)
+            src_mask = src_mask.repeat_interleave(beam, dim=0)
+            with self.ctx.autocast():
+                caches = model.start_cache(memory)
+
+            def step_fn(tokens: torch.Tensor, rows: torch.Tensor, src_mask: torch.Tensor = src_mask,
+                        caches: list[dict[str, torch.Tensor]] = caches) -> torch.Tensor:
+                model.reorder_cache(caches, rows)
+                with self.ctx.autocast():
+                    logits = model.decode_step(tokens[:, -1], tokens.shape[1] - 1, src_mask, caches)
+                return F.log_softmax(logits.float(), dim=-1)
+
+            max_len = int(float(self.cfg.max_len_a) * src.shape[1] + float(self.cfg.max_len_b))
+            max_len = min(max_len, model.config.max_positions - 1)
+            hyps = beam_search(step_fn, len(idx), beam, max_len, bos=Vocab.EOS, eos=Vocab.EOS, pad=Vocab.PAD,
+                               device=self.device, lenpen=float(self.cfg.lenpen), forbid=(Vocab.BOS,))
+            for i, h in zip(idx, hyps, strict=True):
+                out[i] = self.tgt_vocab.decode(h)
+        return out
+
+    def bleu(self, hyps_bpe: Sequence[str], refs_bpe: Sequence[str]) -> dict[str, float]:
+        hyps = [remove_bpe(h) for h in hyps_bpe]
+        refs = [remove_bpe(r) for r in refs_bpe]
+        return {"bleu": tokenized_bleu(hyps, refs),
+                "bleu_detok": detok_bleu(hyps, refs, str(self.cfg.get("detok_lang", self.cfg.tgt_lang)))}
+
+    def evaluate(self) -> dict[str, float]:
+        start = time.perf_counter()
+        metrics = {f"valid_{k}": v for k, v in self.loss_on(self.model, self.valid_batches).items()}
+        n_bleu = self.cfg.get("valid_bleu_subset")
+        valid = self.data["valid"]
+        n_bleu = len(valid) if n_bleu is None else min(int(n_bleu), len(valid))
+        if n_bleu > 0:
+            hyps = self.translate(self.model, valid.src[:n_bleu])
+            metrics["valid_bleu"] = self.bleu(hyps, valid.tgt_text[:n_bleu])["bleu"]
+        if self.done():
+            if not self.final:
+                self.final = self.test_final()
+            metrics.update({k: v for k, v in self.final.items() if isinstance(v, float)})
+        metrics["eval_seconds"] = time.perf_counter() - start
+        return metrics
+
+    def test_final(self) -> dict[str, Any]:
+        """Test BLEU of the averaged model (and its test loss)."""
+        model = self.averaged_model()
+        test = self.data["test"]
+        test_batches = test.batches(self.max_tokens, None, self.device)
+        hyps = self.translate(model, test.src)
+        self._test_hyps = hyps
+        scores = self.bleu(hyps, test.tgt_text)
+        out: dict[str, Any] = {"test_bleu": scores["bleu"], "test_bleu_detok": scores["bleu_detok"]}
+        out.update({f"test_{k}": v for k, v in self.loss_on(model, test_batches).items()})
+        out["averaged_epochs"] = list(self.avg_epochs)
+        return out
+
+    # --- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "order": self.order.state_dict(),
+            "avg_sum": self.avg_sum,
+            "avg_epochs": list(self.avg_epochs),
+            "final": dict(self.final),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.order.load_state_dict(state["order"])
+        avg = state.get("avg_sum")
+        self.avg_sum = None if avg is None else {k: v.to(self.device).clone() for k, v in avg.items()}
+        self.avg_epochs = [int(e) for e in state.get("avg_epochs", [])]
+        self.final = dict(state.get("final") or {})
+        self._set_lr()
+
+    def finalize(self, run_dir: Path) -> dict[str, Any]:
+        test = self.data["test"]
+        copy_hyps = [remove_bpe(s) for s in test.src_text]
+        copy_refs = [remove_bpe(r) for r in test.tgt_text]
+        info: dict[str, Any] = {
+            "data": dict(self.counts),
+            "vocab": {"src": len(self.src_vocab), "tgt": len(self.tgt_vocab)},
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "copy_baseline_bleu": tokenized_bleu(copy_hyps, copy_refs),
+            **{k: v for k, v in self.final.items()},
+        }
+        artifacts = {}
+        if self._test_hyps is not None:
+            text = "".join(remove_bpe(h) + "\n" for h in self._test_hyps)
+            (run_dir / "test_hypotheses.txt").write_text(text)
+            artifacts["test_hypotheses"] = "test_hypotheses.txt"
+        return {"translation": info, "copy_baseline_bleu": info["copy_baseline_bleu"],
+                **({"artifacts": artifacts} if artifacts else {})}
+
+
+# ------------------------------------------------------------------------------- benchmark
+def benchmark_tokens_per_second(quick: bool) -> dict[str, Any]:
+    """Target tokens per second of a full training step (batch pick, lr, forward, loss, backward,
+    Adam step) of the synthetic_mt task's CPU-sized model, and the model-only ceiling (forward,
+    loss and backward on the same pre-made batches, no optimizer)."""
+    from optrepro.config import CONFIG_DIR, resolve_precision
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    precision = resolve_precision("auto", device)
+    task_cfg = OmegaConf.load(CONFIG_DIR / "task" / "synthetic_mt.yaml")
+    task_cfg.pop("recipe", None)
+    task_cfg.pop("profiles", None)
+    task_cfg.synthetic.train_size = 2000 if quick else 20000
+    opt_cfg = {"name": "adam", "lr": 5e-4, "betas": [0.9, 0.98], "eps": 1e-8, "weight_decay": 1e-4,
+               "decoupled_weight_decay": True}
+    cfg = OmegaConf.create({"optimizer": opt_cfg, "task": OmegaConf.to_container(task_cfg, resolve=True)})
+    ctx = RunContext(cfg=cfg, device=device, precision=precision, seed=0)
+    task = TranslationTask(cfg.task, ctx)
+    warmup, steps = (3, 20) if quick else (10, 100)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        task.train_step()
+    sync()
+    tokens = 0
+    start = time.perf_counter()
+    for _ in range(steps):
+        task.train_step()
+        tokens += task.train_ntokens[task.last_batch]
+    sync()
+    step_time = time.perf_counter() - start
+
+    batches = task.train_batches[:steps]
+    model_tokens = sum(task.train_ntokens[:steps])
+    task.model.train()
+    for source, prev, target in batches[:warmup]:
+        with ctx.autocast():
+            logits = task.model(source, prev)
+        loss_sum, _, n = label_smoothed_nll(logits, target, 0.1, Vocab.PAD)
+        (loss_sum / n).backward()
+    sync()
+    start = time.perf_counter()
+    for source, prev, target in batches:
+        with ctx.autocast():
+            logits = task.model(source, prev)
+        loss_sum, _, n = label_smoothed_nll(logits, target, 0.1, Vocab.PAD)
+        task.model.zero_grad(set_to_none=True)
+        (loss_sum / n).backward()
+    sync()
+    model_time = time.perf_counter() - start
+    return {
+        "task": "synthetic_mt",
+        "device": str(device),
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "model": OmegaConf.to_container(task_cfg.model),
+        "params": sum(p.numel() for p in task.model.parameters()),
+        "max_tokens": task.max_tokens,
+        "steps": steps,
+        "train_step_tokens_per_s": tokens / step_time,
+        "model_only_tokens_per_s": model_tokens / model_time,
+        "step_ms": 1000 * step_time / steps,
+    }
