@@ -78,11 +78,20 @@ def _json_default(obj: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- identity
+#: Task data keys that change how fast data arrives, not what a run computes.
+NON_IDENTITY_DATA_KEYS = ("num_workers", "download")
+
+
 def identity_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The part of a resolved config that defines what a run computes."""
     container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(container, dict)
-    return {k: v for k, v in container.items() if k not in NON_IDENTITY_KEYS}
+    identity = {k: v for k, v in container.items() if k not in NON_IDENTITY_KEYS}
+    data = (identity.get("task") or {}).get("data")
+    if isinstance(data, dict):
+        identity["task"] = {**identity["task"],
+                            "data": {k: v for k, v in data.items() if k not in NON_IDENTITY_DATA_KEYS}}
+    return identity
 
 
 def config_hash(cfg: DictConfig | Mapping[str, Any], length: int = 10) -> str:

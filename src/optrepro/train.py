@@ -113,11 +113,15 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
     from optrepro.tracking import Tracker
 
     device = resolve_device(str(cfg.device))
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type == "cuda":  # torchrun: one GPU per process
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        torch.cuda.set_device(device)
     precision = resolve_precision(str(cfg.precision), device)
     seed_everything(int(cfg.seed))
     ctx = RunContext(cfg=cfg, device=device, precision=precision, seed=int(cfg.seed), run_dir=run_dir.path)
     task = build_task(cfg.task, ctx)  # a missing dataset raises UserError before anything is written
     run_dir.create(cfg, device)
+    _barrier()  # data parallel: every rank reads the checkpoint rank 0 has settled
 
     state = run_dir.load_checkpoint()
     best: dict[str, Any] | None = None
@@ -230,14 +234,30 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
         "precision": precision,
         **extras,
     }
+    _barrier()
     run_dir.write_summary(summary)
     tracker.finish(summary)
+    _end_process_group()
     shown = last_eval.get(task.metric)
     shown_text = f" {task.metric}={shown:.4g}" if isinstance(shown, (int, float)) else ""
     if not run_dir.writer:
         return Outcome(status, str(run_dir.path), reason)
     say(f"{run_dir.path.name}: {status}{shown_text}{f' ({reason})' if reason else ''} -> {run_dir.path}")
     return Outcome(status, str(run_dir.path), reason, resumed=state is not None)
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _end_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _write_error_log(run_dir: RunDir, text: str) -> None:
@@ -254,7 +274,8 @@ def _better(value: float, best: dict[str, Any] | None, mode: str) -> bool:
 def _progress_bar(cfg: DictConfig, name: str, total: int, initial: int) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=name, disable=not bool(cfg.get("progress", True)),
+    show = bool(cfg.get("progress", True)) and rank() == 0
+    return tqdm(total=total, initial=initial, desc=name, disable=not show,
                 dynamic_ncols=True, leave=False, file=sys.stderr)
 
 

@@ -1,0 +1,550 @@
+"""Image classification: CIFAR-10/100 (kuangliu-style nets), ImageNet (torchvision ResNet-18), digits.
+
+One task class for every image-classification table of the AdaBelief and EAdam papers, and the
+CPU-scale ``digits_cnn`` demo. What it does, in the order a reader meets it:
+
+* data: ``task.data.name`` picks the loader (torchvision CIFAR10/100, torchvision ImageFolder,
+  scikit-learn digits); ``task.train_subset`` / ``task.test_subset`` take a fixed random subset.
+* two input pipelines (``task.data.pipeline``; ``auto`` = ``device`` on CUDA, ``dataloader``
+  elsewhere, always ``dataloader`` for ImageFolder):
+  - ``dataloader``: torch DataLoader (workers, pinned memory) over per-sample torchvision
+    transforms (CIFAR: RandomCrop(32, padding=4) + RandomHorizontalFlip);
+  - ``device``: the whole uint8 dataset on the device, crop + flip as one gather per batch
+    (:mod:`optrepro.data.gpu_pipeline`).
+  Both normalize on the device and use channels_last on CUDA. Randomness never comes from the
+  global RNG: batch order is :class:`~optrepro.tasks.base.BatchOrder` (seed, epoch) and every
+  augmentation draw is seeded by (seed, epoch, batch, position). So a resumed run is exact at
+  any step, for either pipeline and any ``num_workers`` (bitwise on CPU), and a data-parallel
+  run sees the same global batches and crops as a single process.
+* schedule: lr x ``task.lr_gamma`` at each epoch in ``task.lr_milestones`` (step-wise from the
+  first batch of that epoch, as the papers' ``adjust_learning_rate`` did at the epoch start).
+* metrics per epoch: train loss (the loop) / accuracy, test loss / accuracy (top-5 too with
+  ``task.top5``), images/s and epoch time; the primary metric is ``test_acc`` in percent.
+* data parallel: under ``torchrun`` (WORLD_SIZE > 1) the task joins the process group, wraps the
+  model in DDP, gives each rank ``global_batch[rank::world]`` (``task.batch_size`` stays the global
+  batch of the paper) and all-reduces the loss it returns and every evaluation sum.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, ListConfig
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from optrepro.data.gpu_pipeline import DeviceImages, normalize_batch
+from optrepro.errors import UserError
+from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed
+
+DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
+PIPELINES = ("auto", "dataloader", "device")
+AUGMENTS = ("crop_flip", "imagenet", "none")
+CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
+
+
+# ------------------------------------------------------------------------------- data parallel
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in a data-parallel job (rank 0 of 1 when run alone)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.active:
+            import torch.distributed as dist
+
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+
+def setup_distributed(device: torch.device) -> tuple[Dist, torch.device]:
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), device
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size()), device
+
+
+# ------------------------------------------------------------------------------- DataLoader path
+class SeededTransformDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Items are keyed by (index, seed); the transform's random draws are seeded by ``seed``.
+
+    torchvision transforms draw from the global torch RNG; forking it and seeding it per sample
+    makes the augmentation a function of (run seed, epoch, position) only: independent of worker
+    count and process, and exactly reproducible after a resume.
+    """
+
+    def __init__(self, source: Any, transform: Any = None) -> None:
+        self.source, self.transform = source, transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, seed = key
+        image, label = self.source[index]
+        if self.transform is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.random.default_generator.manual_seed(seed)
+                image = self.transform(image)
+        return image, int(label)
+
+
+class TensorSource:
+    """(images, labels) tensors indexed like a dataset: item i is (images[i], labels[i])."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i], int(self.labels[i])
+
+
+class BatchPlan:
+    """The batch_sampler of the DataLoader: yields the batches the task planned for this pass.
+
+    Kept as one object so persistent workers survive from epoch to epoch; the task replaces
+    ``batches`` before each ``iter(loader)``.
+    """
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def make_loader(dataset: Dataset[Any], plan: BatchPlan, num_workers: int, pin: bool) -> DataLoader[Any]:
+    return DataLoader(
+        dataset,
+        batch_sampler=plan,
+        num_workers=num_workers,
+        pin_memory=pin,
+        persistent_workers=num_workers > 0,
+        # a private generator: creating an iterator must not draw from the global RNG
+        generator=torch.Generator(),
+    )
+
+
+def cifar_crop_flip(pad: int = 4) -> Any:
+    """torchvision's CIFAR augmentation on a uint8 CHW tensor: RandomCrop(H, padding=pad) + flip."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomCrop(32, padding=pad), v2.RandomHorizontalFlip()])
+
+
+# ------------------------------------------------------------------------------- the task
+class ImageClassificationTask(Task):
+    metric = "test_acc"
+    mode = "max"
+
+    @staticmethod
+    def validate_config(cfg: DictConfig) -> None:
+        from optrepro.models.cifar import MODELS
+
+        data = cfg.get("data") or {}
+        name = data.get("name")
+        if name not in DATASETS:
+            raise UserError(f"task.data.name must be one of {', '.join(DATASETS)}, got {name!r}")
+        pipeline = data.get("pipeline", "auto")
+        if pipeline not in PIPELINES:
+            raise UserError(f"task.data.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+        if name == "imagefolder" and pipeline == "device":
+            raise UserError(
+                "task.data.pipeline=device holds the dataset in device memory: CIFAR and digits only; "
+                "use task.data.pipeline=dataloader (or auto) for ImageFolder"
+            )
+        augment = data.get("augment", "none")
+        if augment not in AUGMENTS:
+            raise UserError(f"task.data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
+        if (augment == "imagenet") != (name == "imagefolder"):
+            raise UserError(
+                f"task.data.augment={augment} does not fit task.data.name={name} "
+                f"(imagenet goes with imagefolder, crop_flip or none with in-memory datasets)"
+            )
+        model = (cfg.get("model") or {}).get("name")
+        if model not in MODELS:
+            raise UserError(f"task.model.name must be one of {', '.join(MODELS)}, got {model!r}")
+        for key in ("epochs", "batch_size", "num_classes", "eval_batch_size"):
+            value = cfg.get(key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"task.{key} must be a positive integer, got {value!r}")
+        if name in CLASSES and int(cfg.num_classes) != CLASSES[name]:
+            raise UserError(f"task.num_classes={cfg.num_classes} but {name} has {CLASSES[name]} classes")
+        for key in ("train_subset", "test_subset"):
+            value = cfg.get(key)
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise UserError(f"task.{key} must be a positive integer or null, got {value!r}")
+        milestones = cfg.get("lr_milestones") or []
+        if not isinstance(milestones, (list, ListConfig)) or not all(isinstance(m, int) for m in milestones):
+            raise UserError(f"task.lr_milestones must be a list of epoch numbers, got {milestones!r}")
+        gamma = cfg.get("lr_gamma", 0.1)
+        if not isinstance(gamma, (int, float)) or gamma <= 0:
+            raise UserError(f"task.lr_gamma must be a positive number, got {gamma!r}")
+        workers = data.get("num_workers", 0)
+        if not isinstance(workers, int) or workers < 0:
+            raise UserError(f"task.data.num_workers must be an integer >= 0, got {workers!r}")
+        pad = data.get("pad", 4)
+        if not isinstance(pad, int) or pad < 0:
+            raise UserError(f"task.data.pad must be an integer >= 0, got {pad!r}")
+
+    def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
+        super().__init__(cfg, ctx)
+        self.validate_config(cfg)
+        self.dist, self.device = setup_distributed(ctx.device)
+        data = cfg.data
+        self.data_name = str(data.name)
+        self.epochs = int(cfg.epochs)
+        self.batch_size = int(cfg.batch_size)
+        if self.batch_size % self.dist.world:
+            raise UserError(
+                f"task.batch_size={self.batch_size} (the global batch) must be divisible by the "
+                f"number of processes ({self.dist.world})"
+            )
+        self.eval_batch_size = int(cfg.eval_batch_size)
+        self.milestones = sorted(int(m) for m in (cfg.get("lr_milestones") or []))
+        self.lr_gamma = float(cfg.get("lr_gamma", 0.1))
+        self.top5 = bool(cfg.get("top5", False))
+        cuda = self.device.type == "cuda"
+        channels_last = cfg.get("channels_last", "auto")
+        self.channels_last = cuda if channels_last == "auto" else bool(channels_last)
+        pipeline = str(data.get("pipeline", "auto"))
+        if pipeline == "auto":
+            pipeline = "device" if (cuda and self.data_name != "imagefolder") else "dataloader"
+        self.pipeline = pipeline
+        self.num_workers = int(data.get("num_workers", 0))
+        self.mean, self.std = self._norm_stats()
+
+        self._build_data()
+        self.order = BatchOrder(self.n_train, self.batch_size, seed=derived_seed("vision-order", ctx.seed))
+        self._perm_cache: tuple[int, torch.Tensor] | None = None
+
+        from optrepro.models.cifar import build_model
+
+        if cuda:
+            torch.backends.cudnn.benchmark = True
+        self.net = build_model(str(cfg.model.name), int(cfg.num_classes)).to(self.device)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.model: nn.Module = self.net
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.model = DistributedDataParallel(self.net, device_ids=[self.device.index] if cuda else None)
+            if self.dist.rank > 0:  # distinct dropout masks per rank; rank 0 keeps the single-process stream
+                torch.manual_seed(derived_seed("vision-rank", ctx.seed, self.dist.rank))
+        self.optimizer = ctx.make_optimizer(self.net.parameters())
+        self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        self._reset_interval()
+
+    # --- data ------------------------------------------------------------------------------
+    def _norm_stats(self) -> tuple[Sequence[float] | None, Sequence[float] | None]:
+        if self.data_name in ("cifar10", "cifar100"):
+            from optrepro.data.cifar import CIFAR_MEAN, CIFAR_STD
+
+            return CIFAR_MEAN, CIFAR_STD
+        if self.data_name == "imagefolder":
+            from optrepro.data.imagefolder import IMAGENET_MEAN, IMAGENET_STD
+
+            return IMAGENET_MEAN, IMAGENET_STD
+        return None, None
+
+    def _subset(self, n: int, size: Any, tag: str) -> torch.Tensor | None:
+        """A fixed random subset (same for every run and seed), or None for all of it."""
+        if size is None or int(size) >= n:
+            return None
+        gen = torch.Generator().manual_seed(derived_seed("vision-subset", self.data_name, tag))
+        return torch.randperm(n, generator=gen)[: int(size)].sort().values
+
+    def _build_data(self) -> None:
+        cfg, data = self.cfg, self.cfg.data
+        augment = str(data.get("augment", "none"))
+        pad = int(data.get("pad", 4)) if augment == "crop_flip" else 0
+        self.test_loader: DataLoader[Any] | None = None
+        if self.data_name == "imagefolder":
+            from optrepro.data.imagefolder import imagenet_transform, load_imagefolder
+
+            size, resize = int(data.get("image_size", 224)), int(data.get("resize", 256))
+            train = load_imagefolder(data.root, "train")
+            test = load_imagefolder(data.root, "val")
+            if len(train.classes) > int(cfg.num_classes):
+                raise UserError(
+                    f"{data.root}/train has {len(train.classes)} classes but task.num_classes={cfg.num_classes}"
+                )
+            train_idx = self._subset(len(train), cfg.get("train_subset"), "train")
+            test_idx = self._subset(len(test), cfg.get("test_subset"), "test")
+            self.train_index = train_idx if train_idx is not None else torch.arange(len(train))
+            test_index = test_idx if test_idx is not None else torch.arange(len(test))
+            self.n_train = int(self.train_index.numel())
+            self.train_dataset = SeededTransformDataset(train, imagenet_transform(True, size, resize))
+            test_ds = SeededTransformDataset(test, imagenet_transform(False, size, resize))
+            shard = test_index[self.dist.rank :: self.dist.world].tolist()
+            self.test_plan = BatchPlan()
+            self.test_plan.batches = [
+                [(i, 0) for i in shard[s : s + self.eval_batch_size]]
+                for s in range(0, len(shard), self.eval_batch_size)
+            ]
+            self.test_loader = make_loader(test_ds, self.test_plan, self.num_workers, self.device.type == "cuda")
+            self.n_test = int(test_index.numel())
+            self.plan = BatchPlan()
+            self.loader = make_loader(self.train_dataset, self.plan, self.num_workers, self.device.type == "cuda")
+            self._iter: Iterator[Any] | None = None
+            return
+        if self.data_name == "digits":
+            from optrepro.data.digits import load_digits_split
+
+            x_train, y_train = load_digits_split(train=True)
+            x_test, y_test = load_digits_split(train=False)
+        else:
+            from optrepro.data.cifar import load_cifar
+
+            kw = dict(
+                root=data.root,
+                download=bool(data.get("download", True)),
+                verify_checksums=bool(data.get("verify_checksums", True)),
+            )
+            x_train, y_train = load_cifar(self.data_name, train=True, **kw)
+            x_test, y_test = load_cifar(self.data_name, train=False, **kw)
+        train_idx = self._subset(len(y_train), cfg.get("train_subset"), "train")
+        if train_idx is not None:
+            x_train, y_train = x_train[train_idx], y_train[train_idx]
+        test_idx = self._subset(len(y_test), cfg.get("test_subset"), "test")
+        if test_idx is not None:
+            x_test, y_test = x_test[test_idx], y_test[test_idx]
+        self.n_train, self.n_test = int(y_train.numel()), int(y_test.numel())
+        self.train_index = torch.arange(self.n_train)
+        # evaluation of an in-memory set is plain slicing on the device, whichever pipeline trains
+        self.test_images = DeviceImages(
+            x_test, y_test, self.device, mean=self.mean, std=self.std, channels_last=self.channels_last
+        )
+        if self.pipeline == "device":
+            self.train_images = DeviceImages(
+                x_train,
+                y_train,
+                self.device,
+                pad=pad,
+                flip=pad > 0,
+                mean=self.mean,
+                std=self.std,
+                channels_last=self.channels_last,
+            )
+        else:
+            transform = cifar_crop_flip(pad) if pad > 0 else None
+            self.train_dataset = SeededTransformDataset(TensorSource(x_train, y_train), transform)
+            self.plan = BatchPlan()
+            self.loader = make_loader(self.train_dataset, self.plan, self.num_workers, self.device.type == "cuda")
+            self._iter = None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            self._perm_cache = (epoch, self.order.permutation(epoch))
+        return self._perm_cache[1]
+
+    def _batch_seed(self, epoch: int, index: int) -> int:
+        return derived_seed("vision-augment", self.ctx.seed, epoch, index)
+
+    def _global_batch(self, epoch: int, index: int) -> torch.Tensor:
+        start = index * self.batch_size
+        return self._permutation(epoch)[start : start + self.batch_size]
+
+    def _advance(self) -> tuple[int, int]:
+        """Move the batch order one batch on (rolling over epochs); return (epoch, batch index) taken."""
+        if self.order.index >= self.order.batches_per_epoch:
+            self.order.epoch += 1
+            self.order.index = 0
+        taken = (self.order.epoch, self.order.index)
+        self.order.index += 1
+        return taken
+
+    def _plan_rest_of_epoch(self) -> None:
+        """Give the DataLoader this rank's share of every batch left in the current epoch."""
+        epoch, first = self.order.epoch, self.order.index
+        if first >= self.order.batches_per_epoch:
+            epoch, first = epoch + 1, 0
+        batches = []
+        for b in range(first, self.order.batches_per_epoch):
+            positions = self.train_index[self._global_batch(epoch, b)].tolist()
+            base = self._batch_seed(epoch, b)
+            keyed = [(i, (base + k) % (1 << 63)) for k, i in enumerate(positions)]
+            batches.append(keyed[self.dist.rank :: self.dist.world])
+        self.plan.batches = batches
+        self._iter = iter(self.loader)
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pipeline == "device":
+            epoch, b = self._advance()
+            return self.train_images.batch(
+                self._global_batch(epoch, b), self._batch_seed(epoch, b), self.dist.rank, self.dist.world
+            )
+        if self._iter is None or self.order.epoch_finished:
+            self._plan_rest_of_epoch()
+        assert self._iter is not None
+        images, labels = next(self._iter)
+        self._advance()
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        return normalize_batch(images, self.mean, self.std, self.channels_last), labels
+
+    # --- schedule ---------------------------------------------------------------------------
+    def _next_epoch(self) -> int:
+        return self.order.epoch + (1 if self.order.epoch_finished else 0)
+
+    def _set_lr(self) -> None:
+        epoch = self._next_epoch()
+        factor = self.lr_gamma ** sum(1 for m in self.milestones if epoch >= m)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
+            group["lr"] = base * factor
+
+    # --- the loop's interface ---------------------------------------------------------------
+    def train_step(self) -> dict[str, Any]:
+        self._set_lr()
+        images, labels = self._next_batch()
+        self.model.train()
+        with self.ctx.autocast():
+            logits = self.model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        with torch.no_grad():
+            self._train_correct += (logits.argmax(1) == labels).sum()
+            self._train_seen += labels.numel()
+        reported = loss.detach()
+        if self.dist.active:  # every rank sees the same loss, so they agree on divergence
+            reported = self.dist.all_reduce_sum(reported.clone()) / self.dist.world
+        return {"loss": reported}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        train_time = time.perf_counter() - self._interval_start
+        if self.dist.active:
+            # every rank evaluates rank 0's model (BN statistics differ after the last local update),
+            # through the bare module: shards may differ by a batch, so no collectives inside forward
+            import torch.distributed as dist
+
+            for buffer in self.net.buffers():
+                dist.broadcast(buffer, src=0)
+        self.net.eval()
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, top1, top5, count
+        for images, labels in self._eval_batches():
+            with self.ctx.autocast():
+                logits = self.net(images)
+            logits = logits.float()
+            sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            hits = top == labels[:, None]
+            sums[1] += hits[:, 0].sum()
+            sums[2] += hits.any(dim=1).sum()
+            sums[3] += labels.numel()
+        train = torch.stack([self._train_correct.double(), self._train_seen.double()])
+        self.dist.all_reduce_sum(sums)
+        self.dist.all_reduce_sum(train)
+        loss_sum, top1, top5, count = sums.tolist()
+        correct, seen = train.tolist()
+        out = {"test_loss": loss_sum / max(count, 1.0), "test_acc": 100.0 * top1 / max(count, 1.0)}
+        if self.top5:
+            out["test_acc5"] = 100.0 * top5 / max(count, 1.0)
+        if seen:
+            out["train_acc"] = 100.0 * correct / seen
+            out["images_per_s"] = seen / max(train_time, 1e-9)
+            out["train_time_s"] = train_time
+        self._reset_interval()
+        return out
+
+    def _eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.test_loader is not None:
+            for images, labels in self.test_loader:
+                images = images.to(self.device, non_blocking=True)
+                yield (
+                    normalize_batch(images, self.mean, self.std, self.channels_last),
+                    labels.to(self.device, non_blocking=True),
+                )
+            return
+        shard = torch.arange(self.dist.rank, self.n_test, self.dist.world)
+        for s in range(0, shard.numel(), self.eval_batch_size):
+            yield self.test_images.batch(shard[s : s + self.eval_batch_size])
+
+    def _reset_interval(self) -> None:
+        self._train_correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._train_seen = torch.zeros((), dtype=torch.int64, device=self.device)
+        self._interval_start = time.perf_counter()
+
+    def done(self) -> bool:
+        return self.order.epochs_done >= self.epochs
+
+    def eval_due(self) -> bool:
+        return self.order.epoch_finished
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.order.batches_per_epoch
+
+    @property
+    def epoch(self) -> float:
+        return float(self.order.epochs_done)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "order": self.order.state_dict(),
+            "base_lrs": list(self.base_lrs),
+            "train_correct": self._train_correct.cpu(),
+            "train_seen": self._train_seen.cpu(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.order.load_state_dict(state["order"])
+        self.base_lrs = [float(v) for v in state["base_lrs"]]
+        self._train_correct = state["train_correct"].to(self.device)
+        self._train_seen = state["train_seen"].to(self.device)
+        self._iter = None  # the DataLoader path re-plans from the restored position
+        self._interval_start = time.perf_counter()
+
+    def finalize(self, run_dir: Any) -> dict[str, Any]:
+        from optrepro.models.cifar import count_parameters
+
+        return {
+            "vision": {
+                "pipeline": self.pipeline,
+                "world_size": self.dist.world,
+                "train_images": self.n_train,
+                "test_images": self.n_test,
+                "parameters": count_parameters(self.net),
+            }
+        }
+
+
+__all__ = ["BatchPlan", "Dist", "ImageClassificationTask", "SeededTransformDataset", "setup_distributed"]

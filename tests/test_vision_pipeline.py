@@ -1,0 +1,157 @@
+"""The two CIFAR input pipelines: same augmentation statistics, exact resume, worker-count independence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from conftest import metrics, run_folders, run_inprocess
+from optrepro.data.cifar import write_fake_cifar
+from optrepro.data.gpu_pipeline import DeviceImages, normalize_batch
+from optrepro.tasks.vision import ImageClassificationTask, SeededTransformDataset, TensorSource, cifar_crop_flip
+
+
+def _ramp_image() -> torch.Tensor:
+    """A test image where crops and flips show: horizontal and vertical ramps, one per channel."""
+    y, x = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    return torch.stack([x * 8, y * 8, (x + 2 * y) * 2]).clamp(0, 255).to(torch.uint8)
+
+
+def _exact_moments(image: torch.Tensor, pad: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and second moment of RandomCrop(32, padding=4) + flip, by enumerating all 162 outcomes."""
+    padded = F.pad(image.float() / 255, (pad,) * 4)
+    outs = []
+    for i in range(2 * pad + 1):
+        for j in range(2 * pad + 1):
+            crop = padded[:, i : i + 32, j : j + 32]
+            outs += [crop, crop.flip(-1)]
+    stack = torch.stack(outs)
+    return stack.mean(0), (stack**2).mean(0)
+
+
+def test_device_and_dataloader_augmentations_have_the_same_statistics() -> None:
+    image = _ramp_image()
+    n = 2000
+    mean, second = _exact_moments(image)
+    # device pipeline (run on CPU): one global batch of n copies of the image
+    device_set = DeviceImages(image[None], torch.zeros(1, dtype=torch.int64), torch.device("cpu"), pad=4, flip=True)
+    dev, _ = device_set.batch(torch.zeros(n, dtype=torch.int64), seed=1234)
+    # DataLoader pipeline: torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip per sample
+    dataset = SeededTransformDataset(TensorSource(image[None], torch.zeros(1, dtype=torch.int64)), cifar_crop_flip(4))
+    tv = torch.stack([dataset[(0, 10_000 + k)][0] for k in range(n)]).float() / 255
+    for out in (dev, tv):
+        assert out.shape == (n, 3, 32, 32)
+        assert (out.mean(0) - mean).abs().max() < 0.05
+        assert ((out**2).mean(0) - second).abs().max() < 0.05
+    assert (dev.mean(0) - tv.mean(0)).abs().max() < 0.05
+    # flips happen about half the time in both (first column of the x-ramp channel tells)
+    for out in (dev, tv):
+        flipped = (out[:, 0, 16, 0] > out[:, 0, 16, 31]).float().mean()
+        assert 0.45 < float(flipped) < 0.55
+    # the draws depend on the seed only
+    again, _ = device_set.batch(torch.zeros(n, dtype=torch.int64), seed=1234)
+    assert torch.equal(again, dev)
+    assert torch.equal(dataset[(0, 10_005)][0], dataset[(0, 10_005)][0])
+
+
+def test_unaugmented_device_batches_are_normalized_images() -> None:
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.arange(5)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    padded = DeviceImages(images, labels, torch.device("cpu"), pad=4, flip=True, mean=mean, std=std)
+    x, y = padded.batch(torch.tensor([3, 1]))  # no seed: evaluation, no augmentation
+    assert torch.equal(y, torch.tensor([3, 1]))
+    assert torch.allclose(x, normalize_batch(images[[3, 1]], mean, std))
+    # data-parallel shares of an augmented global batch are the single-process batch, split
+    full, _ = padded.batch(torch.tensor([0, 1, 2, 3]), seed=7)
+    half0, _ = padded.batch(torch.tensor([0, 1, 2, 3]), seed=7, rank=0, world=2)
+    half1, _ = padded.batch(torch.tensor([0, 1, 2, 3]), seed=7, rank=1, world=2)
+    assert torch.equal(half0, full[0::2]) and torch.equal(half1, full[1::2])
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cifar")
+    write_fake_cifar(root, "cifar10", n_train=32, n_test=16)
+    return root
+
+
+def _overrides(root: Path, pipeline: str) -> list[str]:
+    return [
+        "task=cifar10_vgg11",
+        "optimizer=adam",
+        "profile=smoke",
+        f"task.data.root={root}",
+        "task.data.verify_checksums=false",
+        f"task.data.pipeline={pipeline}",
+        "task.data.num_workers=0",
+        "task.epochs=2",
+        "task.batch_size=4",
+        "task.train_subset=8",
+        "task.test_subset=4",
+        "checkpoint.every_steps=3",
+    ]  # checkpoints at 2 (epoch end), 3 (mid-epoch), 4
+
+
+@pytest.mark.parametrize("pipeline", ["device", "dataloader"])
+def test_resume_mid_epoch_is_exact(
+    tmp_path: Path, fake_root: Path, pipeline: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overrides = _overrides(fake_root, pipeline)
+    assert run_inprocess(overrides, tmp_path / "whole").status == "completed"
+    original = ImageClassificationTask.train_step
+
+    def interrupted(self: ImageClassificationTask) -> dict:
+        if self.step == 3:  # in the middle of the second epoch (2 steps per epoch)
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(ImageClassificationTask, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_inprocess(overrides, tmp_path / "split")
+    monkeypatch.setattr(ImageClassificationTask, "train_step", original)
+    outcome = run_inprocess(overrides, tmp_path / "split")
+    assert outcome.status == "completed" and outcome.resumed
+    (whole,) = run_folders(tmp_path / "whole")
+    (split,) = run_folders(tmp_path / "split")
+    keys = ("step", "epoch", "lr", "test_loss", "test_acc", "train_acc")
+    rows_whole = [{k: r[k] for k in keys} for r in metrics(whole)]
+    rows_split = [{k: r[k] for k in keys} for r in metrics(split)]
+    assert rows_whole == rows_split and len(rows_whole) == 2
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)["task"]
+    b = torch.load(split / "checkpoint.pt", weights_only=True)["task"]
+    assert a["step"] == b["step"] == 4
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+
+
+def test_dataloader_batches_do_not_depend_on_worker_count(fake_root: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from optrepro.config import CONFIG_DIR
+    from optrepro.tasks.base import RunContext, seed_everything
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        task_cfg = OmegaConf.load(CONFIG_DIR / "task" / "cifar10_resnet18.yaml")
+        for key in ("recipe", "profiles"):
+            task_cfg.pop(key)
+        task_cfg.data.update(
+            {"root": str(fake_root), "verify_checksums": False, "pipeline": "dataloader", "num_workers": workers}
+        )
+        task_cfg.update({"batch_size": 8, "epochs": 2})
+        cfg = OmegaConf.create({"optimizer": {"name": "sgd", "lr": 0.1}, "task": task_cfg})
+        seed_everything(0)
+        task = ImageClassificationTask(cfg.task, RunContext(cfg, torch.device("cpu"), "fp32", seed=0))
+        out = []
+        for _ in range(5):  # crosses the epoch boundary (4 batches per epoch)
+            if task._iter is None or task.order.epoch_finished:
+                task._plan_rest_of_epoch()
+            out.append(next(task._iter)[0])
+            task._advance()
+        return out
+
+    for x0, x2 in zip(batches(0), batches(2), strict=True):
+        assert torch.equal(x0, x2)
