@@ -204,3 +204,19 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     a = torch.load(folder / "checkpoint.pt", weights_only=True)["task"]["point"]
     b = torch.load(whole / "checkpoint.pt", weights_only=True)["task"]["point"]
     assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_write_one_run_folder_once(tmp_path: Path) -> None:
+    """Data parallel through the real entry point: only rank 0 writes the run store."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "optrepro.train",
+                           "task=digits_cnn", "profile=smoke", "device=cpu", f"results_dir={tmp_path}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (folder,) = run_folders(tmp_path)
+    assert summary(folder)["status"] == "completed"
+    rows = metrics(folder)
+    assert [r["epoch"] for r in rows] == [1.0, 2.0]  # smoke: 2 epochs, each logged once, not once per rank
+    assert proc.stderr.count("completed test_acc=") == 1
