@@ -1,0 +1,436 @@
+"""CIFAR-10 GANs of the AdaBelief paper: DCGAN (BCE), WGAN (weight clipping), WGAN-GP, SN-GAN (hinge).
+
+One task class, configured by ``arch`` (dcgan | sngan_resnet), ``loss`` (bce | wgan | hinge),
+``clip_value`` and ``gp_lambda``. Each ``train_step`` is one generator step preceded by
+``n_critic`` discriminator steps, with one optimizer per network, both built from the same
+optimizer config. Noise, flips and penalty interpolation come from a task-owned generator whose
+state is in the checkpoint, so a resumed run continues exactly.
+
+Metrics at every eval point: mean D and G losses and gradient norms since the previous one; at
+``fid.every_steps`` and at the end also FID (and the Inception Score with the Inception extractor)
+of ``fid.num_fake`` samples from a fixed noise against cached real-image statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from optrepro.errors import UserError
+from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed
+
+ARCHS = ("dcgan", "sngan_resnet")
+LOSSES = ("bce", "wgan", "hinge")
+EXTRACTORS = ("inception", "tiny")
+STAT_KEYS = ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm", "d_real", "d_fake")
+
+
+# --------------------------------------------------------------------------------------- losses
+def d_loss_fn(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Discriminator loss from its outputs on real and fake batches (logits / critic values)."""
+    real, fake = real.float(), fake.float()
+    if kind == "bce":
+        return (F.binary_cross_entropy_with_logits(real, torch.ones_like(real))
+                + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake)))
+    if kind == "wgan":
+        return fake.mean() - real.mean()
+    if kind == "hinge":
+        return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+    raise ValueError(f"unknown GAN loss {kind!r}")
+
+
+def g_loss_fn(kind: str, fake: torch.Tensor) -> torch.Tensor:
+    """Generator loss from the discriminator's outputs on fakes (non-saturating for BCE)."""
+    fake = fake.float()
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))
+    if kind in ("wgan", "hinge"):
+        return -fake.mean()
+    raise ValueError(f"unknown GAN loss {kind!r}")
+
+
+def gradient_penalty(critic: Any, real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor,
+                     *args: Any) -> torch.Tensor:
+    """WGAN-GP: mean over samples of (||grad_x D(x)||_2 - 1)^2 at x = alpha real + (1 - alpha) fake.
+
+    ``alpha`` has one value per sample (shape (N,)); multiply by lambda outside.
+    """
+    shape = (-1,) + (1,) * (real.dim() - 1)
+    x = (alpha.view(shape) * real.detach() + (1 - alpha.view(shape)) * fake.detach()).requires_grad_(True)
+    out = critic(x, *args)
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+
+def grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.nn.utils.get_total_norm(grads, norm_type=2.0)
+
+
+# --------------------------------------------------------------------------------------- config
+def _positive_int(cfg: DictConfig, key: str) -> int:
+    value = cfg.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise UserError(f"task.{key} must be a positive integer, got {value!r}")
+    return value
+
+
+def validate_fid_config(cfg: DictConfig) -> None:
+    """task.fid.* checks, including that the Inception weights file exists (before any training)."""
+    fid = cfg.get("fid") or {}
+    if not fid.get("enabled", False):
+        return
+    extractor = fid.get("extractor", "inception")
+    if extractor not in EXTRACTORS:
+        raise UserError(f"task.fid.extractor must be one of {', '.join(EXTRACTORS)}, got {extractor!r}")
+    for key in ("num_fake", "batch_size", "every_steps"):
+        value = fid.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise UserError(f"task.fid.{key} must be a positive integer, got {value!r}")
+    if fid.get("num_fake") < 2:
+        raise UserError("task.fid.num_fake must be at least 2")
+    num_real = fid.get("num_real")
+    if num_real is not None and (not isinstance(num_real, int) or num_real < 2):
+        raise UserError(f"task.fid.num_real must be null (all) or an integer >= 2, got {num_real!r}")
+    if fid.get("real_split", "train") not in ("train", "test"):
+        raise UserError(f"task.fid.real_split must be train or test, got {fid.get('real_split')!r}")
+    if extractor == "inception":
+        from optrepro.metrics.fid import resolve_inception_weights
+
+        resolve_inception_weights(fid.get("weights_path"))
+
+
+class GANTask(Task):
+    metric = "fid"
+    mode = "min"
+
+    @staticmethod
+    def validate_config(cfg: DictConfig) -> None:
+        if cfg.get("arch") not in ARCHS:
+            raise UserError(f"task.arch must be one of {', '.join(ARCHS)}, got {cfg.get('arch')!r}")
+        if cfg.get("loss") not in LOSSES:
+            raise UserError(f"task.loss must be one of {', '.join(LOSSES)}, got {cfg.get('loss')!r}")
+        if cfg.get("dataset") not in ("cifar10", "cifar100"):
+            raise UserError(f"task.dataset must be cifar10 or cifar100, got {cfg.get('dataset')!r}")
+        for key in ("steps", "batch_size", "n_critic", "eval_every", "image_size", "nz", "ngf", "ndf"):
+            _positive_int(cfg, key)
+        if cfg.arch == "dcgan":
+            from optrepro.models.gan import DCGAN_HEADS
+
+            if int(cfg.image_size) != 64:
+                raise UserError(f"task.image_size must be 64 for arch=dcgan, got {cfg.image_size}")
+            if cfg.get("d_head") not in DCGAN_HEADS:
+                raise UserError(f"task.d_head must be one of {', '.join(DCGAN_HEADS)}, got {cfg.get('d_head')!r}")
+            if cfg.get("conditional"):
+                raise UserError("task.conditional=true needs arch=sngan_resnet")
+        elif int(cfg.image_size) != 32:
+            raise UserError(f"task.image_size must be 32 for arch=sngan_resnet, got {cfg.image_size}")
+        for key in ("clip_value", "gp_lambda"):
+            value = cfg.get(key, 0.0)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise UserError(f"task.{key} must be a number >= 0, got {value!r}")
+        validate_fid_config(cfg)
+
+    def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
+        super().__init__(cfg, ctx)
+        self.validate_config(cfg)
+        from optrepro.data.cifar import load_cifar
+        from optrepro.models import gan as nets
+
+        self.device = ctx.device
+        self.steps = int(cfg.steps)
+        self.eval_every = int(cfg.eval_every)
+        self.batch_size = int(cfg.batch_size)
+        self.n_critic = int(cfg.n_critic)
+        self.loss_kind = str(cfg.loss)
+        self.clip_value = float(cfg.get("clip_value", 0.0) or 0.0)
+        self.gp_lambda = float(cfg.get("gp_lambda", 0.0) or 0.0)
+        self.image_size = int(cfg.image_size)
+        self.random_flip = bool(cfg.get("random_flip", False))
+        self.nz = int(cfg.nz)
+
+        data = cfg.data
+        images, labels = load_cifar(str(cfg.dataset), data.root, train=True, download=bool(data.download),
+                                    verify_checksums=bool(data.get("verify_checksums", True)))
+        if images.shape[0] < self.batch_size:
+            raise UserError(f"task.batch_size={self.batch_size} exceeds the {images.shape[0]} training images")
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device)
+        self.num_classes = (10 if cfg.dataset == "cifar10" else 100) if cfg.get("conditional") else 0
+
+        if cfg.arch == "dcgan":
+            self.G: nn.Module = nets.DCGANGenerator(self.nz, int(cfg.ngf))
+            self.D: nn.Module = nets.DCGANDiscriminator(int(cfg.ndf), head=str(cfg.d_head))
+        else:
+            self.G = nets.SNGANGenerator(self.nz, int(cfg.ngf), self.num_classes)
+            self.D = nets.SNGANDiscriminator(int(cfg.ndf), self.num_classes)
+        self.G.to(self.device).train()
+        self.D.to(self.device).train()
+        self.g_params = [p for p in self.G.parameters() if p.requires_grad]
+        self.d_params = [p for p in self.D.parameters() if p.requires_grad]
+        self.opt_g = ctx.make_optimizer(self.g_params)
+        self.opt_d = ctx.make_optimizer(self.d_params)
+
+        self.order = BatchOrder(self.images.shape[0], self.batch_size, derived_seed("gan-batches", ctx.seed))
+        self.rng = torch.Generator(device=self.device)
+        self.rng.manual_seed(derived_seed("gan-noise", ctx.seed))
+        self.sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64, device=self.device)
+        self.counts = torch.zeros(len(STAT_KEYS), dtype=torch.float64, device=self.device)
+
+        fid = cfg.get("fid") or {}
+        self.fid_enabled = bool(fid.get("enabled", False))
+        self.fid_cfg = fid
+        self.fid_every = int(fid.get("every_steps", 0) or 0) if self.fid_enabled else 0
+        self._extractor: Any = ctx.extras.get("fid_feature_extractor")
+        self._real_stats: tuple[Any, Any] | None = None
+
+    # ----------------------------------------------------------------------------- data, noise
+    def _to_model_range(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 CIFAR -> float in [-1, 1] at ``image_size`` (bilinear, like torchvision's Resize)."""
+        x = images.float() / 127.5 - 1.0
+        if x.shape[-1] != self.image_size:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        return x
+
+    def _real_batch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        idx = self.order.next_indices().to(self.device)
+        x = self._to_model_range(self.images[idx])
+        if self.random_flip:
+            flip = torch.rand(x.shape[0], device=self.device, generator=self.rng) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        return x, (self.labels[idx] if self.num_classes else None)
+
+    def _noise(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = torch.randn(n, self.nz, device=self.device, generator=gen)
+        y = torch.randint(0, self.num_classes, (n,), device=self.device, generator=gen) if self.num_classes else None
+        return z, y
+
+    def _labels_args(self, y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        return () if y is None else (y,)
+
+    def _record(self, key: str, value: torch.Tensor) -> None:
+        i = STAT_KEYS.index(key)
+        self.sums[i] += value.detach().to(torch.float64)
+        self.counts[i] += 1
+
+    # ----------------------------------------------------------------------------- training
+    def _d_step(self) -> torch.Tensor:
+        real, y_real = self._real_batch()
+        z, y_fake = self._noise(real.shape[0], self.rng)
+        with torch.no_grad(), self.ctx.autocast():
+            fake = self.G(z, y_fake)
+        with self.ctx.autocast():
+            d_real = self.D(real, *self._labels_args(y_real))
+            d_fake = self.D(fake.float(), *self._labels_args(y_fake))
+        loss = d_loss_fn(self.loss_kind, d_real, d_fake)
+        if self.gp_lambda > 0:
+            alpha = torch.rand(real.shape[0], device=self.device, generator=self.rng)
+            # the penalty's double backward runs in fp32, outside autocast
+            loss = loss + self.gp_lambda * gradient_penalty(self.D, real, fake.float(), alpha,
+                                                            *self._labels_args(y_real))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self._record("d_grad_norm", grad_norm(self.d_params))
+        self.opt_d.step()
+        if self.clip_value > 0:
+            with torch.no_grad():
+                for p in self.d_params:
+                    p.clamp_(-self.clip_value, self.clip_value)
+        self._record("d_loss", loss)
+        self._record("d_real", d_real.float().mean())
+        self._record("d_fake", d_fake.float().mean())
+        return loss.detach()
+
+    def _g_step(self) -> torch.Tensor:
+        z, y = self._noise(self.batch_size, self.rng)
+        self.D.requires_grad_(False)
+        try:
+            with self.ctx.autocast():
+                out = self.D(self.G(z, y), *self._labels_args(y))
+            loss = g_loss_fn(self.loss_kind, out)
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+        finally:
+            self.D.requires_grad_(True)
+        self._record("g_grad_norm", grad_norm(self.g_params))
+        self.opt_g.step()
+        self._record("g_loss", loss)
+        return loss.detach()
+
+    def train_step(self) -> dict[str, Any]:
+        d_loss = torch.zeros((), device=self.device)
+        for _ in range(self.n_critic):
+            d_loss = self._d_step()
+        g_loss = self._g_step()
+        self.step += 1
+        return {"loss": d_loss + g_loss, "d_loss": d_loss, "g_loss": g_loss}
+
+    # ----------------------------------------------------------------------------- evaluation
+    def _fid_due(self) -> bool:
+        return self.fid_enabled and (self.step % self.fid_every == 0 or self.done())
+
+    def evaluate(self) -> dict[str, float]:
+        means = (self.sums / self.counts.clamp_min(1)).tolist()
+        out = {k: float(v) for k, v, c in zip(STAT_KEYS, means, self.counts.tolist(), strict=True) if c > 0}
+        self.sums.zero_()
+        self.counts.zero_()
+        if self._fid_due():
+            out.update(self.compute_fid())
+        return out
+
+    def feature_extractor(self) -> Any:
+        if self._extractor is None:
+            from optrepro.metrics.fid import build_extractor
+
+            self._extractor = build_extractor(str(self.fid_cfg.get("extractor", "inception")),
+                                              self.fid_cfg.get("weights_path"), self.device)
+        return self._extractor
+
+    def _real_images(self) -> torch.Tensor:
+        split = str(self.fid_cfg.get("real_split", "train"))
+        if split == "train":
+            images = self.images
+        else:
+            from optrepro.data.cifar import load_cifar
+
+            data = self.cfg.data
+            images, _ = load_cifar(str(self.cfg.dataset), data.root, train=False, download=bool(data.download),
+                                   verify_checksums=bool(data.get("verify_checksums", True)))
+        n = self.fid_cfg.get("num_real")
+        if n is not None and int(n) > images.shape[0]:
+            raise UserError(f"task.fid.num_real={n} exceeds the {images.shape[0]} {split} images")
+        return images[: int(n) if n is not None else images.shape[0]]
+
+    def real_statistics(self) -> tuple[Any, Any]:
+        """(mu, sigma) of the real images at ``image_size``; cached on disk under task.data.root."""
+        if self._real_stats is not None:
+            return self._real_stats
+        from optrepro.metrics.fid import (
+            extractor_name,
+            load_or_compute_real_stats,
+            real_stats_cache_path,
+            statistics_of,
+            to_uint8,
+        )
+
+        extractor = self.feature_extractor()
+        images = self._real_images()
+        batch = int(self.fid_cfg.batch_size)
+
+        def batches() -> Iterator[torch.Tensor]:
+            for start in range(0, images.shape[0], batch):
+                chunk = images[start : start + batch].to(self.device)
+                yield chunk if self.image_size == 32 else to_uint8(self._to_model_range(chunk))
+
+        name = extractor_name(extractor)
+        cache = None
+        if name is not None:
+            digest = hashlib.sha1(images.cpu().numpy().tobytes()).hexdigest()[:10]  # fake vs real data apart
+            split = str(self.fid_cfg.get("real_split", "train"))
+            cache = real_stats_cache_path(self.cfg.data.root, f"{self.cfg.dataset}_{digest}", split,
+                                          images.shape[0], self.image_size, name)
+        self._real_stats = load_or_compute_real_stats(
+            cache, lambda: statistics_of(batches(), extractor, keep_logits=False))
+        return self._real_stats
+
+    @torch.no_grad()
+    def compute_fid(self) -> dict[str, float]:
+        """FID (and IS when the extractor gives logits) of num_fake samples from a fixed noise."""
+        from optrepro.metrics.fid import frechet_distance, inception_score, statistics_of, to_uint8
+
+        mu_r, sigma_r = self.real_statistics()
+        extractor = self.feature_extractor()
+        num_fake, batch = int(self.fid_cfg.num_fake), int(self.fid_cfg.batch_size)
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(derived_seed("fid-noise", self.ctx.seed))
+
+        def fakes() -> Iterator[torch.Tensor]:
+            for start in range(0, num_fake, batch):
+                z, y = self._noise(min(batch, num_fake - start), gen)
+                with self.ctx.autocast():
+                    images = to_uint8(self.G(z, y))
+                yield images  # outside autocast: the extractor runs in fp32
+
+        was_training = self.G.training
+        self.G.eval()
+        try:
+            stats = statistics_of(fakes(), extractor, keep_logits=bool(self.fid_cfg.get("inception_score", True)))
+        finally:
+            self.G.train(was_training)
+        mu_f, sigma_f = stats.mean_cov()
+        out = {"fid": frechet_distance(mu_r, sigma_r, mu_f, sigma_f)}
+        if stats.logits:
+            out["inception_score"], out["inception_score_std"] = inception_score(torch.cat(stats.logits))
+        return out
+
+    # ----------------------------------------------------------------------------- loop API
+    def done(self) -> bool:
+        return self.step >= self.steps
+
+    def eval_due(self) -> bool:
+        return self.step % self.eval_every == 0 or (self.fid_enabled and self.step % self.fid_every == 0)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps
+
+    @property
+    def epoch(self) -> float:
+        return self.order.epochs_done
+
+    def current_lr(self) -> float | None:
+        return float(self.opt_g.param_groups[0]["lr"])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "order": self.order.state_dict(),
+            "rng": self.rng.get_state(),
+            "sums": self.sums.clone(),
+            "counts": self.counts.clone(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.order.load_state_dict(state["order"])
+        self.rng.set_state(state["rng"].cpu())
+        self.sums.copy_(state["sums"])
+        self.counts.copy_(state["counts"])
+
+    def finalize(self, run_dir: Path) -> dict[str, Any]:
+        """An 8x8 grid of samples from a fixed noise (samples.png)."""
+        from torchvision.utils import save_image
+
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(derived_seed("sample-grid", self.ctx.seed))
+        was_training = self.G.training
+        self.G.eval()
+        try:
+            with torch.no_grad():
+                z, y = self._noise(64, gen)
+                images = self.G(z, y).float().cpu()
+        finally:
+            self.G.train(was_training)
+        save_image((images + 1) / 2, run_dir / "samples.png", nrow=8)
+        return {"artifacts": {"samples": "samples.png"}}
+
+
+__all__ = ["ARCHS", "LOSSES", "GANTask", "d_loss_fn", "g_loss_fn", "gradient_penalty", "grad_norm"]
