@@ -167,9 +167,25 @@ def bench_cifar(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     return result
 
 
+def bench_lm(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Tokens/s of the AWD-LSTM training step against its model-only ceiling."""
+    from optrepro.tasks.language_model import benchmark_tokens_per_second
+
+    return benchmark_tokens_per_second(quick=args.quick, device=str(device))
+
+
+def bench_mt(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Target tokens/s of the Transformer training step against its model-only ceiling (CPU-sized model)."""
+    from optrepro.tasks.translation import benchmark_tokens_per_second
+
+    return benchmark_tokens_per_second(quick=args.quick)
+
+
 #: name -> bench function(args, device) -> JSON-able dict; other task families add theirs here
 BENCHES: dict[str, Callable[[argparse.Namespace, torch.device], dict[str, Any]]] = {
     "cifar": bench_cifar,
+    "lm": bench_lm,
+    "mt": bench_mt,
 }
 
 

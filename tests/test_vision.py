@@ -230,6 +230,9 @@ def test_bench_train_quick(tmp_path: Path) -> None:
     assert all(v > 0 for v in cifar["images_per_s_median"].values())
     assert set(cifar["overhead_vs_model_only"]) == {"dataloader_w0", "dataloader_w1", "device"}
     assert saved["machine"]["torch"] and "cpu_count" in saved["machine"]
+    for family in ("lm", "mt"):  # the language-model and translation tokens/s entries
+        assert saved["benches"][family]["train_step_tokens_per_s"] > 0
+        assert saved["benches"][family]["model_only_tokens_per_s"] > 0
 
 
 @pytest.mark.slow

@@ -23,7 +23,11 @@ SEEDS = "0,1,2"
 
 
 def demo_plan() -> list[Sweep]:
-    """The demo's grid, task by task (only tasks whose config exists)."""
+    """The demo's grid, task by task (only tasks whose config exists).
+
+    Every optimizer on the cheap tasks; on the three slower ones AdaBelief and the four ablation corners only
+    (``ablation_adam`` computes exactly what Adam does and ``ablation_eadam`` what EAdam does, at their defaults).
+    """
     tasks = set(group_options("task"))
     plan = [
         # deterministic: one seed; every Figure-3 function
@@ -31,12 +35,11 @@ def demo_plan() -> list[Sweep]:
                         f"optimizer={OPTIMIZERS}", "seed=0")),
         Sweep("toy2d_l1_scaled", ("task=toy2d_l1_scaled", f"optimizer={OPTIMIZERS}", "seed=0")),
         Sweep("digits", ("task=digits_cnn", f"optimizer={OPTIMIZERS}", f"seed={SEEDS}")),
-        # the eps axis: the four corners at four more eps values (1e-8 is in the line above)
-        Sweep("digits-eps", ("task=digits_cnn", f"optimizer={CORNERS}", "optimizer.eps=1e-16,1e-12,1e-6,1e-4",
-                             f"seed={SEEDS}")),
-        Sweep("textlm", ("task=textlm_lstm1", f"optimizer={OPTIMIZERS}", f"seed={SEEDS}")),
-        Sweep("ring_gan", ("task=ring_gan", f"optimizer={OPTIMIZERS}", f"seed={SEEDS}")),
-        Sweep("synthetic_mt", ("task=synthetic_mt", f"optimizer={OPTIMIZERS}", f"seed={SEEDS}")),
+        # the eps axis: the four corners at two more eps values (1e-8 is in the line above)
+        Sweep("digits-eps", ("task=digits_cnn", f"optimizer={CORNERS}", "optimizer.eps=1e-16,1e-4", f"seed={SEEDS}")),
+        Sweep("textlm", ("task=textlm_lstm1", f"optimizer=adabelief,{CORNERS}", f"seed={SEEDS}")),
+        Sweep("ring_gan", ("task=ring_gan", f"optimizer=adabelief,{CORNERS}", f"seed={SEEDS}")),
+        Sweep("synthetic_mt", ("task=synthetic_mt", f"optimizer=adabelief,{CORNERS}", f"seed={SEEDS}")),
     ]
     return [s for s in plan if s.overrides[0].split("=", 1)[1] in tasks]
 
