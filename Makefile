@@ -57,6 +57,7 @@ sweep-eps: setup
 
 bench: setup
 	$(BIN)/python scripts/bench_optim.py
+	$(BIN)/python scripts/bench_train.py
 
 lint: setup
 	$(BIN)/ruff check src tests scripts

@@ -18,6 +18,7 @@ from optrepro.pipeline import Sweep, analyze, measure_step_seconds, preset_grid,
 TABLES: dict[str, list[str]] = {
     "eadam_table2": ["eadam_table2"],
     "eadam_table3": ["eadam_table3"],
+    "eadam_table4": ["eadam_table4"],
     "adabelief_cifar": ["adabelief_cifar"],
     "adabelief_imagenet": ["adabelief_imagenet"],
     "adabelief_gan": ["adabelief_gan"],
@@ -27,7 +28,7 @@ TABLES: dict[str, list[str]] = {
 #: the 2x2 of DESIGN.md section 3 on every paper task
 ABLATION_TASKS = ("cifar10_resnet34", "cifar100_resnet34", "cifar10_vgg11", "cifar10_densenet121",
                   "ptb_lstm1", "ptb_lstm2", "ptb_lstm3", "cifar10_wgangp", "cifar10_sngan",
-                  "iwslt14_transformer", "imagenet_resnet18")
+                  "iwslt14_transformer", "voc_fasterrcnn", "imagenet_resnet18")
 ABLATION_CORNERS = "ablation_adam,ablation_eadam,ablation_belief_outside,ablation_belief_inside"
 
 

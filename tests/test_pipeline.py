@@ -1,0 +1,71 @@
+"""make demo / reproduce-table / sweep-eps plumbing: plans, run counts, estimates, one tiny pipeline run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO, run_folders, summary
+from optrepro.demo import demo_plan
+from optrepro.pipeline import Sweep, analyze, count_outcomes, measure_step_seconds, run_sweeps
+from optrepro.reproduce import TABLES, plan, runs_per_task
+
+
+def test_sweep_counts_runs_of_the_whole_grid() -> None:
+    assert Sweep("a", ("task=toy2d", "optimizer=adam,sgd", "seed=0,1,2")).n_runs() == 6
+    assert Sweep("b", ("task=toy2d", "seed=range(0,4)")).n_runs() == 4
+    # an experiment preset's own grid counts too, unless the command line replaces that key
+    preset = Sweep("c", ("experiment=x", "seed=0,1"), {"task": "a,b,c", "optimizer": "p,q", "seed": "0,1,2,3,4"})
+    assert preset.n_runs() == 2 * 3 * 2
+
+
+def test_demo_plan_covers_the_debate() -> None:
+    sweeps = {s.label: s for s in demo_plan()}
+    assert {"toy2d", "digits", "digits-eps", "textlm", "ring_gan", "synthetic_mt"} <= set(sweeps)
+    digits = " ".join(sweeps["digits"].overrides)
+    for name in ("sgd", "adam", "adamw", "eadam", "adabelief", "ablation_adam", "ablation_eadam",
+                 "ablation_belief_outside", "ablation_belief_inside"):
+        assert name in digits.split("optimizer=")[1].split()[0].split(",")
+    assert "seed=0,1,2" in digits
+    assert "optimizer.eps=" in " ".join(sweeps["digits-eps"].overrides)
+    assert sum(s.n_runs() for s in sweeps.values()) == 150
+
+
+def test_every_table_has_its_preset_and_plan() -> None:
+    for table in TABLES:
+        sweeps = plan(table, "0,1,2")
+        assert sweeps and all(s.n_runs() > 0 for s in sweeps), table
+    eadam2 = plan("eadam_table2", "0,1,2")[0]
+    assert sum(runs_per_task(eadam2).values()) == eadam2.n_runs()
+    ablation = plan("ablation", "0")
+    assert all(s.n_runs() == 4 for s in ablation)
+
+
+def test_step_time_is_measured_or_explained() -> None:
+    measured = measure_step_seconds("toy2d", steps=3, warmup=1)
+    assert isinstance(measured, tuple) and measured[0] > 0 and measured[1] == 1000
+    missing = measure_step_seconds("ptb_lstm1", steps=1, warmup=0)
+    assert isinstance(missing, str) and "task.data.download=true" in missing
+
+
+def test_reproduce_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "optrepro.reproduce", "--table", "eadam_table3", "--dry-run",
+                           "--results", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "36 runs" in proc.stdout and "device-hours" in proc.stdout and "not measured" in proc.stdout
+    assert not any(tmp_path.iterdir())
+
+
+def test_pipeline_runs_sweeps_then_the_analysis(tmp_path: Path) -> None:
+    sweeps = [Sweep("toy", ("task=toy2d", "profile=smoke", "optimizer=adam,ablation_belief_inside", "seed=0"))]
+    runs = tmp_path / "runs"
+    assert run_sweeps(sweeps, runs, jobs=1, extra=("wandb.mode=disabled",), show_progress=False) == 0
+    assert {summary(f)["status"] for f in run_folders(runs)} == {"completed"} and len(run_folders(runs)) == 2
+    assert count_outcomes(runs, since=0) == 2
+    # a second pipeline run skips both
+    assert run_sweeps(sweeps, runs, jobs=1, extra=("wandb.mode=disabled",), show_progress=False) == 0
+    assert "2 skipped" in (runs / ".sweeps" / "toy.log").read_text()
+    assert analyze(runs, tmp_path / "out") == 0
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "toy2d_l1" in report and "ablation_belief_inside" in report
