@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis_fixtures import ABLATION_CORNERS, write_run
 from conftest import REPO
 from optrepro.analysis.load import load_runs, settings_of
 from optrepro.analysis.stats import bootstrap_mean, improvement, paired_bootstrap
@@ -23,7 +24,6 @@ from optrepro.analysis.tables import (
     verdict,
 )
 from optrepro.analyze import DEFAULT_PUBLISHED, analyze, main
-from analysis_fixtures import ABLATION_CORNERS, write_run
 
 PUBLISHED = REPO / "results" / "published_results.csv"
 
