@@ -112,6 +112,25 @@ class Task(abc.ABC):
         return {}
 
 
+class FixedStepsTask(Task):
+    """A task trained for ``cfg.steps`` optimizer steps and evaluated every ``cfg.eval_every`` steps."""
+
+    def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
+        super().__init__(cfg, ctx)
+        self.steps = int(cfg.steps)
+        self.eval_every = int(cfg.eval_every)
+
+    def done(self) -> bool:
+        return self.step >= self.steps
+
+    def eval_due(self) -> bool:
+        return self.step % self.eval_every == 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps
+
+
 # ------------------------------------------------------------------------------- batch order
 def derived_seed(*parts: Any) -> int:
     """A stable 63-bit seed from any parts (independent of PYTHONHASHSEED)."""

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from optrepro.errors import UserError
-from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed
+from optrepro.tasks.base import BatchOrder, FixedStepsTask, RunContext, derived_seed
 
 ARCHS = ("dcgan", "sngan_resnet")
 LOSSES = ("bce", "wgan", "hinge")
@@ -109,7 +109,7 @@ def validate_fid_config(cfg: DictConfig) -> None:
         resolve_inception_weights(fid.get("weights_path"))
 
 
-class GANTask(Task):
+class GANTask(FixedStepsTask):
     metric = "fid"
     mode = "min"
 
@@ -147,8 +147,6 @@ class GANTask(Task):
         from optrepro.models import gan as nets
 
         self.device = ctx.device
-        self.steps = int(cfg.steps)
-        self.eval_every = int(cfg.eval_every)
         self.batch_size = int(cfg.batch_size)
         self.n_critic = int(cfg.n_critic)
         self.loss_kind = str(cfg.loss)
@@ -374,15 +372,8 @@ class GANTask(Task):
         return out
 
     # ----------------------------------------------------------------------------- loop API
-    def done(self) -> bool:
-        return self.step >= self.steps
-
     def eval_due(self) -> bool:
         return self.step % self.eval_every == 0 or (self.fid_enabled and self.step % self.fid_every == 0)
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps
 
     @property
     def epoch(self) -> float:

@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig
 
 from optrepro.errors import UserError
-from optrepro.tasks.base import RunContext, Task, derived_seed
+from optrepro.tasks.base import FixedStepsTask, RunContext, derived_seed
 from optrepro.tasks.gan import LOSSES, d_loss_fn, g_loss_fn, grad_norm, gradient_penalty
 
 STAT_KEYS = ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm")
@@ -60,7 +60,7 @@ def sample_ring(n: int, modes: torch.Tensor, std: float, gen: torch.Generator) -
     return modes.float()[idx] + std * torch.randn(n, 2, generator=gen)
 
 
-class RingGANTask(Task):
+class RingGANTask(FixedStepsTask):
     # modes covered is the mode-collapse measure this test exists for; frechet_2d (also reported) only
     # compares mean and covariance, so a generator smeared around the ring scores well without hitting modes
     metric = "modes_covered"
@@ -93,7 +93,6 @@ class RingGANTask(Task):
         self.validate_config(cfg)
         from optrepro.models.gan import RingDiscriminator, RingGenerator
 
-        self.steps, self.eval_every = int(cfg.steps), int(cfg.eval_every)
         self.batch_size, self.n_critic = int(cfg.batch_size), int(cfg.n_critic)
         self.loss_kind, self.gp_lambda = str(cfg.loss), float(cfg.get("gp_lambda", 0.0) or 0.0)
         self.std, self.radius = float(cfg.std), float(cfg.radius)
@@ -165,16 +164,6 @@ class RingGANTask(Task):
         else:
             out["frechet_2d"] = math.inf
         return out
-
-    def done(self) -> bool:
-        return self.step >= self.steps
-
-    def eval_due(self) -> bool:
-        return self.step % self.eval_every == 0
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps
 
     def current_lr(self) -> float | None:
         return float(self.opt_g.param_groups[0]["lr"])

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from optrepro.errors import UserError
-from optrepro.tasks.base import RunContext, Task
+from optrepro.tasks.base import FixedStepsTask, RunContext
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ FUNCTIONS: dict[str, TestFunction] = {
 }
 
 
-class Toy2DTask(Task):
+class Toy2DTask(FixedStepsTask):
     metric = "loss"
     mode = "min"
 
@@ -65,8 +65,6 @@ class Toy2DTask(Task):
         super().__init__(cfg, ctx)
         self.validate_config(cfg)
         self.function = FUNCTIONS[str(cfg.function)]
-        self.steps = int(cfg.steps)
-        self.eval_every = int(cfg.eval_every)
         self.tolerance = float(cfg.tolerance)
         # float64: the paths are tiny problems where rounding would otherwise dominate at small eps
         self.point = torch.nn.Parameter(torch.tensor(self.function.start, dtype=torch.float64))
@@ -110,16 +108,6 @@ class Toy2DTask(Task):
         if self.steps_to_tol is not None:
             out["steps_to_tol"] = float(self.steps_to_tol)
         return out
-
-    def done(self) -> bool:
-        return self.step >= self.steps
-
-    def eval_due(self) -> bool:
-        return self.step % self.eval_every == 0
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps
 
     def state_dict(self) -> dict[str, Any]:
         return {
