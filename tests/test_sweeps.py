@@ -194,7 +194,6 @@ def _pids_running(fragment: str) -> list[int]:
     return pids
 
 
-@pytest.mark.slow
 def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path: Path) -> None:
     """The SLURM path with submitit's local executor: a preemption signal mid-run checkpoints and
     requeues the job (hydra-submitit-launcher's checkpoint()), which resumes from the run's checkpoint."""

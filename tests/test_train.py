@@ -206,7 +206,6 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert torch.equal(a, b)
 
 
-@pytest.mark.slow
 def test_torchrun_two_ranks_write_one_run_folder_once(tmp_path: Path) -> None:
     """Data parallel through the real entry point: only rank 0 writes the run store."""
     torchrun = Path(sys.executable).with_name("torchrun")
