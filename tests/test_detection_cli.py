@@ -18,7 +18,7 @@ def test_voc_smoke_run_through_the_real_loader(tmp_path: Path) -> None:
     (folder,) = run_folders(tmp_path / "runs")
     assert folder.name.startswith("voc_fasterrcnn_fpn_adabelief")
     s = summary(folder)
-    assert s["metric"] == "map50" and s["mode"] == "max" and s["steps"] == 2  # 4 images (smoke), batch 2
+    assert s["metric"] == "map50_11pt" and s["mode"] == "max" and s["steps"] == 2  # 4 images (smoke), batch 2
     (row,) = metrics(folder)
     assert 0.0 <= row["map50"] <= 100.0 and 0.0 <= row["map50_11pt"] <= 100.0 and row["lr"] == 1e-4
     assert s["detection"]["train_images"] == 4 and s["detection"]["test_images"] == 4
