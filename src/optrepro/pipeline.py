@@ -28,15 +28,16 @@ class Sweep:
     #: extra sweep dimensions that come from an experiment preset's hydra.sweeper.params
     preset_grid: dict[str, str] = field(default_factory=dict)
 
+    def values(self, key: str) -> list[str]:
+        """The values this sweep gives ``key``: the command line's, else the preset grid's, else none."""
+        for o in parse_overrides(list(self.overrides)):
+            if o.key_or_group == key:
+                return list(o.sweep_string_iterator()) if o.is_sweep_override() else [str(o.value())]
+        return str(self.preset_grid[key]).split(",") if key in self.preset_grid else []
+
     def n_runs(self) -> int:
-        grid = {o.key_or_group: o for o in parse_overrides(list(self.overrides))}
-        sizes = []
-        for o in grid.values():
-            sizes.append(len(list(o.sweep_string_iterator())) if o.is_sweep_override() else 1)
-        for key, values in self.preset_grid.items():
-            if key not in grid:
-                sizes.append(len(str(values).split(",")))
-        return math.prod(sizes)
+        keys = {o.key_or_group for o in parse_overrides(list(self.overrides))} | set(self.preset_grid)
+        return math.prod(len(self.values(key)) for key in keys)
 
 
 def preset_grid(experiment: str) -> dict[str, str]:

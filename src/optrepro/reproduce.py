@@ -52,12 +52,7 @@ def plan(table: str, seeds: str) -> list[Sweep]:
 
 def runs_per_task(sweep: Sweep) -> dict[str, int]:
     """How many of a sweep's runs train each task."""
-    from optrepro.config import parse_overrides
-
-    grid = {o.key_or_group: o for o in parse_overrides(list(sweep.overrides))}
-    task_values = (list(grid["task"].sweep_string_iterator()) if grid["task"].is_sweep_override()
-                   else [grid["task"].value()]) if "task" in grid else sweep.preset_grid.get("task", "").split(",")
-    tasks = [t for t in task_values if t]
+    tasks = [t for t in sweep.values("task") if t]
     n = sweep.n_runs()
     return {t: n // max(len(tasks), 1) for t in tasks}
 

@@ -100,11 +100,15 @@ def config_hash(cfg: DictConfig | Mapping[str, Any], length: int = 10) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:length]
 
 
+def optimizer_label(cfg: DictConfig) -> str:
+    """The optimizer config a run chose (e.g. ``adabelief_v005``), else its class key."""
+    return str(cfg.optimizer.get("config_name", cfg.optimizer.get("name", "opt")))
+
+
 def run_name(cfg: DictConfig) -> str:
     """Readable prefix + content hash, e.g. ``toy2d_adam_s0_3f2a9c1b7d``."""
     task = cfg.task.get("name", "task")
-    opt = cfg.optimizer.get("config_name", cfg.optimizer.get("name", "opt"))
-    return f"{task}_{opt}_s{cfg.seed}_{config_hash(cfg)}"
+    return f"{task}_{optimizer_label(cfg)}_s{cfg.seed}_{config_hash(cfg)}"
 
 
 # ----------------------------------------------------------------------------- environment

@@ -17,6 +17,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from optrepro.runs import optimizer_label
+
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"optimizer": {"eps": 1e-8}} -> {"optimizer.eps": 1e-8}; lists become strings."""
@@ -33,9 +35,8 @@ def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def display_name(cfg: DictConfig) -> str:
-    opt = cfg.optimizer
-    name = str(opt.get("config_name", opt.get("name")))
-    eps = opt.get("eps")
+    name = optimizer_label(cfg)
+    eps = cfg.optimizer.get("eps")
     eps_part = f" eps={eps:g}" if isinstance(eps, (int, float)) else ""
     return f"{name}{eps_part} seed={cfg.seed}"
 
@@ -57,7 +58,7 @@ class Tracker:
                 project=str(cfg.wandb.project),
                 entity=cfg.wandb.get("entity"),
                 group=str(cfg.task.name),
-                job_type=str(cfg.optimizer.get("config_name", cfg.optimizer.get("name"))),
+                job_type=optimizer_label(cfg),
                 name=display_name(cfg),
                 tags=list(cfg.wandb.get("tags") or []),
                 id=run_id,

@@ -28,7 +28,7 @@ from optrepro.config import (
     validate_config,
 )
 from optrepro.errors import UserError
-from optrepro.runs import RunDir, check_writable, config_hash, run_name
+from optrepro.runs import RunDir, check_writable, config_hash, optimizer_label, run_name
 
 SKIP_STATUSES = ("completed", "diverged")  # a failed run is retried on relaunch
 
@@ -219,7 +219,7 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
         "reason": reason,
         "run": run_dir.path.name,
         "task": str(cfg.task.name),
-        "optimizer": str(cfg.optimizer.get("config_name", cfg.optimizer.name)),
+        "optimizer": optimizer_label(cfg),
         "seed": int(cfg.seed),
         "metric": task.metric,
         "mode": task.mode,

@@ -203,13 +203,7 @@ def settings_of(cfg: dict[str, Any]) -> dict[str, Any]:
 def _settings_tree(cfg: dict[str, Any]) -> dict[str, Any]:
     out = _flatten("opt.", cfg.get("optimizer") or {}, _OPT_SKIP)
     out.update(_flatten("task.", cfg.get("task") or {}, _TASK_SKIP))
-    for key, value in cfg.items():
-        if key in _TOP_SKIP:
-            continue
-        if isinstance(value, dict):
-            out.update(_flatten(f"cfg.{key}.", value))
-        else:
-            out[f"cfg.{key}"] = _scalar(value)
+    out.update(_flatten("cfg.", cfg, _TOP_SKIP))
     return out
 
 
