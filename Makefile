@@ -57,6 +57,9 @@ sweep-eps: setup
 
 bench: setup
 	$(BIN)/python scripts/bench_optim.py
+	$(BIN)/python scripts/bench_optim.py --malloc default --out results/bench/optim_cpu_malloc_default.json
+	$(BIN)/python scripts/bench_optim.py --malloc default --sets resnet34_cifar_training_loop \
+		--rounds 15 --out results/bench/optim_cpu_training_loop.json
 	$(BIN)/python scripts/bench_train.py
 
 lint: setup

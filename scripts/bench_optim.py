@@ -4,7 +4,9 @@ Parameter sets (shapes only, no model code): ResNet-34 for CIFAR (3x3 stem, no m
 21.3M params) and the IWSLT14 Transformer (transformer_iwslt_de_en: 6+6 layers, d 512, ffn 1024,
 10k vocab per side, decoder input/output embedding shared; 41.6M params). Candidates: torch.optim.Adam
 (foreach, fused), adabelief-pytorch 0.2.1 (the reference package) and ours (AdaBelief, EAdam and the
-ablation's belief/inside corner; foreach and fused).
+ablation's belief/inside corner; foreach and fused). A third set, ``resnet34_cifar_training_loop``,
+gives every candidate its own ResNet-34 and runs zero_grad + forward + backward (untimed) before
+each timed step, so the step is measured inside the heap of a real training loop.
 
 Timing: all candidates of a parameter set live side by side and share one set of random gradients;
 after warm-up (which includes torch.compile for fused), rounds run every candidate once in turn
@@ -17,7 +19,18 @@ memory events (every allocation and free by torch's CPU allocator) replayed in o
 step, peak of the running sum; plus persistent non-state buffers (our foreach workspace). RSS is
 not used: the C allocator's caching makes it meaningless for a single step.
 
-    python scripts/bench_optim.py [--quick] [--device cpu|cuda] [--threads N] [--out results/bench/optim_cpu.json]
+Page faults (CPU): a step that allocates temporaries (torch foreach Adam, the reference package) can
+pay a page fault per 4 kB of them when glibc hands freed memory back to the OS between steps. In a
+standalone loop of optimizer steps that is what glibc's default settings do (the reference's
+ResNet-34 step then takes ~50k faults and 2-3x longer); inside a training loop the forward/backward
+allocations keep the heap populated and the same step takes none (measured: 0 faults/step for
+adabelief-pytorch in a ResNet-34 CIFAR training loop on this machine). ``--malloc warm`` (default)
+reproduces the training-loop regime deterministically by telling glibc to keep freed memory
+(mallopt: mmap threshold 32 MiB, trim threshold 1 GiB); ``--malloc default`` leaves glibc alone.
+Each candidate's minor page faults per step are recorded either way.
+
+    python scripts/bench_optim.py [--quick] [--device cpu|cuda] [--threads N] [--malloc warm|default]
+                                  [--out results/bench/optim_cpu.json]
 
 On a shared machine other processes inflate every number; the interleaved rounds keep the ratios
 comparable, ``--threads 1`` makes them far less sensitive to the load (no OpenMP barrier waiting on
@@ -28,11 +41,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import io
 import json
 import math
 import os
 import platform
+import resource
 import socket
 import statistics
 import sys
@@ -100,6 +116,59 @@ def transformer_iwslt_shapes(vocab_src: int = 10_000, vocab_tgt: int = 10_000) -
 
 def quick_shapes() -> Shapes:
     return [(32, 3, 3, 3), (32,), (32,), (64, 32, 3, 3), (64,), (10, 64), (10,)]
+
+
+# ----------------------------------------------------------------------------------------------
+# the C allocator
+# ----------------------------------------------------------------------------------------------
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameter numbers (malloc.h)
+WARM_MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit
+WARM_TRIM_THRESHOLD = 1 << 30
+
+
+def configure_malloc(mode: str) -> dict[str, Any]:
+    """Set glibc's malloc for the run ("warm": keep freed memory, as a training loop's heap does;
+    "default": leave it) and say what was done, for the JSON record."""
+    if mode == "default":
+        return {"mode": "default"}
+    libc_name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(libc_name)
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, WARM_MMAP_THRESHOLD)) and bool(
+            libc.mallopt(_M_TRIM_THRESHOLD, WARM_TRIM_THRESHOLD)
+        )
+    except (OSError, AttributeError, TypeError):
+        ok = False
+    if not ok:
+        print(f"warning: mallopt unavailable ({libc_name}); --malloc warm had no effect", file=sys.stderr)
+        return {"mode": "default", "requested": "warm", "mallopt": "unavailable"}
+    return {"mode": "warm", "mmap_threshold": WARM_MMAP_THRESHOLD, "trim_threshold": WARM_TRIM_THRESHOLD}
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+ADAM_STEP_BYTES = 28  # fp32: read param, grad, m, v; write param, m, v
+
+
+def memory_floor(numel: int, device: torch.device, rounds: int) -> dict[str, float]:
+    """Memory bandwidth from an in-place add over ``numel`` floats (12 bytes each), and the time an
+    fp32 Adam-family step's 28 bytes per parameter take at that rate: a rough floor (the measured
+    bandwidth itself varies by ~20% between runs on a shared machine)."""
+    a = torch.zeros(numel, device=device)
+    b = torch.ones(numel, device=device)
+    a.add_(b)
+    times = []
+    for _ in range(rounds):
+        _sync(device)
+        start = time.perf_counter()
+        a.add_(b)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    gb_per_s = 12 * numel / statistics.median(times) / 1e9
+    return {"inplace_add_gb_per_s": gb_per_s, "adam_step_floor_ms": ADAM_STEP_BYTES * numel / gb_per_s / 1e6}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,16 +258,59 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_param_set(shapes: Shapes, names: list[str], device: torch.device, rounds: int, warmup: int) -> dict[str, Any]:
+# A workload makes one candidate's parameters and says how to refresh their gradients before each
+# timed step (None: the gradients stay fixed).
+Workload = Callable[[], tuple[list[torch.nn.Parameter], Callable[[], None] | None]]
+
+
+def fixed_gradients(shapes: Shapes, device: torch.device) -> Workload:
+    """Parameters of the given shapes; every candidate shares one set of random gradients."""
     generator = torch.Generator().manual_seed(0)
     grads = [torch.randn(s, generator=generator).to(device) for s in shapes]
     initial = [torch.randn(s, generator=generator).to(device) for s in shapes]
-    opts: dict[str, torch.optim.Optimizer] = {}
-    compile_s: dict[str, float] = {}
-    for name in names:
+
+    def make() -> tuple[list[torch.nn.Parameter], None]:
         params = [torch.nn.Parameter(x.clone()) for x in initial]
         for p, g in zip(params, grads, strict=True):
             p.grad = g
+        return params, None
+
+    return make
+
+
+def resnet34_training_loop(device: torch.device, batch_size: int = 16) -> Workload:
+    """A ResNet-34 (CIFAR) per candidate; before each step zero_grad + forward + backward on one
+    fixed batch, as a training loop does (untimed: only the step is timed)."""
+    from optrepro.models.cifar import resnet34
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch_size, 3, 32, 32, generator=generator).to(device)
+    labels = torch.randint(0, 10, (batch_size,), generator=generator).to(device)
+
+    def make() -> tuple[list[torch.nn.Parameter], Callable[[], None]]:
+        torch.manual_seed(0)
+        model = resnet34().to(device)
+
+        def forward_backward() -> None:
+            model.zero_grad()  # set_to_none, as torch's default: backward allocates fresh grads
+            torch.nn.functional.cross_entropy(model(images), labels).backward()
+
+        forward_backward()
+        return list(model.parameters()), forward_backward
+
+    return make
+
+
+def bench_param_set(
+    workload: Workload, names: list[str], device: torch.device, rounds: int, warmup: int
+) -> dict[str, Any]:
+    opts: dict[str, torch.optim.Optimizer] = {}
+    refreshers: dict[str, Callable[[], None] | None] = {}
+    compile_s: dict[str, float] = {}
+    shapes: Shapes = []
+    for name in names:
+        params, refresh = workload()
+        shapes = [tuple(p.shape) for p in params]
         opt = CANDIDATES[name](params)
         _sync(device)
         start = time.perf_counter()
@@ -206,17 +318,26 @@ def bench_param_set(shapes: Shapes, names: list[str], device: torch.device, roun
         _sync(device)
         compile_s[name] = time.perf_counter() - start
         for _ in range(warmup):
+            if refresh is not None:
+                refresh()
             opt.step()
         opts[name] = opt
+        refreshers[name] = refresh
 
     times: dict[str, list[float]] = {name: [] for name in names}
+    faults: dict[str, list[int]] = {name: [] for name in names}
     for _ in range(rounds):
         for name, opt in opts.items():
+            refresh = refreshers[name]
+            if refresh is not None:
+                refresh()
             _sync(device)
+            faults_before = minor_faults()
             start = time.perf_counter()
             opt.step()
             _sync(device)
             times[name].append((time.perf_counter() - start) * 1e3)
+            faults[name].append(minor_faults() - faults_before)
 
     results: dict[str, Any] = {}
     for name, opt in opts.items():
@@ -227,6 +348,7 @@ def bench_param_set(shapes: Shapes, names: list[str], device: torch.device, roun
             "ms_p25": ts[len(ts) // 4],
             "ms_p75": ts[(3 * len(ts)) // 4],
             "first_step_s": compile_s[name],
+            "minor_faults_per_step": statistics.median(faults[name]),
             "state_bytes": state_bytes(opt),
             "persistent_extra_bytes": persistent_extra_bytes(opt),
             "peak_step_alloc_bytes": peak_step_bytes(opt, device),
@@ -238,6 +360,7 @@ def bench_param_set(shapes: Shapes, names: list[str], device: torch.device, roun
     numel = sum(math.prod(s) for s in shapes)
     return {
         "numel": numel,
+        "memory_floor": memory_floor(numel, device, rounds),
         "n_tensors": len(shapes),
         "param_bytes": numel * 4,
         "largest_param_bytes": max(math.prod(s) for s in shapes) * 4,
@@ -308,8 +431,13 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 def print_table(param_sets: dict[str, Any]) -> None:
     for set_name, data in param_sets.items():
-        print(f"\n{set_name}: {data['numel'] / 1e6:.2f}M params in {data['n_tensors']} tensors")
-        columns = ("ms/step", 9), ("[p25-p75]", 17), ("first step s", 12), ("peak extra MB", 13)
+        floor = data["memory_floor"]
+        print(
+            f"\n{set_name}: {data['numel'] / 1e6:.2f}M params in {data['n_tensors']} tensors; memory bandwidth "
+            f"(in-place add) {floor['inplace_add_gb_per_s']:.0f} GB/s, so an fp32 Adam-family step "
+            f"({ADAM_STEP_BYTES} B/param) needs ~{floor['adam_step_floor_ms']:.1f} ms at that rate"
+        )
+        columns = ("ms/step", 9), ("[p25-p75]", 17), ("first step s", 12), ("peak extra MB", 13), ("faults", 7)
         header = f"{'candidate':32s} " + " ".join(f"{title:>{width}s}" for title, width in columns)
         print(header)
         print("-" * len(header))
@@ -317,7 +445,7 @@ def print_table(param_sets: dict[str, Any]) -> None:
             spread = f"[{r['ms_p25']:.1f}-{r['ms_p75']:.1f}]"
             print(
                 f"{name:32s} {r['ms_median']:9.2f} {spread:>17s} {r['first_step_s']:12.2f} "
-                f"{r['peak_extra_bytes'] / 2**20:13.1f}"
+                f"{r['peak_extra_bytes'] / 2**20:13.1f} {r['minor_faults_per_step']:7.0f}"
             )
         for key, r in data["ratios"].items():
             if "ratio" in r:
@@ -340,11 +468,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--rounds", type=int, default=None, help="timed steps per candidate")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps after the first")
-    parser.add_argument("--sets", default="resnet34_cifar,transformer_iwslt", help="comma-separated")
+    parser.add_argument(
+        "--sets",
+        default="resnet34_cifar,transformer_iwslt",
+        help="comma-separated: resnet34_cifar, transformer_iwslt, resnet34_cifar_training_loop",
+    )
     parser.add_argument("--candidates", default=None, help=f"comma-separated (default all; --quick: {QUICK})")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument(
+        "--malloc",
+        default="warm",
+        choices=["warm", "default"],
+        help="glibc malloc: 'warm' keeps freed memory as a training loop's heap does (default); 'default' leaves it",
+    )
     parser.add_argument("--out", default="results/bench/optim_cpu.json")
     args = parser.parse_args(argv)
+    malloc = configure_malloc(args.malloc)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -361,21 +500,31 @@ def main(argv: list[str] | None = None) -> int:
         print("adabelief-pytorch not installed: skipping the reference candidate", file=sys.stderr)
         names = [n for n in names if n != "adabelief_pytorch_0.2.1"]
 
-    all_sets = {
-        "resnet34_cifar": resnet34_cifar_shapes,
-        "transformer_iwslt": transformer_iwslt_shapes,
+    all_sets: dict[str, Callable[[], Workload]] = {
+        "resnet34_cifar": lambda: fixed_gradients(resnet34_cifar_shapes(), device),
+        "transformer_iwslt": lambda: fixed_gradients(transformer_iwslt_shapes(), device),
+        "resnet34_cifar_training_loop": lambda: resnet34_training_loop(device),
     }
     if args.quick:
-        sets = {"quick": quick_shapes()}
+        sets = {"quick": fixed_gradients(quick_shapes(), device)}
         rounds, warmup = args.rounds or 5, args.warmup or 1
     else:
+        unknown_sets = [n for n in args.sets.split(",") if n and n not in all_sets]
+        if unknown_sets:
+            parser.error(f"unknown sets {unknown_sets}; choose from {list(all_sets)}")
         sets = {name: all_sets[name]() for name in args.sets.split(",") if name}
         rounds, warmup = args.rounds or 30, args.warmup or 3
 
     warnings.filterwarnings("ignore", category=UserWarning)
     record: dict[str, Any] = {
         "machine": machine(device),
-        "settings": {"quick": args.quick, "rounds": rounds, "warmup": warmup, "candidates": names},
+        "settings": {
+            "quick": args.quick,
+            "rounds": rounds,
+            "warmup": warmup,
+            "candidates": names,
+            "malloc": malloc,
+        },
         "memory_method": (
             "cuda max_memory_allocated minus allocated before the step"
             if device.type == "cuda"
@@ -385,9 +534,9 @@ def main(argv: list[str] | None = None) -> int:
         "targets": TARGETS,
         "param_sets": {},
     }
-    for set_name, shapes in sets.items():
+    for set_name, workload in sets.items():
         print(f"benchmarking {set_name} ...", file=sys.stderr, flush=True)
-        record["param_sets"][set_name] = bench_param_set(shapes, names, device, rounds, warmup)
+        record["param_sets"][set_name] = bench_param_set(workload, names, device, rounds, warmup)
     with contextlib.suppress(OSError):
         record["machine"]["loadavg_at_end"] = os.getloadavg()
     print_table(record["param_sets"])
