@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from optrepro.errors import UserError
+from optrepro.errors import UserError, require_positive_int
 from optrepro.metrics.map import voc_map
 from optrepro.models.detection import BACKBONES, build_detector, check_backbone_weights
 from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed
@@ -108,10 +108,6 @@ class DetectionTask(Task):
 
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
-        def positive_int(key: str, value: Any) -> None:
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise UserError(f"task.{key} must be a positive integer, got {value!r}")
-
         data = cfg.get("data")
         source = None if data is None else data.get("source")
         if source not in SOURCES:
@@ -131,22 +127,22 @@ class DetectionTask(Task):
                     raise UserError(f"task.data: {exc}") from None
             for key in ("train_subset", "test_subset"):
                 if data.get(key) is not None:
-                    positive_int(f"data.{key}", data.get(key))
+                    require_positive_int(f"task.data.{key}", data.get(key))
         else:
             for key in ("n_train", "n_test", "image_size", "max_objects", "min_side", "max_side"):
-                positive_int(f"data.{key}", data.get(key))
+                require_positive_int(f"task.data.{key}", data.get(key))
             if not isinstance(data.get("seed"), int):
                 raise UserError(f"task.data.seed must be an integer, got {data.get('seed')!r}")
             if not data.min_side <= data.max_side <= data.image_size:
                 raise UserError("task.data needs min_side <= max_side <= image_size")
         for key in ("batch_size", "eval_batch_size", "epochs", "eval_every_epochs"):
-            positive_int(key, cfg.get(key))
+            require_positive_int(f"task.{key}", cfg.get(key))
         model = cfg.get("model")
         if model is None or model.get("backbone") not in BACKBONES:
             got = None if model is None else model.get("backbone")
             raise UserError(f"task.model.backbone must be one of {', '.join(BACKBONES)}, got {got!r}")
         for key in ("min_size", "max_size"):
-            positive_int(f"model.{key}", model.get(key))
+            require_positive_int(f"task.model.{key}", model.get(key))
         if cfg.get("metric", "map50") not in METRICS:
             raise UserError(f"task.metric must be one of {', '.join(METRICS)}, got {cfg.get('metric')!r}")
         flip = cfg.get("flip_prob", 0.5)

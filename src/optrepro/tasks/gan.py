@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from optrepro.errors import UserError
+from optrepro.errors import UserError, require_positive_int
 from optrepro.tasks.base import BatchOrder, FixedStepsTask, RunContext, derived_seed
 
 ARCHS = ("dcgan", "sngan_resnet")
@@ -77,13 +77,6 @@ def grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------- config
-def _positive_int(cfg: DictConfig, key: str) -> int:
-    value = cfg.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise UserError(f"task.{key} must be a positive integer, got {value!r}")
-    return value
-
-
 def validate_fid_config(cfg: DictConfig) -> None:
     """task.fid.* checks, including that the Inception weights file exists (before any training)."""
     fid = cfg.get("fid") or {}
@@ -93,9 +86,7 @@ def validate_fid_config(cfg: DictConfig) -> None:
     if extractor not in EXTRACTORS:
         raise UserError(f"task.fid.extractor must be one of {', '.join(EXTRACTORS)}, got {extractor!r}")
     for key in ("num_fake", "batch_size", "every_steps"):
-        value = fid.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise UserError(f"task.fid.{key} must be a positive integer, got {value!r}")
+        require_positive_int(f"task.fid.{key}", fid.get(key))
     if fid.get("num_fake") < 2:
         raise UserError("task.fid.num_fake must be at least 2")
     num_real = fid.get("num_real")
@@ -122,7 +113,7 @@ class GANTask(FixedStepsTask):
         if cfg.get("dataset") not in ("cifar10", "cifar100"):
             raise UserError(f"task.dataset must be cifar10 or cifar100, got {cfg.get('dataset')!r}")
         for key in ("steps", "batch_size", "n_critic", "eval_every", "image_size", "nz", "ngf", "ndf"):
-            _positive_int(cfg, key)
+            require_positive_int(f"task.{key}", cfg.get(key))
         if cfg.arch == "dcgan":
             from optrepro.models.gan import DCGAN_HEADS
 

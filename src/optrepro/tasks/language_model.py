@@ -50,7 +50,7 @@ from optrepro.data.textcorpus import (
     sha256_file,
     unigram_perplexity,
 )
-from optrepro.errors import UserError
+from optrepro.errors import UserError, require_positive_int
 from optrepro.models.awd_lstm import AWDLSTM, Hidden, detach_hidden
 from optrepro.tasks.base import RunContext, Task, derived_seed
 
@@ -79,10 +79,6 @@ class LanguageModelTask(Task):
 
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
-        def positive_int(key: str, value: Any) -> None:
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise UserError(f"task.{key} must be a positive integer, got {value!r}")
-
         data = cfg.get("data")
         if data is None or data.get("corpus") not in CORPORA:
             got = None if data is None else data.get("corpus")
@@ -91,13 +87,13 @@ class LanguageModelTask(Task):
             raise UserError("task.data.root must name the data folder")
         for key in ("train_tokens", "eval_tokens"):
             if data.get(key) is not None:
-                positive_int(f"data.{key}", data.get(key))
+                require_positive_int(f"task.data.{key}", data.get(key))
         if data.corpus == "pydoc":
-            positive_int("data.vocab_size", data.get("vocab_size", 2000))
+            require_positive_int("task.data.vocab_size", data.get("vocab_size", 2000))
         for key in ("batch_size", "eval_batch_size", "test_batch_size", "bptt", "epochs", "nonmono"):
-            positive_int(key, cfg.get(key))
+            require_positive_int(f"task.{key}", cfg.get(key))
         for key in ("emsize", "nhid", "nlayers"):
-            positive_int(f"model.{key}", cfg.model.get(key))
+            require_positive_int(f"task.model.{key}", cfg.model.get(key))
         for key in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
             value = cfg.model.get(key)
             if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:

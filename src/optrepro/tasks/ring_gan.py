@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from optrepro.errors import UserError
+from optrepro.errors import UserError, require_positive_int
 from optrepro.tasks.base import FixedStepsTask, RunContext, derived_seed
 from optrepro.tasks.gan import LOSSES, d_loss_fn, g_loss_fn, grad_norm, gradient_penalty
 
@@ -70,9 +70,7 @@ class RingGANTask(FixedStepsTask):
     def validate_config(cfg: DictConfig) -> None:
         for key in ("modes", "nz", "hidden", "layers", "batch_size", "steps", "n_critic", "eval_every",
                     "eval_samples"):
-            value = cfg.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise UserError(f"task.{key} must be a positive integer, got {value!r}")
+            require_positive_int(f"task.{key}", cfg.get(key))
         if int(cfg.modes) < 3:
             raise UserError(f"task.modes must be at least 3, got {cfg.modes}")
         for key in ("radius", "std", "quality_std"):

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from optrepro.errors import DataMissingError, UserError
+from optrepro.errors import DataMissingError, UserError, require_positive_int
 from optrepro.metrics.bleu import detok_bleu, remove_bpe, tokenized_bleu
 from optrepro.models.transformer import Seq2SeqTransformer, TransformerConfig, beam_search, label_smoothed_nll
 from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed
@@ -189,9 +189,7 @@ class TranslationTask(Task):
         if cfg.get("dataset") not in ("iwslt14", "synthetic"):
             raise UserError(f"task.dataset must be iwslt14 or synthetic, got {cfg.get('dataset')!r}")
         for key in ("epochs", "max_tokens", "beam", "average_last", "eval_every_epochs", "eval_batch_size"):
-            value = cfg.get(key)
-            if not isinstance(value, int) or value <= 0:
-                raise UserError(f"task.{key} must be a positive integer, got {value!r}")
+            require_positive_int(f"task.{key}", cfg.get(key))
         for key in ("warmup_updates",):
             if not isinstance(cfg.get(key), int) or cfg.get(key) < 0:
                 raise UserError(f"task.{key} must be an integer >= 0, got {cfg.get(key)!r}")

@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from optrepro.data.gpu_pipeline import DeviceImages, normalize_batch
-from optrepro.errors import UserError
+from optrepro.errors import UserError, require_positive_int
 from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
@@ -192,9 +192,7 @@ class ImageClassificationTask(Task):
         if model not in MODELS:
             raise UserError(f"task.model.name must be one of {', '.join(MODELS)}, got {model!r}")
         for key in ("epochs", "batch_size", "num_classes", "eval_batch_size"):
-            value = cfg.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise UserError(f"task.{key} must be a positive integer, got {value!r}")
+            require_positive_int(f"task.{key}", cfg.get(key))
         if name in CLASSES and int(cfg.num_classes) != CLASSES[name]:
             raise UserError(f"task.num_classes={cfg.num_classes} but {name} has {CLASSES[name]} classes")
         for key in ("train_subset", "test_subset"):
