@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -29,7 +30,12 @@ def test_demo_plan_covers_the_debate() -> None:
         assert name in digits.split("optimizer=")[1].split()[0].split(",")
     assert "seed=0,1,2" in digits
     assert "optimizer.eps=" in " ".join(sweeps["digits-eps"].overrides)
-    assert sum(s.n_runs() for s in sweeps.values()) == 150
+    # placement at a matched floor: the outside corners at each inside ε's floor sqrt(eps / (1 - beta2))
+    floors = {math.sqrt(e / (1 - 0.999)) for e in (1e-16, 1e-8, 1e-4)}
+    assert {float(v) for v in sweeps["digits-matched"].values("optimizer.eps")} == floors
+    assert sweeps["digits-matched"].values("optimizer") == ["ablation_adam", "ablation_belief_outside"]
+    assert sweeps["digits-matched"].n_runs() == 18 and sweeps["textlm-matched"].n_runs() == 6
+    assert sum(s.n_runs() for s in sweeps.values()) == 150 + 24
 
 
 def test_every_table_has_its_preset_and_plan() -> None:
@@ -39,7 +45,10 @@ def test_every_table_has_its_preset_and_plan() -> None:
     eadam2 = plan("eadam_table2", "0,1,2")[0]
     assert sum(runs_per_task(eadam2).values()) == eadam2.n_runs()
     ablation = plan("ablation", "0")
-    assert all(s.n_runs() == 4 for s in ablation)
+    assert all(s.n_runs() == (2 if "matched" in s.label else 4) for s in ablation)
+    matched = [s for s in ablation if "matched" in s.label]
+    assert len(matched) == len(ablation) / 2
+    assert [float(v) for v in matched[0].values("optimizer.eps")] == [math.sqrt(1e-8 / (1 - 0.999))]
 
 
 def test_step_time_is_measured_or_explained() -> None:

@@ -11,18 +11,24 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+
 from optrepro.analysis import figures as figs
 from optrepro.analysis.load import RunsData, load_runs
 from optrepro.analysis.report import Artifacts, write_report
+from optrepro.analysis.stats import MAX_SEEDS, seeds_needed
 from optrepro.analysis.tables import (
+    FAMILY_EFFECTS,
     VALUE_KINDS,
     ablation_tables,
     comparison_tables,
+    fmt,
     load_published,
     paper_views,
     safe_name,
     write_table,
 )
+from optrepro.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PUBLISHED = REPO / "results" / "published_results.csv"
@@ -74,9 +80,16 @@ def analyze(
             artifacts.tables[f"ablation_{task}"] = write_table(
                 tables_dir, f"ablation_{safe_name(task)}", numeric, display, f"{task}: belief × ε ablation"
             )["md"]
-        (tables_dir / "ablation_verdicts.md").write_text(
-            "\n".join(f"- {ablation.sentences[t]}" for t in sorted(ablation.sentences)) + "\n"
-        )
+        for task, display in ablation.matched_displays.items():
+            artifacts.tables[f"ablation_matched_{task}"] = write_table(
+                tables_dir,
+                f"ablation_matched_{safe_name(task)}",
+                ablation.effects[(ablation.effects.task == task) & ablation.effects.matched_eps.astype(bool)],
+                display,
+                f"{task}: placement at a matched floor",
+            )["md"]
+        verdicts = "\n".join(f"- {ablation.sentences[t]}" for t in sorted(ablation.sentences))
+        (tables_dir / "ablation_verdicts.md").write_text(f"{ablation.family_note()}\n\n{verdicts}\n")
 
     if make_figures and not data.runs.empty:
         for kind, paths in (
@@ -93,6 +106,38 @@ def analyze(
 
     write_report(out_dir, data, published, comparison, views, ablation, artifacts, config_dir, value_kind)
     return artifacts
+
+
+def seeds_needed_table(
+    runs_dir: Path, effect: float, task: str | None = None, contrast: str | None = None, value_kind: str = "final"
+) -> pd.DataFrame:
+    """Per task, ε and contrast of the ablation: seeds an effect of ``effect`` (metric units) would need to be
+    detected with 80% power at the report's strictest Holm level, given the observed spread of the pairs."""
+    ablation = ablation_tables(load_runs(runs_dir), value_kind)
+    rows = ablation.effects[ablation.effects.in_family.astype(bool)]
+    if task is not None:
+        if task not in set(ablation.effects.task):
+            known = ", ".join(sorted(set(ablation.effects.task))) or "none"
+            raise UserError(f"no ablation runs for task '{task}' under {runs_dir}; tasks with ablation runs: {known}")
+        rows = rows[rows.task == task]
+    if contrast is not None:
+        rows = rows[rows.effect == contrast]
+    alpha = ablation.alpha / max(ablation.family_size, 1)
+    out = []
+    for _, r in rows.iterrows():
+        n = seeds_needed(effect, float(r["std"]), alpha)
+        out.append(
+            {
+                "task": r.task,
+                "eps": r.eps,
+                "contrast": r.effect,
+                "seeds now": int(r.n_pairs),
+                "observed std": fmt(r["std"], 3),
+                "detectable now": fmt(r.mde, 3),
+                f"seeds for {effect:g}": str(n) if n is not None else f"> {MAX_SEEDS}",
+            }
+        )
+    return pd.DataFrame(out)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,7 +168,34 @@ def main(argv: list[str] | None = None) -> None:
         help="which value of the primary metric the tables compare (default: final)",
     )
     parser.add_argument("--no-figures", action="store_true", help="tables and report only")
+    parser.add_argument(
+        "--seeds-needed",
+        type=float,
+        default=None,
+        metavar="EFFECT",
+        help="print, per task, ε and ablation contrast, how many seeds an effect of EFFECT (metric units) would "
+        "need given the observed seed-to-seed spread, and stop (writes nothing)",
+    )
+    parser.add_argument("--task", default=None, help="with --seeds-needed: only this task")
+    parser.add_argument(
+        "--contrast", choices=FAMILY_EFFECTS, default=None, help="with --seeds-needed: only this contrast"
+    )
     args = parser.parse_args(argv)
+    if args.seeds_needed is not None:
+        if not args.seeds_needed > 0:
+            raise SystemExit(f"error: --seeds-needed must be > 0, got {args.seeds_needed:g}")
+        if not args.runs.exists():
+            raise SystemExit(f"error: runs folder {args.runs} does not exist")
+        try:
+            table = seeds_needed_table(args.runs, args.seeds_needed, args.task, args.contrast, args.value)
+        except UserError as exc:
+            raise SystemExit(f"error: {exc}") from None
+        if table.empty:
+            raise SystemExit(f"error: no ablation contrast with 2 or more seeds under {args.runs}")
+        print(table.to_string(index=False))
+        return
+    elif args.task is not None or args.contrast is not None:
+        parser.error("--task and --contrast go with --seeds-needed")
     if not args.runs.exists():
         print(f"note: runs folder {args.runs} does not exist; writing a report that says so", file=sys.stderr)
     if args.published is not None and not args.published.exists():

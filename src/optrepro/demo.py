@@ -4,7 +4,7 @@ Runs the optimizers of the debate — SGD, Adam, AdamW, EAdam, AdaBelief and the
 belief x eps-placement ablation — on every demo task (toy 2-D functions, scikit-learn's digits, a
 word-level LSTM on Python's own documentation, a ring-of-Gaussians GAN, a synthetic translation
 task), several eps values and 3 seeds, then writes the analysis (REPORT.md, tables, figures) into
-``results/demo/``. About 10 minutes on a 2-core CPU (150 runs); a second run only redoes what is missing.
+``results/demo/``. About 11 minutes on a 2-core CPU (174 runs); a second run only redoes what is missing.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import time
 from pathlib import Path
 
 from optrepro.config import group_options
-from optrepro.pipeline import Sweep, analyze, run_sweeps
+from optrepro.pipeline import Sweep, analyze, matched_outside_eps, run_sweeps
 
 CORNERS = "ablation_adam,ablation_eadam,ablation_belief_outside,ablation_belief_inside"
 OPTIMIZERS = f"sgd,adam,adamw,eadam,adabelief,{CORNERS}"
 SEEDS = "0,1,2"
+#: the outside corners at the inside corners' floor √(ε/(1−β2)), for "placement at a matched floor"
+OUTSIDE = "ablation_adam,ablation_belief_outside"
 
 
 def demo_plan() -> list[Sweep]:
@@ -37,7 +39,12 @@ def demo_plan() -> list[Sweep]:
         Sweep("digits", ("task=digits_cnn", f"optimizer={OPTIMIZERS}", f"seed={SEEDS}")),
         # the eps axis: the four corners at two more eps values (1e-8 is in the line above)
         Sweep("digits-eps", ("task=digits_cnn", f"optimizer={CORNERS}", "optimizer.eps=1e-16,1e-4", f"seed={SEEDS}")),
+        # placement at a matched floor: the outside corners at ε = √(ε_inside/(1−β2)) for each inside ε above
+        Sweep("digits-matched", ("task=digits_cnn", f"optimizer={OUTSIDE}",
+                                 f"optimizer.eps={matched_outside_eps((1e-16, 1e-8, 1e-4))}", f"seed={SEEDS}")),
         Sweep("textlm", ("task=textlm_lstm1", f"optimizer=adabelief,{CORNERS}", f"seed={SEEDS}")),
+        Sweep("textlm-matched", ("task=textlm_lstm1", f"optimizer={OUTSIDE}",
+                                 f"optimizer.eps={matched_outside_eps((1e-8,))}", f"seed={SEEDS}")),
         Sweep("ring_gan", ("task=ring_gan", f"optimizer=adabelief,{CORNERS}", f"seed={SEEDS}")),
         Sweep("synthetic_mt", ("task=synthetic_mt", f"optimizer=adabelief,{CORNERS}", f"seed={SEEDS}")),
     ]

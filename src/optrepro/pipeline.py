@@ -40,6 +40,12 @@ class Sweep:
         return math.prod(len(self.values(key)) for key in keys)
 
 
+def matched_outside_eps(eps_values: Sequence[float], beta2: float = 0.999) -> str:
+    """The outside ε equal to each inside ε's floor √(ε/(1−β2)) (optim.describe's effective_floor), as a sweep
+    value list: the runs the analysis pairs with the inside corners for "placement at a matched floor"."""
+    return ",".join(repr(math.sqrt(eps / (1.0 - beta2))) for eps in eps_values)
+
+
 def preset_grid(experiment: str) -> dict[str, str]:
     """The grid an experiment preset declares in ``hydra.sweeper.params``."""
     from hydra import compose, initialize_config_dir

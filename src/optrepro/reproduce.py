@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from optrepro.pipeline import Sweep, analyze, measure_step_seconds, preset_grid, run_sweeps
+from optrepro.pipeline import Sweep, analyze, matched_outside_eps, measure_step_seconds, preset_grid, run_sweeps
 
 #: table name -> experiment presets (configs/experiment/) whose grids make it up
 TABLES: dict[str, list[str]] = {
@@ -39,7 +39,16 @@ def plan(table: str, seeds: str) -> list[Sweep]:
         return [s for name in [*TABLES, "ablation"] for s in plan(name, seeds)]
     if table == "ablation":
         tasks = [t for t in ABLATION_TASKS if t in group_options("task")]
-        return [Sweep(f"ablation-{t}", (f"task={t}", f"optimizer={ABLATION_CORNERS}", f"seed={seeds}")) for t in tasks]
+        # the corners at the presets' ε = 1e-8, and the outside corners at its inside floor (matched floor)
+        matched = ("optimizer=ablation_adam,ablation_belief_outside", f"optimizer.eps={matched_outside_eps((1e-8,))}")
+        return [
+            sweep
+            for t in tasks
+            for sweep in (
+                Sweep(f"ablation-{t}", (f"task={t}", f"optimizer={ABLATION_CORNERS}", f"seed={seeds}")),
+                Sweep(f"ablation-matched-{t}", (f"task={t}", *matched, f"seed={seeds}")),
+            )
+        ]
     if table not in TABLES:
         raise SystemExit(f"error: unknown TABLE '{table}'; choose one of: {', '.join([*TABLES, 'ablation', 'all'])}")
     sweeps = []

@@ -12,7 +12,8 @@ import pandas as pd
 import yaml
 
 from optrepro.analysis.load import RunsData
-from optrepro.analysis.tables import Ablation, Comparison, markdown
+from optrepro.analysis.stats import LEVEL, METHOD
+from optrepro.analysis.tables import CI_HEADER, Ablation, Comparison, markdown
 
 
 @dataclass
@@ -120,7 +121,8 @@ def write_report(
         f"{len(data.incomplete)} incomplete.",
         "",
         f"Tables report the **{value_kind}** value of each task's primary metric: mean ± std over seeds, "
-        "95% percentile-bootstrap interval of the mean, n = seeds counted (completed with a finite metric). "
+        f"{LEVEL:.0%} {METHOD} interval of the mean (n−1 degrees of freedom; column `{CI_HEADER}`), "
+        "n = seeds counted (completed with a finite metric). "
         "Diverged and failed runs are counted in their own columns and never averaged. "
         "Δ vs published = our mean − the published number.",
         "",
@@ -162,19 +164,27 @@ def write_report(
                 ]
         if task in ablation.displays:
             lines += [
-                "**Belief × ε ablation** (improvements: positive = better):",
+                "**Belief × ε ablation** (improvements: positive = better; paired Student-t intervals over seeds; "
+                "p_H: Holm-adjusted p, family in the verdicts section):",
                 "",
                 markdown(ablation.displays[task]),
                 "",
-                f"> {ablation.sentences[task]}",
-                "",
             ]
+            if task in ablation.matched_displays:
+                lines += [
+                    "**Placement at a matched floor** (ε inside at ε against the same second moment with ε outside "
+                    "at the inside floor √(ε/(1−β₂)); placement = placement at matched floor + floor size):",
+                    "",
+                    markdown(ablation.matched_displays[task]),
+                    "",
+                ]
+            lines += [f"> {ablation.sentences[task]}", ""]
     toy = artifacts.global_figures.get("toy2d")
     if toy is not None:
         lines += ["## 2-D test functions", "", f"![toy 2-D trajectories]({_rel(toy, out_dir)})", ""]
 
     if ablation.sentences:
-        lines += ["## Belief × ε ablation: verdicts", ""]
+        lines += ["## Belief × ε ablation: verdicts", "", ablation.family_note(), ""]
         lines += [f"- {ablation.sentences[t]}" for t in sorted(ablation.sentences)]
         lines += [""]
 

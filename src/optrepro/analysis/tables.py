@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,17 @@ import numpy as np
 import pandas as pd
 
 from optrepro.analysis.load import RunsData, format_value, short_key
-from optrepro.analysis.stats import Estimate, bootstrap_mean, improvement
+from optrepro.analysis.stats import (
+    ALPHA,
+    LEVEL,
+    METHOD,
+    POWER,
+    Estimate,
+    detectable_effect,
+    holm,
+    improvement,
+    mean_interval,
+)
 
 DASH = "—"
 VALUE_KINDS = ("final", "best")
@@ -35,12 +45,26 @@ CORNER_TITLES = {
     "belief_outside": "(g−m)², ε outside (AdaBelief text)",
     "belief_inside": "(g−m)², ε inside (AdaBelief code)",
 }
-EFFECTS = ("belief", "placement", "gap")
+CI_HEADER = f"{LEVEL:.0%} CI ({METHOD})"
+#: every effect of the ablation, improvement-signed (positive = better); see EFFECT_TITLES
+EFFECTS = ("belief", "placement", "gap", "size_difference", "placement_matched", "floor_size")
 EFFECT_TITLES = {
     "belief": "belief effect ((g−m)² − g²)",
-    "placement": "ε-placement effect (inside − outside)",
+    "placement": "ε-placement effect (inside − outside, same nominal ε)",
     "gap": "AdaBelief(code) − Adam",
+    "size_difference": "size of placement − size of belief",
+    "placement_matched": "placement at matched floor (inside at ε − outside at √(ε/(1−β₂)))",
+    "floor_size": "floor size at fixed placement (outside at √(ε/(1−β₂)) − outside at ε)",
 }
+#: the statements the verdict sentences use: tested, Holm-adjusted together over every task and ε
+FAMILY_EFFECTS = ("belief", "placement", "size_difference", "placement_matched", "floor_size")
+#: outside corner -> its column at the inside corners' floor (same second moment, ε outside = that floor)
+MATCHED = {"adam": "adam_matched", "belief_outside": "belief_outside_matched"}
+MATCHED_TITLES = {
+    "adam_matched": "g², ε outside at matched floor",
+    "belief_outside_matched": "(g−m)², ε outside at matched floor",
+}
+MATCH_RTOL = 1e-3  # an outside run's ε matches an inside floor within this relative tolerance
 
 
 # ------------------------------------------------------------------------------------- formatting
@@ -176,8 +200,8 @@ class Comparison:
 def _group_estimates(frame: pd.DataFrame, value_kind: str) -> dict[str, Any]:
     completed = frame[frame.status == "completed"]
     values = completed[value_kind].astype(float).to_numpy()
-    est = bootstrap_mean(values)
-    best = bootstrap_mean(completed["best"].astype(float).to_numpy())
+    est = mean_interval(values)
+    best = mean_interval(completed["best"].astype(float).to_numpy())
     return {
         "runs": len(frame),
         "n": est.n,
@@ -227,6 +251,7 @@ def comparison_tables(data: RunsData, published: pd.DataFrame, value_kind: str =
                 "std": est.std,
                 "ci_lo": est.lo,
                 "ci_hi": est.hi,
+                "ci_method": est.method if est.has_interval else "",
                 "min": est.minimum,
                 "max": est.maximum,
                 "best_mean": g["best_est"].mean,
@@ -264,7 +289,7 @@ def _comparison_display(r: dict[str, Any], metric: str, mode: str, value_kind: s
         "optimizer (setting)": r["setting"],
         "ε floor": fmt(r["effective_floor"], 3),
         f"{metric} {value_kind} {arrow}": fmt_estimate(r["_est"]),
-        "95% CI": fmt_interval(r["_est"]),
+        CI_HEADER: fmt_interval(r["_est"]),
         "n": str(r["n"]),
         "diverged": str(r["diverged"]),
         "failed": str(r["failed"]),
@@ -320,7 +345,7 @@ def paper_views(
                 kind = which if which in VALUE_KINDS else value_kind
                 ours, setting = ours_for(data.runs, task, opt)
                 completed = ours[ours.status == "completed"]
-                est = bootstrap_mean(completed[kind].astype(float).to_numpy()) if len(ours) else bootstrap_mean([])
+                est = mean_interval(completed[kind].astype(float).to_numpy()) if len(ours) else mean_interval([])
                 pub_value = float(hit.value.iloc[0]) if len(hit) else math.nan
                 pub_std = float(hit["std"].iloc[0]) if len(hit) else math.nan
                 long_rows.append(
@@ -361,12 +386,45 @@ def paper_views(
 
 
 # ------------------------------------------------------------------------------------- ablation
+@dataclass(frozen=True)
+class Stat:
+    """One effect in one scope: its estimate, Holm-adjusted p (NaN outside the family) and detectable effect."""
+
+    est: Estimate
+    p_holm: float
+    mde: float
+
+    def status(self, alpha: float = ALPHA) -> str:
+        """``+``/``-``: significant after Holm, that sign; ``0``: tested, not significant; ``""``: not tested."""
+        if not math.isfinite(self.p_holm):
+            return ""
+        if self.p_holm < alpha:
+            return "+" if self.est.mean > 0 else "-"
+        return "0"
+
+
 @dataclass
 class Ablation:
-    corners: pd.DataFrame  # task, eps, corner, n, mean, std, ci_lo, ci_hi, diverged
-    effects: pd.DataFrame  # task, eps, effect, n_pairs, mean, ci_lo, ci_hi (improvement-signed)
+    corners: pd.DataFrame  # task, eps, corner, n, mean, std, ci_lo, ci_hi, ci_method, diverged
+    effects: pd.DataFrame  # task, eps, matched_eps, effect, n_pairs, mean, std, ci_lo, ci_hi, p, p_holm, mde, ...
     sentences: dict[str, str]
     displays: dict[str, pd.DataFrame]
+    matched_displays: dict[str, pd.DataFrame] = field(default_factory=dict)
+    family_size: int = 0
+    alpha: float = ALPHA
+
+    def family_note(self) -> str:
+        """What the correction is and over what, for the report."""
+        effects = ", ".join(EFFECT_TITLES[e] for e in FAMILY_EFFECTS)
+        return (
+            f"Verdicts test each effect's paired differences with a two-sided t-test and correct with Holm's method "
+            f"over one family of {self.family_size} statement(s): every (task, ε) with at least 2 complete pairs × "
+            f"the tested effects ({effects}); a statement is significant when its Holm-adjusted p (p_H) is below "
+            f"{self.alpha:g}. Intervals printed are per-statement {LEVEL:.0%} {METHOD} intervals (uncorrected). "
+            f"Detectable effect: the true mean effect a two-sided t-test at the strictest Holm level "
+            f"α/{max(self.family_size, 1)} detects with {POWER:.0%} power, "
+            f"(t_{{n−1,1−α/2m}} + t_{{n−1,{POWER:g}}})·s/√n, s = the observed std of the paired differences."
+        )
 
 
 def ablation_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -383,126 +441,328 @@ def _eps_label(eps: Any) -> str:
     return "all" if eps == "all" else format_value(float(eps))
 
 
-def ablation_tables(data: RunsData, value_kind: str = "final") -> Ablation:
-    """Four corners with intervals and the two main effects with paired bootstrap intervals."""
-    abl = ablation_runs(data.runs)
-    corner_rows: list[dict[str, Any]] = []
-    effect_rows: list[dict[str, Any]] = []
-    sentences: dict[str, str] = {}
-    displays: dict[str, pd.DataFrame] = {}
-    for task, frame in abl.groupby("task", sort=True):
-        task = str(task)
-        mode = str(frame["mode"].iloc[0])
-        eps_values = sorted(frame.eps.dropna().unique().tolist())
-        scopes: list[Any] = [*eps_values, "all"] if len(eps_values) > 1 else ["all"]
-        display_rows = []
-        for scope in scopes:
-            sub = frame if scope == "all" else frame[frame.eps == scope]
-            row_display: dict[str, str] = {"ε": _eps_label(scope)}
-            for corner in CORNERS.values():
-                runs_c = sub[sub.corner == corner]
-                est = bootstrap_mean(runs_c[runs_c.status == "completed"][value_kind].astype(float).to_numpy())
-                corner_rows.append(
-                    {
-                        "task": task,
-                        "eps": _eps_label(scope),
-                        "corner": corner,
-                        "n": est.n,
-                        "mean": est.mean,
-                        "std": est.std,
-                        "ci_lo": est.lo,
-                        "ci_hi": est.hi,
-                        "diverged": int((runs_c.status == "diverged").sum()),
-                    }
-                )
-                cell = DASH if est.n == 0 else f"{fmt(est.mean)} {fmt_interval(est)}"
-                if est.n:
-                    cell += f" (n={est.n})"
-                row_display[CORNER_TITLES[corner]] = cell
-            effects = _effects(sub, mode, value_kind)
-            for name in EFFECTS:
-                est = effects[name]
-                effect_rows.append(
-                    {
-                        "task": task,
-                        "eps": _eps_label(scope),
-                        "effect": name,
-                        "n_pairs": est.n,
-                        "mean": est.mean,
-                        "ci_lo": est.lo,
-                        "ci_hi": est.hi,
-                    }
-                )
-                row_display[EFFECT_TITLES[name]] = (
-                    DASH if est.n == 0 else f"{fmt_signed(est.mean)} {fmt_interval(est, 3, signed=True)}"
-                )
-            row_display["pairs"] = str(effects["belief"].n)
-            display_rows.append(row_display)
-            if scope == "all":
-                sentences[task] = verdict(task, effects, mode, frame.metric.iloc[0], eps_values)
-        displays[task] = pd.DataFrame(display_rows)
-    corners = pd.DataFrame(
-        corner_rows, columns=["task", "eps", "corner", "n", "mean", "std", "ci_lo", "ci_hi", "diverged"]
-    )
-    effects_frame = pd.DataFrame(effect_rows, columns=["task", "eps", "effect", "n_pairs", "mean", "ci_lo", "ci_hi"])
-    return Ablation(corners, effects_frame, sentences, displays)
+def nominal_eps(frame: pd.DataFrame) -> list[float]:
+    """The ε values at which all four corners ran: the 2x2's scopes (matched-floor-only ε values are not)."""
+    per_eps = frame.dropna(subset=["eps"]).groupby("eps").corner.nunique()
+    return sorted(float(e) for e, k in per_eps.items() if k == len(CORNERS))
 
 
 def pair_table(frame: pd.DataFrame, value_kind: str) -> pd.DataFrame:
-    """Completed corner runs as one row per pair unit (seed, eps, lr) and one column per corner."""
+    """Completed corner runs as one row per pair unit (seed, eps, lr) and one column per corner, plus each
+    outside corner's run at the inside corners' floor (``*_matched``, same seed and lr) and its ``matched_eps``."""
+    columns = [*CORNERS.values(), *MATCHED.values(), "matched_eps"]
     done = frame[frame.status == "completed"]
     if done.empty:
-        return pd.DataFrame(columns=list(CORNERS.values()))
+        return pd.DataFrame(columns=columns)
     keyed = done.assign(_eps=done.eps.fillna(-1.0), _lr=done.lr.fillna(-1.0))
     wide = keyed.pivot_table(
         index=["seed", "_eps", "_lr"], columns="corner", values=value_kind, aggfunc="mean", dropna=False
-    )
-    return wide.reindex(columns=list(CORNERS.values()))
-
-
-def _effects(frame: pd.DataFrame, mode: str, value_kind: str) -> dict[str, Estimate]:
-    """Main effects per pair unit with all four corners, signed as improvements."""
-    wide = pair_table(frame, value_kind)
-    full = wide.dropna() if len(wide) else wide
-    a, e = full["adam"].to_numpy(float), full["eadam"].to_numpy(float)
-    bo, bi = full["belief_outside"].to_numpy(float), full["belief_inside"].to_numpy(float)
-    per_unit = {
-        "belief": ((bo - a) + (bi - e)) / 2.0,
-        "placement": ((e - a) + (bi - bo)) / 2.0,
-        "gap": bi - a,
+    ).reindex(columns=list(CORNERS.values()))
+    inside = frame[(frame.eps_placement == "inside") & np.isfinite(frame.effective_floor.astype(float))]
+    floors = {
+        (float(e), float(lr)): float(f)
+        for e, lr, f in zip(inside.eps.fillna(-1.0), inside.lr.fillna(-1.0), inside.effective_floor, strict=True)
     }
-    return {k: bootstrap_mean(np.asarray(improvement(v, mode))) for k, v in per_unit.items()}
+    outside = keyed[keyed.eps_placement == "outside"]
+    wide["matched_eps"] = math.nan
+    for corner, column in MATCHED.items():
+        wide[column] = math.nan
+        runs_c = outside[outside.corner == corner]
+        for seed, eps, lr in wide.index:
+            floor = floors.get((float(eps), float(lr)))
+            if floor is None:
+                continue
+            hit = runs_c[
+                (runs_c.seed == seed)
+                & (runs_c._lr == lr)
+                & (np.abs(runs_c.effective_floor.astype(float) - floor) <= MATCH_RTOL * floor)
+            ]
+            if len(hit):
+                wide.loc[(seed, eps, lr), column] = float(hit[value_kind].astype(float).mean())
+                wide.loc[(seed, eps, lr), "matched_eps"] = float(hit.eps.iloc[0])
+    return wide[columns]
 
 
-def _magnitude(est: Estimate) -> tuple[float, float]:
-    lo, hi = abs(est.lo), abs(est.hi)
-    if est.excludes_zero():
-        return min(lo, hi), max(lo, hi)
-    return 0.0, max(lo, hi)
+def unit_effects(frame: pd.DataFrame, mode: str, value_kind: str) -> pd.DataFrame:
+    """Per pair unit (seed, eps, lr): each effect signed as an improvement (NaN where a run is missing).
 
-
-def verdict(task: str, effects: dict[str, Estimate], mode: str, metric: str, eps_values: Iterable[float] = ()) -> str:
-    """One sentence: which factor explains more of the AdaBelief(code) - Adam gap, or 'cannot tell'."""
-    belief, placement, gap = effects["belief"], effects["placement"], effects["gap"]
-    direction = "higher" if mode == "max" else "lower"
-    eps_list = list(eps_values)
-    scope = f" (pooled over ε = {', '.join(format_value(float(e)) for e in eps_list)})" if len(eps_list) > 1 else ""
-    if belief.n == 0:
-        return f"{task}: cannot tell — no seed/ε has all four ablation corners completed."
-    numbers = (
-        f"over {belief.n} seed/ε pair{'s' if belief.n != 1 else ''}{scope}, improvement "
-        f"({direction} {metric} is better): gap AdaBelief(code) − Adam {fmt_signed(gap.mean)} "
-        f"{fmt_interval(gap, 3, True)}, belief {fmt_signed(belief.mean)} {fmt_interval(belief, 3, True)}, "
-        f"ε placement {fmt_signed(placement.mean)} {fmt_interval(placement, 3, True)}"
+    Main effects of the 2x2 average over the other factor. The matched-floor pair splits the nominal
+    placement effect exactly: placement = placement_matched + floor_size, each averaged over the two
+    second moments (inside at ε vs outside at the inside floor, and outside at that floor vs outside at ε).
+    """
+    wide = pair_table(frame, value_kind)
+    val = {c: improvement(wide[c].to_numpy(float), mode) for c in [*CORNERS.values(), *MATCHED.values()]}
+    a, e, bo, bi = val["adam"], val["eadam"], val["belief_outside"], val["belief_inside"]
+    am, bom = val["adam_matched"], val["belief_outside_matched"]
+    out = pd.DataFrame(
+        {
+            "belief": ((bo - a) + (bi - e)) / 2.0,
+            "placement": ((e - a) + (bi - bo)) / 2.0,
+            "gap": bi - a,
+            "placement_matched": ((e - am) + (bi - bom)) / 2.0,
+            "floor_size": ((am - a) + (bom - bo)) / 2.0,
+            "matched_eps": wide["matched_eps"].to_numpy(float),
+            **{c: wide[c].to_numpy(float) for c in MATCHED.values()},
+        },
+        index=wide.index,
     )
-    if not belief.has_interval:
+    return out
+
+
+def scope_estimates(units: pd.DataFrame) -> dict[str, Estimate]:
+    """Every effect's interval over the units of one scope; size_difference = |placement| − |belief| per unit,
+    each signed by its own mean over the scope (positive: placement is the larger effect)."""
+    est = {k: mean_interval(units[k].to_numpy(float)) for k in ("belief", "placement", "gap",
+                                                                "placement_matched", "floor_size")}
+    sign_p = 1.0 if not est["placement"].mean < 0 else -1.0
+    sign_b = 1.0 if not est["belief"].mean < 0 else -1.0
+    size = sign_p * units.placement.to_numpy(float) - sign_b * units.belief.to_numpy(float)
+    est["size_difference"] = mean_interval(size)
+    return {k: est[k] for k in EFFECTS}
+
+
+def _cell(stat: Stat) -> str:
+    est = stat.est
+    if est.n == 0:
+        return DASH
+    text = f"{fmt_signed(est.mean)} {fmt_interval(est, 3, signed=True)}"
+    if math.isfinite(stat.p_holm):
+        text += f" p_H={stat.p_holm:.2g}"
+    return text
+
+
+def ablation_tables(data: RunsData, value_kind: str = "final", alpha: float = ALPHA) -> Ablation:
+    """Four corners with intervals, the effects with paired-t intervals, Holm over the verdicts' family,
+    detectable effects, and one verdict per task (per ε; pooled only where every ε says the same)."""
+    abl = ablation_runs(data.runs)
+    corner_rows: list[dict[str, Any]] = []
+    raw: list[dict[str, Any]] = []  # one per (task, scope, effect), Estimate included
+    per_task: dict[str, dict[str, Any]] = {}
+    for task, frame in abl.groupby("task", sort=True):
+        task = str(task)
+        mode = str(frame["mode"].iloc[0])
+        eps_values = nominal_eps(frame)
+        scopes: list[Any] = [*eps_values, "all"] if len(eps_values) > 1 else ["all"]
+        family_scopes = [s for s in scopes if s != "all"] or ["all"]
+        units = unit_effects(frame, mode, value_kind)
+        unit_eps = units.index.get_level_values("_eps").to_numpy(float) if len(units) else np.array([])
+        in_nominal = np.isin(unit_eps, eps_values) if eps_values else np.ones(len(units), bool)
+        per_task[task] = {"mode": mode, "metric": str(frame.metric.iloc[0]), "scopes": scopes,
+                          "family_scopes": family_scopes, "eps_values": eps_values}
+        for scope in scopes:
+            label = _eps_label(scope)
+            sub = frame if scope == "all" else frame[frame.eps == scope]
+            for corner in CORNERS.values():
+                runs_c = sub[sub.corner == corner]
+                est = mean_interval(runs_c[runs_c.status == "completed"][value_kind].astype(float).to_numpy())
+                corner_rows.append(
+                    {"task": task, "eps": label, "corner": corner, "n": est.n, "mean": est.mean, "std": est.std,
+                     "ci_lo": est.lo, "ci_hi": est.hi, "ci_method": est.method if est.has_interval else "",
+                     "diverged": int((runs_c.status == "diverged").sum()), "_est": est}
+                )
+            scope_units = units[in_nominal] if scope == "all" else units[unit_eps == float(scope)]
+            matched_eps = scope_units.matched_eps.dropna()
+            for column in MATCHED.values():
+                est = mean_interval(scope_units[column].to_numpy(float))
+                corner_rows.append(
+                    {"task": task, "eps": label, "corner": column, "n": est.n, "mean": est.mean, "std": est.std,
+                     "ci_lo": est.lo, "ci_hi": est.hi, "ci_method": est.method if est.has_interval else "",
+                     "diverged": 0, "_est": est}
+                )
+            for name, est in scope_estimates(scope_units).items():
+                raw.append(
+                    {"task": task, "eps": label,
+                     "matched_eps": format_value(float(matched_eps.iloc[0])) if len(matched_eps) and scope != "all"
+                     else "", "effect": name, "n_pairs": est.n, "mean": est.mean, "std": est.std, "ci_lo": est.lo,
+                     "ci_hi": est.hi, "ci_method": est.method if est.has_interval else "", "p": est.p,
+                     "in_family": scope in family_scopes and name in FAMILY_EFFECTS and est.n >= 2, "_est": est}
+                )
+    family = [r for r in raw if r["in_family"]]
+    m = len(family)
+    for r, p_adj in zip(family, holm([r["p"] for r in family]), strict=True):
+        r["p_holm"] = p_adj
+    for r in raw:
+        r.setdefault("p_holm", math.nan)
+        r["mde"] = detectable_effect(r["std"], r["n_pairs"], alpha / max(m, 1))
+    stats = {(r["task"], r["eps"], r["effect"]): Stat(r["_est"], r["p_holm"], r["mde"]) for r in raw}
+    sentences: dict[str, str] = {}
+    displays: dict[str, pd.DataFrame] = {}
+    matched_displays: dict[str, pd.DataFrame] = {}
+    corner_est = {(r["task"], r["eps"], r["corner"]): r["_est"] for r in corner_rows}
+    for task, info in per_task.items():
+        labels = [_eps_label(s) for s in info["scopes"]]
+        display_rows, matched_rows = [], []
+        for label in labels:
+            row: dict[str, str] = {"ε": label if label != "all" or len(labels) == 1 else "pooled"}
+            for corner in CORNERS.values():
+                est = corner_est[(task, label, corner)]
+                row[CORNER_TITLES[corner]] = DASH if est.n == 0 else f"{fmt(est.mean)} {fmt_interval(est)} (n={est.n})"
+            for name in ("belief", "placement", "size_difference", "gap"):
+                row[EFFECT_TITLES[name]] = _cell(stats[(task, label, name)])
+            row["pairs"] = str(stats[(task, label, "belief")].est.n)
+            display_rows.append(row)
+            pm = stats[(task, label, "placement_matched")]
+            if pm.est.n:
+                eps_m = next(r["matched_eps"] for r in raw if (r["task"], r["eps"], r["effect"]) ==
+                             (task, label, "placement_matched"))
+                mrow = {"ε (inside)": row["ε"], "matched outside ε": eps_m or DASH}
+                for column, title in MATCHED_TITLES.items():
+                    est = corner_est[(task, label, column)]
+                    mrow[title] = DASH if est.n == 0 else f"{fmt(est.mean)} {fmt_interval(est)} (n={est.n})"
+                for name in ("placement_matched", "floor_size", "placement"):
+                    mrow[EFFECT_TITLES[name]] = _cell(stats[(task, label, name)])
+                mrow["pairs"] = str(pm.est.n)
+                matched_rows.append(mrow)
+        displays[task] = pd.DataFrame(display_rows)
+        if matched_rows:
+            matched_displays[task] = pd.DataFrame(matched_rows)
+        fam = [_eps_label(s) for s in info["family_scopes"]]
+        scoped = {label: {k: stats[(task, label, k)] for k in EFFECTS} for label in fam}
+        pooled = {k: stats[(task, "all", k)] for k in EFFECTS}
+        sentences[task] = verdict(task, scoped, pooled, info["mode"], info["metric"], alpha)
+    corners = pd.DataFrame(
+        [{k: v for k, v in r.items() if not k.startswith("_")} for r in corner_rows],
+        columns=["task", "eps", "corner", "n", "mean", "std", "ci_lo", "ci_hi", "ci_method", "diverged"],
+    )
+    effects_frame = pd.DataFrame(
+        [{k: v for k, v in r.items() if not k.startswith("_")} for r in raw],
+        columns=["task", "eps", "matched_eps", "effect", "n_pairs", "mean", "std", "ci_lo", "ci_hi", "ci_method",
+                 "p", "in_family", "p_holm", "mde"],
+    )
+    return Ablation(corners, effects_frame, sentences, displays, matched_displays, m, alpha)
+
+
+# ------------------------------------------------------------------------------------- verdict
+def _seeds_text(stats: Iterable[Stat]) -> str:
+    ns = sorted({s.est.n for s in stats if s.est.n})
+    if not ns:
+        return "no"
+    return str(ns[0]) if len(ns) == 1 else f"{ns[0]}–{ns[-1]}"
+
+
+def _undetectable(stats: list[Stat], metric: str) -> str:
+    """'with 3 seeds an effect below 0.6 test_acc is undetectable here' for the untold statements."""
+    mdes = [s.mde for s in stats if math.isfinite(s.mde)]
+    if not mdes:
+        return ""
+    return f"; with {_seeds_text(stats)} seeds an effect below {fmt(max(mdes), 2)} {metric} is undetectable here"
+
+
+def _main_category(s: dict[str, Stat], alpha: float) -> tuple[str, str]:
+    """(signature, phrase) of the 2x2 at one scope: which factor explains more, or why we cannot tell."""
+    belief, placement, size = s["belief"], s["placement"], s["size_difference"]
+    if belief.est.n == 0:
+        return "none", "cannot tell — no seed has all four ablation corners completed"
+    if belief.est.n < 2 or not belief.est.has_interval:
+        return "n1", "cannot tell (n=1, no interval)"
+    b, p, d = belief.status(alpha), placement.status(alpha), size.status(alpha)
+    signature = f"b{b}p{p}d{d}"
+    place_dir = "inside better" if placement.est.mean > 0 else "inside worse"
+    belief_dir = "(g−m)² better" if belief.est.mean > 0 else "(g−m)² worse"
+    if b == "0" and p == "0":
+        return signature, "cannot tell (neither effect is significant)"
+    if d in "+-" and d != "" and ((d == "+" and p in "+-") or (d == "-" and b in "+-")):
+        if d == "+":
+            return signature, f"ε placement explains more of the gap than the belief second moment ({place_dir})"
+        return signature, f"the belief second moment explains more of the gap than ε placement ({belief_dir})"
+    if b in "+-" and p in "+-":
+        return signature, f"both factors matter ({belief_dir}, {place_dir}); cannot tell which explains more"
+    which = f"ε placement ({place_dir})" if p in "+-" else f"the belief second moment ({belief_dir})"
+    return signature, f"only {which} has a significant effect; cannot tell which explains more"
+
+
+def _matched_category(s: dict[str, Stat], alpha: float) -> tuple[str, str] | None:
+    pm, fs = s["placement_matched"], s["floor_size"]
+    if pm.est.n < 2:
+        return None
+    a, f = pm.status(alpha), fs.status(alpha)
+    signature = f"m{a}f{f}"
+    floor_dir = "a larger floor is better" if fs.est.mean > 0 else "a larger floor is worse"
+    if a == "0" and f in "+-":
+        return signature, (
+            f"the placements coincide at matched floors and the floor's size moves the metric ({floor_dir}): "
+            "only the floor's size matters"
+        )
+    if a in "+-":
+        side = "inside" if pm.est.mean > 0 else "outside"
+        return signature, f"placement matters beyond the floor's size (ε {side} is better at the same floor)"
+    return signature, "cannot tell (neither placement at matched floor nor floor size is significant)"
+
+
+def _numbers(s: dict[str, Stat], names: tuple[str, ...]) -> str:
+    short = {"gap": "gap AdaBelief(code) − Adam", "belief": "belief", "placement": "ε placement",
+             "placement_matched": "placement at matched floor", "floor_size": "floor size"}
+    parts = []
+    for name in names:
+        stat = s[name]
+        text = f"{short[name]} {fmt_signed(stat.est.mean)} {fmt_interval(stat.est, 3, True)}"
+        if math.isfinite(stat.p_holm):
+            text += f" (p_H={stat.p_holm:.2g})"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def _grouped(
+    scoped: dict[str, dict[str, Stat]],
+    pooled: dict[str, Stat],
+    categories: dict[str, tuple[str, str]],
+    names: tuple[str, ...],
+    untold: tuple[str, ...],
+    metric: str,
+) -> str:
+    """One ε: its phrase and numbers; several: 'at every ε' with pooled numbers when all agree, else per ε."""
+    labels = list(categories)
+    if len(labels) == 1:
+        label = labels[0]
+        sig, phrase = categories[label]
+        where = f" (ε = {label})" if label != "all" else ""
+        pairs = scoped[label][names[0]].est.n
+        tail = _undetectable([scoped[label][k] for k in untold], metric) if phrase.startswith("cannot tell") else ""
+        return f"{phrase}{tail} — over {pairs} pair{'s' if pairs != 1 else ''}{where}: {_numbers(scoped[label], names)}"
+    signatures = {categories[label][0] for label in labels}
+    if len(signatures) == 1:
+        phrase = categories[labels[0]][1]
+        tail = ""
+        if phrase.startswith("cannot tell"):
+            tail = _undetectable([scoped[label][k] for label in labels for k in untold], metric)
+        return (
+            f"{phrase} at every ε ({', '.join(labels)}){tail} — pooled over {pooled[names[0]].est.n} seed/ε pairs: "
+            f"{_numbers(pooled, names)}"
+        )
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(categories[label][1], []).append(label)
+    parts = []
+    for phrase, eps in groups.items():
+        tail = _undetectable([scoped[e][k] for e in eps for k in untold], metric) if phrase.startswith("cannot") else ""
+        parts.append(f"{phrase} at ε = {', '.join(eps)}{tail}")
+    where = "; ".join(parts)
+    detail = "; ".join(f"ε = {label}: {_numbers(scoped[label], names)}" for label in labels)
+    return f"the answer depends on ε — {where} [{detail}]"
+
+
+def verdict(
+    task: str,
+    scoped: dict[str, dict[str, Stat]],
+    pooled: dict[str, Stat],
+    mode: str,
+    metric: str,
+    alpha: float = ALPHA,
+) -> str:
+    """The task's sentence: per ε (``scoped``, the family's scopes) which factor explains more of the
+    AdaBelief(code) − Adam gap, pooled only where every ε says the same; then the matched-floor contrasts."""
+    direction = "higher" if mode == "max" else "lower"
+    main = {label: _main_category(s, alpha) for label, s in scoped.items()}
+    if all(sig in ("none",) for sig, _ in main.values()):
+        return f"{task}: cannot tell — no seed/ε has all four ablation corners completed."
+    if all(sig == "n1" for sig, _ in main.values()):
+        numbers = _numbers(next(iter(scoped.values())), ("gap", "belief", "placement"))
         return f"{task}: cannot tell (n=1, no interval) — {numbers}."
-    if not belief.excludes_zero() and not placement.excludes_zero():
-        return f"{task}: cannot tell — both intervals include 0; {numbers}."
-    b_lo, b_hi = _magnitude(belief)
-    p_lo, p_hi = _magnitude(placement)
-    if b_lo > p_hi:
-        return f"{task}: the belief second moment explains more of the gap than ε placement — {numbers}."
-    if p_lo > b_hi:
-        return f"{task}: ε placement explains more of the gap than the belief second moment — {numbers}."
-    return f"{task}: cannot tell — the two effects' intervals overlap; {numbers}."
+    usable = {k: v for k, v in main.items() if v[0] not in ("none", "n1")}
+    text = _grouped(scoped, pooled, usable, ("gap", "belief", "placement"), ("belief", "placement"), metric)
+    sentence = f"{task}: {text} (improvements, {direction} {metric} is better)."
+    matched = {label: c for label, s in scoped.items() if (c := _matched_category(s, alpha)) is not None}
+    if matched:
+        text = _grouped(scoped, pooled, matched, ("placement_matched", "floor_size"), ("placement_matched",), metric)
+        sentence += f" At matched floors: {text}."
+    return sentence
