@@ -11,12 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from analysis_fixtures import ABLATION_CORNERS, write_run
 from conftest import REPO
 from optrepro.analysis.load import load_runs, settings_of
-from optrepro.analysis.stats import bootstrap_mean, improvement, paired_bootstrap
+from optrepro.analysis.stats import improvement, mean_interval, seeds_needed
 from optrepro.analysis.tables import (
+    CI_HEADER,
+    Stat,
     ablation_tables,
     comparison_tables,
     load_published,
@@ -95,35 +98,14 @@ def _direct_table(root: Path) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------------------- stats
 @pytest.mark.parametrize("n", [2, 3, 5, 10, 40])
-def test_bootstrap_interval_contains_mean_and_is_reproducible(n: int) -> None:
+def test_interval_contains_mean_and_is_reproducible(n: int) -> None:
     rng = np.random.default_rng(n)
     for _ in range(20):
         x = rng.lognormal(0, 1.5, size=n)  # skewed on purpose
-        est = bootstrap_mean(x)
-        assert est.n == n and est.lo <= x.mean() <= est.hi
+        est = mean_interval(x)
+        assert est.n == n and est.lo <= x.mean() <= est.hi and est.method == "Student t"
         assert est.mean == pytest.approx(x.mean()) and est.std == pytest.approx(x.std(ddof=1))
-        assert bootstrap_mean(x) == est  # seeded: same numbers every time
-    constant = bootstrap_mean([0.1, 0.1, 0.1])
-    assert constant.lo <= constant.mean <= constant.hi
-
-
-def test_bootstrap_edge_cases() -> None:
-    one = bootstrap_mean([3.0, float("nan"), float("inf")])
-    assert one.n == 1 and one.mean == 3.0 and math.isnan(one.lo) and not one.has_interval
-    empty = bootstrap_mean([])
-    assert empty.n == 0 and math.isnan(empty.mean)
-
-
-def test_paired_bootstrap_removes_shared_seed_noise() -> None:
-    rng = np.random.default_rng(0)
-    seed_effect = rng.normal(0, 5, size=8)  # big shared noise
-    a = 10 + seed_effect + rng.normal(0, 0.01, size=8)
-    b = 9 + seed_effect + rng.normal(0, 0.01, size=8)
-    paired = paired_bootstrap(a, b)
-    assert paired.lo <= (a - b).mean() <= paired.hi
-    assert paired.lo > 0.9 and paired.hi < 1.1  # the pairing sees the +1 despite the noise
-    unpaired_width = bootstrap_mean(a).hi - bootstrap_mean(a).lo
-    assert paired.hi - paired.lo < unpaired_width / 10
+        assert mean_interval(x) == est
     assert improvement(np.array([1.0]), "min")[0] == -1.0 and improvement(2.0, "max") == 2.0
 
 
@@ -244,7 +226,10 @@ def test_ablation_effects_match_direct_and_verdict(tmp_path: Path) -> None:
         assert row.ci_lo <= row["mean"] <= row.ci_hi
     corners = abl.corners.set_index(["eps", "corner"])
     assert corners.loc[("all", "eadam"), "mean"] == pytest.approx(runs[runs.optimizer == "ablation_eadam"].final.mean())
-    assert "ε placement explains more" in abl.sentences["abl"]
+    assert "ε placement explains more of the gap than the belief second moment (inside better) at every ε" in (
+        abl.sentences["abl"]
+    )
+    assert (abl.effects.ci_method[abl.effects.n_pairs >= 2] == "Student t").all()
 
 
 def test_ablation_min_mode_counts_decrease_as_improvement(tmp_path: Path) -> None:
@@ -257,7 +242,8 @@ def test_ablation_min_mode_counts_decrease_as_improvement(tmp_path: Path) -> Non
 
 def test_ablation_cannot_tell(tmp_path: Path) -> None:
     _ablation_runs(tmp_path / "a", "max", belief=0.0, inside=0.0, noise=1.0)
-    assert "cannot tell" in ablation_tables(load_runs(tmp_path / "a")).sentences["abl"]
+    sentence = ablation_tables(load_runs(tmp_path / "a")).sentences["abl"]
+    assert "cannot tell" in sentence and "with 4 seeds an effect below" in sentence
     _ablation_runs(tmp_path / "b", "max", belief=1.0, inside=5.0, seeds=1)
     sentence = ablation_tables(load_runs(tmp_path / "b")).sentences["abl"]
     assert "cannot tell (n=1" in sentence
@@ -268,11 +254,103 @@ def test_ablation_cannot_tell(tmp_path: Path) -> None:
     assert "no seed/ε has all four" in abl.sentences["abl"]
 
 
-def test_verdict_overlapping_effects_cannot_tell() -> None:
-    est_b = bootstrap_mean([1.0, 1.2, 0.9, 1.1])
-    est_p = bootstrap_mean([1.05, 1.15, 0.95, 1.0])
-    text = verdict("t", {"belief": est_b, "placement": est_p, "gap": est_b}, "max", "m")
-    assert "cannot tell" in text and "overlap" in text
+def _stat(values: list[float], p_holm: float) -> Stat:
+    return Stat(mean_interval(values), p_holm, 0.5)
+
+
+def test_verdict_both_significant_but_sizes_not_told_apart() -> None:
+    belief, placement = _stat([1.0, 1.2, 0.9, 1.1], 0.01), _stat([1.05, 1.15, 0.95, 1.0], 0.01)
+    scoped = {"1e-08": {"belief": belief, "placement": placement, "gap": belief, "size_difference":
+                        _stat([0.05, -0.05, 0.05, -0.1], 0.9), "placement_matched": _stat([], math.nan),
+                        "floor_size": _stat([], math.nan)}}
+    text = verdict("t", scoped, scoped["1e-08"], "max", "m")
+    assert "both factors matter" in text and "cannot tell which explains more" in text and "(ε = 1e-08)" in text
+    assert "At matched floors" not in text  # no matched-floor runs, no matched sentence
+
+
+def _matched_runs(root: Path, floor_breaks: float = 0.1, seeds: int = 3) -> None:
+    """Corners where only the floor's size matters: any run whose floor exceeds ``floor_breaks`` loses 70
+    points; plus the outside corners at each inside ε's floor (the matched runs)."""
+    rng = np.random.default_rng(5)
+    seed_noise = rng.normal(0, 1.0, size=seeds)
+    for eps in (1e-16, 1e-8, 1e-4):
+        matched = math.sqrt(eps / (1 - 0.999))
+        for optimizer, (second, placement) in ABLATION_CORNERS.items():
+            runs = [(eps, placement)] + ([(matched, "outside")] if placement == "outside" else [])
+            for run_eps, where in runs:
+                floor = run_eps if where == "outside" else math.sqrt(run_eps / (1 - 0.999))
+                for seed in range(seeds):
+                    value = 97.0 + 0.3 * (second == "belief") - 70.0 * (floor > floor_breaks)
+                    value += seed_noise[seed] + rng.normal(0, 0.2)
+                    write_run(root, task="abl", optimizer=optimizer, seed=seed, eps=run_eps, curve=[value])
+
+
+def test_matched_floor_separates_placement_from_floor_size(tmp_path: Path) -> None:
+    _matched_runs(tmp_path)
+    data = load_runs(tmp_path)
+    abl = ablation_tables(data)
+    effects = abl.effects[abl.effects.task == "abl"].set_index(["eps", "effect"])
+    # the matched-floor-only ε values are not 2x2 scopes
+    assert set(effects.index.get_level_values("eps")) == {"1e-16", "1e-08", "0.0001", "all"}
+    # direct: pair by seed, inside at eps against outside at sqrt(eps / (1 - b2)), same second moment
+    runs = data.runs
+    for eps in (1e-16, 1e-8, 1e-4):
+        matched = math.sqrt(eps / (1 - 0.999))
+
+        def at(opt: str, e: float) -> pd.Series:
+            sel = runs[(runs.optimizer == opt) & np.isclose(runs.eps, e, rtol=1e-9, atol=0)]
+            return sel.set_index("seed").final.sort_index()
+
+        pm = ((at("ablation_eadam", eps) - at("ablation_adam", matched))
+              + (at("ablation_belief_inside", eps) - at("ablation_belief_outside", matched))) / 2
+        fs = ((at("ablation_adam", matched) - at("ablation_adam", eps))
+              + (at("ablation_belief_outside", matched) - at("ablation_belief_outside", eps))) / 2
+        label = f"{eps:.6g}"
+        assert effects.loc[(label, "placement_matched"), "mean"] == pytest.approx(pm.mean())
+        assert effects.loc[(label, "floor_size"), "mean"] == pytest.approx(fs.mean())
+        assert effects.loc[(label, "placement_matched"), "n_pairs"] == 3
+        # the nominal placement effect splits exactly into the two
+        assert effects.loc[(label, "placement"), "mean"] == pytest.approx(pm.mean() + fs.mean())
+        assert effects.loc[(label, "placement_matched"), "matched_eps"] == f"{matched:.6g}"
+    sentence = abl.sentences["abl"]
+    assert "the answer depends on ε" in sentence
+    assert "only the floor's size matters at ε = 0.0001" in sentence
+    assert "ε placement explains more of the gap than the belief second moment (inside worse) at ε = 0.0001" in sentence
+    assert "seeds an effect below" in sentence  # the detectable effect beside each "cannot tell"
+    display = abl.matched_displays["abl"]
+    assert list(display["matched outside ε"])[:3] == ["3.16228e-07", "0.00316228", "0.316228"]
+
+
+def test_holm_family_and_detectable_effect(tmp_path: Path) -> None:
+    _matched_runs(tmp_path)
+    abl = ablation_tables(load_runs(tmp_path))
+    fam = abl.effects[abl.effects.in_family]
+    # 3 eps x (belief, placement, size_difference, placement_matched, floor_size); pooled and gap are not tested
+    assert abl.family_size == len(fam) == 15
+    assert set(fam.eps) == {"1e-16", "1e-08", "0.0001"} and "gap" not in set(fam.effect)
+    assert (fam.p_holm >= fam.p - 1e-15).all() and abl.effects[~abl.effects.in_family].p_holm.isna().all()
+    smallest = fam.sort_values("p").iloc[0]
+    assert smallest.p_holm == pytest.approx(min(1.0, 15 * smallest.p))
+    row = fam.iloc[0]
+    t_sum = sps.t.ppf(1 - 0.05 / 15 / 2, row.n_pairs - 1) + sps.t.ppf(0.8, row.n_pairs - 1)
+    assert row.mde == pytest.approx(t_sum * row["std"] / math.sqrt(row.n_pairs))
+    assert "family of 15 statement(s)" in abl.family_note() and "Holm" in abl.family_note()
+
+
+def test_seeds_needed_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _matched_runs(tmp_path / "runs")
+    main(["--runs", str(tmp_path / "runs"), "--seeds-needed", "1.5", "--task", "abl", "--contrast", "belief"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "seeds for 1.5" in lines[0] and len(lines) == 4  # header + one line per eps
+    abl = ablation_tables(load_runs(tmp_path / "runs"))
+    row = abl.effects[(abl.effects.eps == "1e-08") & (abl.effects.effect == "belief")].iloc[0]
+    expected = seeds_needed(1.5, row["std"], 0.05 / abl.family_size)
+    assert lines[2].split()[-1] == str(expected) and lines[2].split()[1] == "1e-08"
+    with pytest.raises(SystemExit, match="no ablation runs for task 'nope'"):
+        main(["--runs", str(tmp_path / "runs"), "--seeds-needed", "1", "--task", "nope"])
+    with pytest.raises(SystemExit, match="must be > 0"):
+        main(["--runs", str(tmp_path / "runs"), "--seeds-needed", "0"])
+    assert not (tmp_path / "results").exists()  # it prints; it writes nothing
 
 
 # ------------------------------------------------------------------------------------- end to end
@@ -310,6 +388,11 @@ def test_analyze_writes_everything_and_is_deterministic(mixed_runs: Path, tmp_pa
     assert "Tasks with published numbers but no runs" in report and "imagenet_resnet18" in report
     assert "abc123def456" in report  # environment: git SHA
     assert "\\pm" in (out1 / "tables/comparison_cifar10_vgg11.tex").read_text()
+    # every interval names its method: the comparison tables' column, the numbers' ci_method, the preamble
+    assert CI_HEADER == "95% CI (Student t)" and CI_HEADER in (out1 / "tables/comparison_cifar10_vgg11.md").read_text()
+    assert set(pd.read_csv(out1 / "tables/comparison_all.csv").ci_method.dropna()) == {"Student t"}
+    assert "95% Student t interval of the mean" in report and "bootstrap" not in report
+    assert "Holm" in report and "family of" in report
     runs_csv = pd.read_csv(out1 / "runs.csv")
     assert len(runs_csv) == 23 + 8
 

@@ -84,7 +84,10 @@ def analyze(
             artifacts.tables[f"ablation_matched_{task}"] = write_table(
                 tables_dir,
                 f"ablation_matched_{safe_name(task)}",
-                ablation.effects[(ablation.effects.task == task) & ablation.effects.matched_eps.astype(bool)],
+                ablation.effects[
+                    (ablation.effects.task == task)
+                    & ablation.effects.effect.isin(["placement_matched", "floor_size", "placement"])
+                ],
                 display,
                 f"{task}: placement at a matched floor",
             )["md"]

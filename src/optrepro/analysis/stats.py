@@ -91,9 +91,7 @@ def mean_interval(values: Sequence[float] | np.ndarray, level: float = LEVEL) ->
     return Estimate(mean, std, float(lo), float(hi), n, float(x.min()), float(x.max()), METHOD, t_p_value(mean, std, n))
 
 
-def paired_interval(
-    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, level: float = LEVEL
-) -> Estimate:
+def paired_interval(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, level: float = LEVEL) -> Estimate:
     """Mean difference a - b over pairs (same seed), with the paired-t interval and test.
 
     Pairing removes the seed-to-seed variation both arms share, so the interval is usually much

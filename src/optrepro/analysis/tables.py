@@ -512,8 +512,10 @@ def unit_effects(frame: pd.DataFrame, mode: str, value_kind: str) -> pd.DataFram
 def scope_estimates(units: pd.DataFrame) -> dict[str, Estimate]:
     """Every effect's interval over the units of one scope; size_difference = |placement| − |belief| per unit,
     each signed by its own mean over the scope (positive: placement is the larger effect)."""
-    est = {k: mean_interval(units[k].to_numpy(float)) for k in ("belief", "placement", "gap",
-                                                                "placement_matched", "floor_size")}
+    est = {
+        k: mean_interval(units[k].to_numpy(float))
+        for k in ("belief", "placement", "gap", "placement_matched", "floor_size")
+    }
     sign_p = 1.0 if not est["placement"].mean < 0 else -1.0
     sign_b = 1.0 if not est["belief"].mean < 0 else -1.0
     size = sign_p * units.placement.to_numpy(float) - sign_b * units.belief.to_numpy(float)
@@ -547,8 +549,13 @@ def ablation_tables(data: RunsData, value_kind: str = "final", alpha: float = AL
         units = unit_effects(frame, mode, value_kind)
         unit_eps = units.index.get_level_values("_eps").to_numpy(float) if len(units) else np.array([])
         in_nominal = np.isin(unit_eps, eps_values) if eps_values else np.ones(len(units), bool)
-        per_task[task] = {"mode": mode, "metric": str(frame.metric.iloc[0]), "scopes": scopes,
-                          "family_scopes": family_scopes, "eps_values": eps_values}
+        per_task[task] = {
+            "mode": mode,
+            "metric": str(frame.metric.iloc[0]),
+            "scopes": scopes,
+            "family_scopes": family_scopes,
+            "eps_values": eps_values,
+        }
         for scope in scopes:
             label = _eps_label(scope)
             sub = frame if scope == "all" else frame[frame.eps == scope]
@@ -556,26 +563,56 @@ def ablation_tables(data: RunsData, value_kind: str = "final", alpha: float = AL
                 runs_c = sub[sub.corner == corner]
                 est = mean_interval(runs_c[runs_c.status == "completed"][value_kind].astype(float).to_numpy())
                 corner_rows.append(
-                    {"task": task, "eps": label, "corner": corner, "n": est.n, "mean": est.mean, "std": est.std,
-                     "ci_lo": est.lo, "ci_hi": est.hi, "ci_method": est.method if est.has_interval else "",
-                     "diverged": int((runs_c.status == "diverged").sum()), "_est": est}
+                    {
+                        "task": task,
+                        "eps": label,
+                        "corner": corner,
+                        "n": est.n,
+                        "mean": est.mean,
+                        "std": est.std,
+                        "ci_lo": est.lo,
+                        "ci_hi": est.hi,
+                        "ci_method": est.method if est.has_interval else "",
+                        "diverged": int((runs_c.status == "diverged").sum()),
+                        "_est": est,
+                    }
                 )
             scope_units = units[in_nominal] if scope == "all" else units[unit_eps == float(scope)]
-            matched_eps = scope_units.matched_eps.dropna()
+            matched_eps = ", ".join(format_value(float(e)) for e in sorted(scope_units.matched_eps.dropna().unique()))
             for column in MATCHED.values():
                 est = mean_interval(scope_units[column].to_numpy(float))
                 corner_rows.append(
-                    {"task": task, "eps": label, "corner": column, "n": est.n, "mean": est.mean, "std": est.std,
-                     "ci_lo": est.lo, "ci_hi": est.hi, "ci_method": est.method if est.has_interval else "",
-                     "diverged": 0, "_est": est}
+                    {
+                        "task": task,
+                        "eps": label,
+                        "corner": column,
+                        "n": est.n,
+                        "mean": est.mean,
+                        "std": est.std,
+                        "ci_lo": est.lo,
+                        "ci_hi": est.hi,
+                        "ci_method": est.method if est.has_interval else "",
+                        "diverged": 0,
+                        "_est": est,
+                    }
                 )
             for name, est in scope_estimates(scope_units).items():
                 raw.append(
-                    {"task": task, "eps": label,
-                     "matched_eps": format_value(float(matched_eps.iloc[0])) if len(matched_eps) and scope != "all"
-                     else "", "effect": name, "n_pairs": est.n, "mean": est.mean, "std": est.std, "ci_lo": est.lo,
-                     "ci_hi": est.hi, "ci_method": est.method if est.has_interval else "", "p": est.p,
-                     "in_family": scope in family_scopes and name in FAMILY_EFFECTS and est.n >= 2, "_est": est}
+                    {
+                        "task": task,
+                        "eps": label,
+                        "matched_eps": matched_eps,
+                        "effect": name,
+                        "n_pairs": est.n,
+                        "mean": est.mean,
+                        "std": est.std,
+                        "ci_lo": est.lo,
+                        "ci_hi": est.hi,
+                        "ci_method": est.method if est.has_interval else "",
+                        "p": est.p,
+                        "in_family": scope in family_scopes and name in FAMILY_EFFECTS and est.n >= 2,
+                        "_est": est,
+                    }
                 )
     family = [r for r in raw if r["in_family"]]
     m = len(family)
@@ -591,9 +628,14 @@ def ablation_tables(data: RunsData, value_kind: str = "final", alpha: float = AL
     corner_est = {(r["task"], r["eps"], r["corner"]): r["_est"] for r in corner_rows}
     for task, info in per_task.items():
         labels = [_eps_label(s) for s in info["scopes"]]
+        # what a scope is called in tables and sentences: its ε; "pooled" over several; the ε when there is one
+        names = {label: label for label in labels}
+        names["all"] = (
+            "pooled" if len(labels) > 1 else (_eps_label(info["eps_values"][0]) if info["eps_values"] else "all")
+        )
         display_rows, matched_rows = [], []
         for label in labels:
-            row: dict[str, str] = {"ε": label if label != "all" or len(labels) == 1 else "pooled"}
+            row: dict[str, str] = {"ε": names[label]}
             for corner in CORNERS.values():
                 est = corner_est[(task, label, corner)]
                 row[CORNER_TITLES[corner]] = DASH if est.n == 0 else f"{fmt(est.mean)} {fmt_interval(est)} (n={est.n})"
@@ -603,8 +645,11 @@ def ablation_tables(data: RunsData, value_kind: str = "final", alpha: float = AL
             display_rows.append(row)
             pm = stats[(task, label, "placement_matched")]
             if pm.est.n:
-                eps_m = next(r["matched_eps"] for r in raw if (r["task"], r["eps"], r["effect"]) ==
-                             (task, label, "placement_matched"))
+                eps_m = next(
+                    r["matched_eps"]
+                    for r in raw
+                    if (r["task"], r["eps"], r["effect"]) == (task, label, "placement_matched")
+                )
                 mrow = {"ε (inside)": row["ε"], "matched outside ε": eps_m or DASH}
                 for column, title in MATCHED_TITLES.items():
                     est = corner_est[(task, label, column)]
@@ -617,7 +662,7 @@ def ablation_tables(data: RunsData, value_kind: str = "final", alpha: float = AL
         if matched_rows:
             matched_displays[task] = pd.DataFrame(matched_rows)
         fam = [_eps_label(s) for s in info["family_scopes"]]
-        scoped = {label: {k: stats[(task, label, k)] for k in EFFECTS} for label in fam}
+        scoped = {names[label]: {k: stats[(task, label, k)] for k in EFFECTS} for label in fam}
         pooled = {k: stats[(task, "all", k)] for k in EFFECTS}
         sentences[task] = verdict(task, scoped, pooled, info["mode"], info["metric"], alpha)
     corners = pd.DataFrame(
@@ -626,8 +671,22 @@ def ablation_tables(data: RunsData, value_kind: str = "final", alpha: float = AL
     )
     effects_frame = pd.DataFrame(
         [{k: v for k, v in r.items() if not k.startswith("_")} for r in raw],
-        columns=["task", "eps", "matched_eps", "effect", "n_pairs", "mean", "std", "ci_lo", "ci_hi", "ci_method",
-                 "p", "in_family", "p_holm", "mde"],
+        columns=[
+            "task",
+            "eps",
+            "matched_eps",
+            "effect",
+            "n_pairs",
+            "mean",
+            "std",
+            "ci_lo",
+            "ci_hi",
+            "ci_method",
+            "p",
+            "in_family",
+            "p_holm",
+            "mde",
+        ],
     )
     return Ablation(corners, effects_frame, sentences, displays, matched_displays, m, alpha)
 
@@ -648,6 +707,10 @@ def _undetectable(stats: list[Stat], metric: str) -> str:
     return f"; with {_seeds_text(stats)} seeds an effect below {fmt(max(mdes), 2)} {metric} is undetectable here"
 
 
+def _sig(status: str) -> bool:
+    return status in ("+", "-")
+
+
 def _main_category(s: dict[str, Stat], alpha: float) -> tuple[str, str]:
     """(signature, phrase) of the 2x2 at one scope: which factor explains more, or why we cannot tell."""
     belief, placement, size = s["belief"], s["placement"], s["size_difference"]
@@ -659,39 +722,46 @@ def _main_category(s: dict[str, Stat], alpha: float) -> tuple[str, str]:
     signature = f"b{b}p{p}d{d}"
     place_dir = "inside better" if placement.est.mean > 0 else "inside worse"
     belief_dir = "(g−m)² better" if belief.est.mean > 0 else "(g−m)² worse"
-    if b == "0" and p == "0":
+    if not _sig(b) and not _sig(p):
         return signature, "cannot tell (neither effect is significant)"
-    if d in "+-" and d != "" and ((d == "+" and p in "+-") or (d == "-" and b in "+-")):
-        if d == "+":
-            return signature, f"ε placement explains more of the gap than the belief second moment ({place_dir})"
+    if d == "+" and _sig(p):
+        return signature, f"ε placement explains more of the gap than the belief second moment ({place_dir})"
+    if d == "-" and _sig(b):
         return signature, f"the belief second moment explains more of the gap than ε placement ({belief_dir})"
-    if b in "+-" and p in "+-":
+    if _sig(b) and _sig(p):
         return signature, f"both factors matter ({belief_dir}, {place_dir}); cannot tell which explains more"
-    which = f"ε placement ({place_dir})" if p in "+-" else f"the belief second moment ({belief_dir})"
+    which = f"ε placement ({place_dir})" if _sig(p) else f"the belief second moment ({belief_dir})"
     return signature, f"only {which} has a significant effect; cannot tell which explains more"
 
 
 def _matched_category(s: dict[str, Stat], alpha: float) -> tuple[str, str] | None:
+    """(signature, phrase) of the matched-floor contrasts at one scope; None without matched pairs."""
     pm, fs = s["placement_matched"], s["floor_size"]
     if pm.est.n < 2:
         return None
     a, f = pm.status(alpha), fs.status(alpha)
     signature = f"m{a}f{f}"
     floor_dir = "a larger floor is better" if fs.est.mean > 0 else "a larger floor is worse"
-    if a == "0" and f in "+-":
+    if not _sig(a) and _sig(f):
         return signature, (
-            f"the placements coincide at matched floors and the floor's size moves the metric ({floor_dir}): "
-            "only the floor's size matters"
+            f"cannot tell the placements apart at matched floors while the floor's size moves the metric "
+            f"({floor_dir}): only the floor's size matters"
         )
-    if a in "+-":
+    if _sig(a):
         side = "inside" if pm.est.mean > 0 else "outside"
-        return signature, f"placement matters beyond the floor's size (ε {side} is better at the same floor)"
+        floor = f"and the floor's size matters too ({floor_dir})" if _sig(f) else "floor size not significant"
+        return signature, f"placement matters beyond the floor's size (ε {side} is better at the same floor; {floor})"
     return signature, "cannot tell (neither placement at matched floor nor floor size is significant)"
 
 
 def _numbers(s: dict[str, Stat], names: tuple[str, ...]) -> str:
-    short = {"gap": "gap AdaBelief(code) − Adam", "belief": "belief", "placement": "ε placement",
-             "placement_matched": "placement at matched floor", "floor_size": "floor size"}
+    short = {
+        "gap": "gap AdaBelief(code) − Adam",
+        "belief": "belief",
+        "placement": "ε placement",
+        "placement_matched": "placement at matched floor",
+        "floor_size": "floor size",
+    }
     parts = []
     for name in names:
         stat = s[name]
@@ -715,7 +785,7 @@ def _grouped(
     if len(labels) == 1:
         label = labels[0]
         sig, phrase = categories[label]
-        where = f" (ε = {label})" if label != "all" else ""
+        where = f" (ε = {label})" if label not in ("all", "pooled") else ""
         pairs = scoped[label][names[0]].est.n
         tail = _undetectable([scoped[label][k] for k in untold], metric) if phrase.startswith("cannot tell") else ""
         return f"{phrase}{tail} — over {pairs} pair{'s' if pairs != 1 else ''}{where}: {_numbers(scoped[label], names)}"
