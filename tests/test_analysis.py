@@ -317,6 +317,9 @@ def test_matched_floor_separates_placement_from_floor_size(tmp_path: Path) -> No
     assert "only the floor's size matters at ε = 0.0001" in sentence
     assert "ε placement explains more of the gap than the belief second moment (inside worse) at ε = 0.0001" in sentence
     assert "seeds an effect below" in sentence  # the detectable effect beside each "cannot tell"
+    corners = abl.corners.set_index(["eps", "corner"])
+    assert corners.loc[("all", "adam"), "n"] == 9  # pooled over the nominal ε only, not the matched runs
+    assert corners.loc[("0.0001", "adam_matched"), "n"] == 3
     display = abl.matched_displays["abl"]
     assert list(display["matched outside ε"])[:3] == ["3.16228e-07", "0.00316228", "0.316228"]
 

@@ -1,8 +1,8 @@
 """Aggregate run folders into tables, figures and a report (DESIGN.md sections 2-4).
 
 ``load`` reads run folders into a runs table and a long curves table, ``stats`` holds the
-bootstrap intervals, ``tables`` the comparison / paper / ablation tables, ``figures`` the plots
-and ``report`` REPORT.md. ``optrepro.analyze`` is the command line over all of them.
+Student-t intervals, tests, Holm and detectable effects, ``tables`` the comparison / paper / ablation
+tables, ``figures`` the plots and ``report`` REPORT.md. ``optrepro.analyze`` is the command line over all of them.
 """
 
 from optrepro.analysis.load import RunsData, load_runs

@@ -2,11 +2,12 @@
 
 Interval: Student t for the mean of n >= 2 finite values (paired differences are the mean of the
 per-pair differences), ``mean ± t_{n-1, 1-α/2} · s/√n``. Why t and not a bootstrap: at n = 3..10 a
-percentile bootstrap of the mean covers far less than it claims (measured 74% at n = 3 for a "95%"
+percentile bootstrap of the mean covers far less than it claims (measured 75% at n = 3 for a "95%"
 interval on normal data; see README, Analysis), because resampling 3 values cannot see spread it has
 not drawn; the t quantile pays for the unknown spread and is exact for normal data at every n. We
-keep t at n >= 20 too: it is then within a point of nominal for the distributions tested, and one
-method everywhere keeps the tables comparable. Every Estimate carries its ``method``.
+keep t at n >= 20 too: there it still covers better than the percentile bootstrap (measured 95.0% vs
+92.9% normal, 91.9% vs 89.1% exponential at n = 20), and one method everywhere keeps the tables
+comparable. Every Estimate carries its ``method``.
 
 Tests: two-sided one-sample t-test of mean = 0 (for paired differences: the paired t-test).
 Many comparisons: :func:`holm` adjusts the p-values of a family. Detectable effect: the true mean

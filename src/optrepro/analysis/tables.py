@@ -111,6 +111,9 @@ def to_latex(display: pd.DataFrame) -> str:
         ("±", r"$\pm$"),
         (DASH, "---"),
         ("ε", r"$\varepsilon$"),
+        ("√", r"$\surd$"),
+        ("β", r"$\beta$"),
+        ("₂", r"$_2$"),
         ("²", r"$^2$"),
         ("−", "-"),
         ("×", r"$\times$"),
@@ -558,7 +561,9 @@ def ablation_tables(data: RunsData, value_kind: str = "final", alpha: float = AL
         }
         for scope in scopes:
             label = _eps_label(scope)
-            sub = frame if scope == "all" else frame[frame.eps == scope]
+            # pooled corners: the nominal ε values only (the matched-floor outside runs have a table of their own)
+            pooled = frame[frame.eps.isin(eps_values)] if eps_values else frame
+            sub = pooled if scope == "all" else frame[frame.eps == scope]
             for corner in CORNERS.values():
                 runs_c = sub[sub.corner == corner]
                 est = mean_interval(runs_c[runs_c.status == "completed"][value_kind].astype(float).to_numpy())
