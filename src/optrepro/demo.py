@@ -40,11 +40,11 @@ def demo_plan() -> list[Sweep]:
         # the eps axis: the four corners at two more eps values (1e-8 is in the line above)
         Sweep("digits-eps", ("task=digits_cnn", f"optimizer={CORNERS}", "optimizer.eps=1e-16,1e-4", f"seed={SEEDS}")),
         # placement at a matched floor: the outside corners at ε = √(ε_inside/(1−β2)) for each inside ε above
-        Sweep("digits-matched", ("task=digits_cnn", f"optimizer={OUTSIDE}",
-                                 f"optimizer.eps={matched_outside_eps((1e-16, 1e-8, 1e-4))}", f"seed={SEEDS}")),
+        Sweep("digits-matched", ("task=digits_cnn", f"optimizer={OUTSIDE}", f"seed={SEEDS}",
+                                 f"optimizer.eps={matched_outside_eps('digits_cnn', (1e-16, 1e-8, 1e-4))}")),
         Sweep("textlm", ("task=textlm_lstm1", f"optimizer=adabelief,{CORNERS}", f"seed={SEEDS}")),
         Sweep("textlm-matched", ("task=textlm_lstm1", f"optimizer={OUTSIDE}",
-                                 f"optimizer.eps={matched_outside_eps((1e-8,))}", f"seed={SEEDS}")),
+                                 f"optimizer.eps={matched_outside_eps('textlm_lstm1')}", f"seed={SEEDS}")),
         Sweep("ring_gan", ("task=ring_gan", f"optimizer=adabelief,{CORNERS}", f"seed={SEEDS}")),
         Sweep("synthetic_mt", ("task=synthetic_mt", f"optimizer=adabelief,{CORNERS}", f"seed={SEEDS}")),
     ]

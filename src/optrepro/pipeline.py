@@ -40,10 +40,27 @@ class Sweep:
         return math.prod(len(self.values(key)) for key in keys)
 
 
-def matched_outside_eps(eps_values: Sequence[float], beta2: float = 0.999) -> str:
+def matched_outside_eps(task: str, eps_values: Sequence[float] = ()) -> str:
     """The outside ε equal to each inside ε's floor √(ε/(1−β2)) (optim.describe's effective_floor), as a sweep
-    value list: the runs the analysis pairs with the inside corners for "placement at a matched floor"."""
-    return ",".join(repr(math.sqrt(eps / (1.0 - beta2))) for eps in eps_values)
+    value list: the runs the analysis pairs with the inside corners for "placement at a matched floor".
+
+    β2 (and ε when ``eps_values`` is empty) come from the task's resolved ``ablation_eadam`` config, since a
+    task's recipe may set them (the Transformer recipes use β2 = 0.98: floor √(1e-8/0.02) = 7.1e-4).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from optrepro.config import CONFIG_DIR, resolve_config
+
+    overrides = [f"task={task}", "optimizer=ablation_eadam"]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            opt = resolve_config(compose(config_name="train", overrides=overrides), overrides).optimizer
+    finally:
+        GlobalHydra.instance().clear()
+    beta2 = float(opt.betas[1])
+    return ",".join(repr(math.sqrt(float(eps) / (1.0 - beta2))) for eps in (eps_values or [opt.eps]))
 
 
 def preset_grid(experiment: str) -> dict[str, str]:

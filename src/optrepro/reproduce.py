@@ -39,16 +39,14 @@ def plan(table: str, seeds: str) -> list[Sweep]:
         return [s for name in [*TABLES, "ablation"] for s in plan(name, seeds)]
     if table == "ablation":
         tasks = [t for t in ABLATION_TASKS if t in group_options("task")]
-        # the corners at the presets' ε = 1e-8, and the outside corners at its inside floor (matched floor)
-        matched = ("optimizer=ablation_adam,ablation_belief_outside", f"optimizer.eps={matched_outside_eps((1e-8,))}")
-        return [
-            sweep
-            for t in tasks
-            for sweep in (
-                Sweep(f"ablation-{t}", (f"task={t}", f"optimizer={ABLATION_CORNERS}", f"seed={seeds}")),
-                Sweep(f"ablation-matched-{t}", (f"task={t}", *matched, f"seed={seeds}")),
-            )
-        ]
+        # the corners at the task's ε, and the outside corners at its inside floor (placement at a matched floor)
+        outside = "optimizer=ablation_adam,ablation_belief_outside"
+        sweeps = []
+        for t in tasks:
+            matched = f"optimizer.eps={matched_outside_eps(t)}"
+            sweeps.append(Sweep(f"ablation-{t}", (f"task={t}", f"optimizer={ABLATION_CORNERS}", f"seed={seeds}")))
+            sweeps.append(Sweep(f"matched-{t}", (f"task={t}", outside, matched, f"seed={seeds}")))
+        return sweeps
     if table not in TABLES:
         raise SystemExit(f"error: unknown TABLE '{table}'; choose one of: {', '.join([*TABLES, 'ablation', 'all'])}")
     sweeps = []
