@@ -16,7 +16,7 @@ import pandas as pd
 from optrepro.analysis import figures as figs
 from optrepro.analysis.load import RunsData, load_runs
 from optrepro.analysis.report import Artifacts, write_report
-from optrepro.analysis.stats import MAX_SEEDS, seeds_needed
+from optrepro.analysis.stats import LEVEL, MAX_SEEDS, METHOD, seeds_needed
 from optrepro.analysis.tables import (
     FAMILY_EFFECTS,
     VALUE_KINDS,
@@ -31,6 +31,7 @@ from optrepro.analysis.tables import (
 from optrepro.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
+INTERVALS = f"{LEVEL:.0%} {METHOD} intervals, effects paired by seed; p_H: Holm-adjusted p, see ablation_verdicts.md"
 DEFAULT_PUBLISHED = REPO / "results" / "published_results.csv"
 
 
@@ -77,8 +78,9 @@ def analyze(
         ablation.effects.to_csv(tables_dir / "ablation_effects.csv", index=False, lineterminator="\n")
         for task, display in ablation.displays.items():
             numeric = ablation.effects[ablation.effects.task == task]
+            title = f"{task}: belief × ε ablation ({INTERVALS})"
             artifacts.tables[f"ablation_{task}"] = write_table(
-                tables_dir, f"ablation_{safe_name(task)}", numeric, display, f"{task}: belief × ε ablation"
+                tables_dir, f"ablation_{safe_name(task)}", numeric, display, title
             )["md"]
         for task, display in ablation.matched_displays.items():
             artifacts.tables[f"ablation_matched_{task}"] = write_table(
@@ -89,7 +91,7 @@ def analyze(
                     & ablation.effects.effect.isin(["placement_matched", "floor_size", "placement"])
                 ],
                 display,
-                f"{task}: placement at a matched floor",
+                f"{task}: placement at a matched floor ({INTERVALS})",
             )["md"]
         verdicts = "\n".join(f"- {ablation.sentences[t]}" for t in sorted(ablation.sentences))
         (tables_dir / "ablation_verdicts.md").write_text(f"{ablation.family_note()}\n\n{verdicts}\n")

@@ -532,7 +532,7 @@ def _cell(stat: Stat) -> str:
         return DASH
     text = f"{fmt_signed(est.mean)} {fmt_interval(est, 3, signed=True)}"
     if math.isfinite(stat.p_holm):
-        text += f" p_H={stat.p_holm:.2g}"
+        text += f" p_H={stat.p_holm:.3g}"
     return text
 
 
@@ -772,7 +772,7 @@ def _numbers(s: dict[str, Stat], names: tuple[str, ...]) -> str:
         stat = s[name]
         text = f"{short[name]} {fmt_signed(stat.est.mean)} {fmt_interval(stat.est, 3, True)}"
         if math.isfinite(stat.p_holm):
-            text += f" (p_H={stat.p_holm:.2g})"
+            text += f" (p_H={stat.p_holm:.3g})"
         parts.append(text)
     return ", ".join(parts)
 
