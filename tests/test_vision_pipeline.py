@@ -11,7 +11,8 @@ from torch.nn import functional as F
 from conftest import metrics, run_folders, run_inprocess
 from optrepro.data.cifar import write_fake_cifar
 from optrepro.data.gpu_pipeline import DeviceImages, normalize_batch
-from optrepro.tasks.vision import ImageClassificationTask, SeededTransformDataset, TensorSource, cifar_crop_flip
+from optrepro.data.loader_pipeline import SeededTransformDataset, TensorSource, cifar_crop_flip
+from optrepro.tasks.vision import ImageClassificationTask
 
 
 def _ramp_image() -> torch.Tensor:
