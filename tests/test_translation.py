@@ -104,8 +104,8 @@ def test_prepare_warns_on_unexpected_sizes(tmp_path: Path) -> None:
 
 
 def test_missing_data_is_one_line_error(tmp_path: Path) -> None:
-    from optrepro.errors import DataMissingError
     from optrepro.data.translation import load_text
+    from optrepro.errors import DataMissingError
 
     cfg = OmegaConf.create({"dataset": "iwslt14", "data_dir": str(tmp_path / "none"),
                             "raw": str(tmp_path / "x.tgz"),

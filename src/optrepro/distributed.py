@@ -90,13 +90,13 @@ class Dist:
         return t
 
 
-def refuse_reason(task_cls: Any) -> str | None:
-    """Why ``task_cls`` cannot run under WORLD_SIZE > 1 (None: it can, or this is one process)."""
+def refuse_reason(kind: str, task_cls: Any) -> str | None:
+    """Why task kind ``kind`` cannot run under WORLD_SIZE > 1 (None: it can, or this is one process)."""
     world = env_world_size()
     if world <= 1 or getattr(task_cls, "data_parallel", False):
         return None
     why = getattr(task_cls, "data_parallel_refusal", "") or "it does not split its batches across processes"
-    return (f"task kind {task_cls.__name__} does not train data-parallel ({why}); "
+    return (f"task.kind={kind} does not train data-parallel: {why}; "
             f"run it as one process, not under torchrun (WORLD_SIZE={world})")
 
 

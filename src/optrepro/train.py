@@ -109,8 +109,10 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
     from optrepro.tasks.base import rng_state, seed_everything, set_rng_state
     from optrepro.tracking import Tracker
 
-    refusal = distributed.refuse_reason(task_class(str(cfg.task.kind)))
-    if refusal:  # before any process group: every rank stops alone
+    refusal = distributed.refuse_reason(str(cfg.task.kind), task_class(str(cfg.task.kind)))
+    if refusal:  # before any process group; every rank finds the same reason, rank 0 says it
+        if rank() > 0:
+            raise SystemExit(2)  # the exit status of a user error, without a second copy of the line
         raise UserError(refusal)
     dist, device = distributed.setup(resolve_device(str(cfg.device)))  # torchrun: one GPU per process
     precision = resolve_precision(str(cfg.precision), device)
