@@ -8,11 +8,13 @@ batch yields depend only on (run seed, epoch, position): not on worker count, pr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from optrepro.data.gpu_pipeline import normalize_batch
 
 
 class SeededTransformDataset(Dataset[tuple[torch.Tensor, int]]):
@@ -88,4 +90,54 @@ def cifar_crop_flip(pad: int = 4) -> Any:
     return v2.Compose([v2.RandomCrop(32, padding=pad), v2.RandomHorizontalFlip()])
 
 
-__all__ = ["BatchPlan", "SeededTransformDataset", "TensorSource", "cifar_crop_flip", "make_loader"]
+def seeded_keys(indices: Sequence[int], batch_seed: int) -> list[tuple[int, int]]:
+    """The (index, seed) keys of one batch: sample k of the batch is seeded ``batch_seed + k``."""
+    return [(i, (batch_seed + k) % (1 << 63)) for k, i in enumerate(indices)]
+
+
+class LoaderImages:
+    """A dataset served through a DataLoader as batches normalized on the device (what
+    :class:`~optrepro.data.gpu_pipeline.DeviceImages` does from device memory).
+
+    Training: ``serve`` hands over the batches of the rest of a pass, so workers prefetch them, and
+    ``next`` takes them one by one. Evaluation: iterating walks the batches given at construction.
+    """
+
+    def __init__(self, dataset: Dataset[Any], device: torch.device, num_workers: int,
+                 mean: Sequence[float] | None, std: Sequence[float] | None, channels_last: bool,
+                 batches: list[list[tuple[int, int]]] | None = None) -> None:
+        self.plan = BatchPlan()
+        self.plan.batches = batches or []
+        self.loader = make_loader(dataset, self.plan, num_workers, device.type == "cuda")
+        self.device, self.mean, self.std, self.channels_last = device, mean, std, channels_last
+        self._iter: Iterator[Any] | None = None
+
+    @property
+    def serving(self) -> bool:
+        return self._iter is not None
+
+    def serve(self, batches: list[list[tuple[int, int]]]) -> None:
+        """Serve these batches (lists of (index, seed) keys) from now on."""
+        self.plan.batches = batches
+        self._iter = iter(self.loader)
+
+    def stop(self) -> None:
+        """Forget the planned batches (after a resume the task plans again from its position)."""
+        self._iter = None
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self._iter is not None, "serve() the batches first"
+        return self._on_device(*next(self._iter))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels in self.loader:
+            yield self._on_device(images, labels)
+
+    def _on_device(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        return normalize_batch(images, self.mean, self.std, self.channels_last), labels
+
+
+__all__ = ["BatchPlan", "LoaderImages", "SeededTransformDataset", "TensorSource", "cifar_crop_flip", "make_loader",
+           "seeded_keys"]

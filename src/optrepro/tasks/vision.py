@@ -36,10 +36,15 @@ import torch
 from omegaconf import DictConfig, ListConfig
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
-from optrepro.data.gpu_pipeline import DeviceImages, normalize_batch
-from optrepro.data.loader_pipeline import BatchPlan, SeededTransformDataset, TensorSource, cifar_crop_flip, make_loader
+from optrepro.data.gpu_pipeline import DeviceImages
+from optrepro.data.loader_pipeline import (
+    LoaderImages,
+    SeededTransformDataset,
+    TensorSource,
+    cifar_crop_flip,
+    seeded_keys,
+)
 from optrepro.errors import UserError, require_positive_int
 from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed, seed_rank_stream
 
@@ -175,7 +180,9 @@ class ImageClassificationTask(Task):
         cfg, data = self.cfg, self.cfg.data
         augment = str(data.get("augment", "none"))
         pad = int(data.get("pad", 4)) if augment == "crop_flip" else 0
-        self.test_loader: DataLoader[Any] | None = None
+        self.test_loader: LoaderImages | None = None  # ImageFolder; in-memory sets evaluate from test_images
+        self.train_loader: LoaderImages | None = None  # the dataloader pipeline; "device" uses train_images
+        norm = dict(mean=self.mean, std=self.std, channels_last=self.channels_last)
         if self.data_name == "imagefolder":
             from optrepro.data.imagefolder import imagenet_transform, load_imagefolder
 
@@ -191,19 +198,14 @@ class ImageClassificationTask(Task):
             self.train_index = train_idx if train_idx is not None else torch.arange(len(train))
             test_index = test_idx if test_idx is not None else torch.arange(len(test))
             self.n_train = int(self.train_index.numel())
-            self.train_dataset = SeededTransformDataset(train, imagenet_transform(True, size, resize))
-            test_ds = SeededTransformDataset(test, imagenet_transform(False, size, resize))
             shard = list(self.dist.shard(test_index.tolist()))
-            self.test_plan = BatchPlan()
-            self.test_plan.batches = [
-                [(i, 0) for i in shard[s : s + self.eval_batch_size]]
-                for s in range(0, len(shard), self.eval_batch_size)
-            ]
-            self.test_loader = make_loader(test_ds, self.test_plan, self.num_workers, self.device.type == "cuda")
+            test_batches = [[(i, 0) for i in shard[s : s + self.eval_batch_size]]
+                            for s in range(0, len(shard), self.eval_batch_size)]
+            self.test_loader = LoaderImages(SeededTransformDataset(test, imagenet_transform(False, size, resize)),
+                                            self.device, self.num_workers, batches=test_batches, **norm)
             self.n_test = int(test_index.numel())
-            self.plan = BatchPlan()
-            self.loader = make_loader(self.train_dataset, self.plan, self.num_workers, self.device.type == "cuda")
-            self._iter: Iterator[Any] | None = None
+            self.train_loader = LoaderImages(SeededTransformDataset(train, imagenet_transform(True, size, resize)),
+                                             self.device, self.num_workers, **norm)
             return
         if self.data_name == "digits":
             from optrepro.data.digits import load_digits_split
@@ -229,26 +231,13 @@ class ImageClassificationTask(Task):
         self.n_train, self.n_test = int(y_train.numel()), int(y_test.numel())
         self.train_index = torch.arange(self.n_train)
         # evaluation of an in-memory set is plain slicing on the device, whichever pipeline trains
-        self.test_images = DeviceImages(
-            x_test, y_test, self.device, mean=self.mean, std=self.std, channels_last=self.channels_last
-        )
+        self.test_images = DeviceImages(x_test, y_test, self.device, **norm)
         if self.pipeline == "device":
-            self.train_images = DeviceImages(
-                x_train,
-                y_train,
-                self.device,
-                pad=pad,
-                flip=pad > 0,
-                mean=self.mean,
-                std=self.std,
-                channels_last=self.channels_last,
-            )
+            self.train_images = DeviceImages(x_train, y_train, self.device, pad=pad, flip=pad > 0, **norm)
         else:
             transform = cifar_crop_flip(pad) if pad > 0 else None
-            self.train_dataset = SeededTransformDataset(TensorSource(x_train, y_train), transform)
-            self.plan = BatchPlan()
-            self.loader = make_loader(self.train_dataset, self.plan, self.num_workers, self.device.type == "cuda")
-            self._iter = None
+            self.train_loader = LoaderImages(SeededTransformDataset(TensorSource(x_train, y_train), transform),
+                                             self.device, self.num_workers, **norm)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if self._perm_cache is None or self._perm_cache[0] != epoch:
@@ -276,14 +265,12 @@ class ImageClassificationTask(Task):
         epoch, first = self.order.epoch, self.order.index
         if first >= self.order.batches_per_epoch:
             epoch, first = epoch + 1, 0
-        batches = []
-        for b in range(first, self.order.batches_per_epoch):
-            positions = self.train_index[self._global_batch(epoch, b)].tolist()
-            base = self._batch_seed(epoch, b)
-            keyed = [(i, (base + k) % (1 << 63)) for k, i in enumerate(positions)]
-            batches.append(list(self.dist.shard(keyed)))
-        self.plan.batches = batches
-        self._iter = iter(self.loader)
+        assert self.train_loader is not None
+        self.train_loader.serve([
+            list(self.dist.shard(seeded_keys(self.train_index[self._global_batch(epoch, b)].tolist(),
+                                             self._batch_seed(epoch, b))))
+            for b in range(first, self.order.batches_per_epoch)
+        ])
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pipeline == "device":
@@ -291,14 +278,12 @@ class ImageClassificationTask(Task):
             return self.train_images.batch(
                 self._global_batch(epoch, b), self._batch_seed(epoch, b), self.dist.rank, self.dist.world
             )
-        if self._iter is None or self.order.epoch_finished:
+        assert self.train_loader is not None
+        if not self.train_loader.serving or self.order.epoch_finished:
             self._plan_rest_of_epoch()
-        assert self._iter is not None
-        images, labels = next(self._iter)
+        batch = self.train_loader.next()
         self._advance()
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
-        return normalize_batch(images, self.mean, self.std, self.channels_last), labels
+        return batch
 
     # --- schedule ---------------------------------------------------------------------------
     def _next_epoch(self) -> int:
@@ -366,12 +351,7 @@ class ImageClassificationTask(Task):
 
     def _eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.test_loader is not None:
-            for images, labels in self.test_loader:
-                images = images.to(self.device, non_blocking=True)
-                yield (
-                    normalize_batch(images, self.mean, self.std, self.channels_last),
-                    labels.to(self.device, non_blocking=True),
-                )
+            yield from self.test_loader
             return
         shard = torch.arange(self.dist.rank, self.n_test, self.dist.world)
         for s in range(0, shard.numel(), self.eval_batch_size):
@@ -398,7 +378,8 @@ class ImageClassificationTask(Task):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._iter = None  # the DataLoader path re-plans from the restored position
+        if self.train_loader is not None:
+            self.train_loader.stop()  # the DataLoader path re-plans from the restored position
         self._interval_start = time.perf_counter()
 
     def finalize(self, run_dir: Any) -> dict[str, Any]:
