@@ -64,7 +64,8 @@ class RunContext:
 
 
 class Task(abc.ABC):
-    """Base class of all tasks. Subclasses set ``metric`` and ``mode`` and implement the methods."""
+    """Base class of all tasks. Subclasses set ``metric``, ``mode`` and ``state_attrs``, say whether
+    they train data-parallel, and implement the abstract methods."""
 
     #: name of the primary metric reported in summary.json (e.g. "test_acc")
     metric: str = "loss"
