@@ -21,8 +21,8 @@ from omegaconf import OmegaConf
 from conftest import run_folders, run_inprocess
 from optrepro.config import CONFIG_DIR
 
-# one worker for every kind: the loop's set-up (distributed.setup -> RunContext.dist), a few steps,
-# one evaluation, the parameters
+# one worker for every kind: the loop's set-up (distributed.setup -> RunContext.dist), a few steps
+# (at most until the task is done), one evaluation, the parameters
 WORKER = textwrap.dedent(
     """
     import sys, torch
@@ -36,7 +36,9 @@ WORKER = textwrap.dedent(
     dist, device = distributed.setup(torch.device("cpu"))
     seed_everything(0)
     task = build_task(cfg.task, RunContext(cfg, device, "fp32", seed=0, dist=dist))
-    losses = [float(task.train_step()["loss"]) for _ in range(int(sys.argv[3]))]
+    losses = []
+    while len(losses) < int(sys.argv[3]) and not task.done():
+        losses.append(float(task.train_step()["loss"]))
     metrics = task.evaluate()
     out = {"losses": losses, "metrics": metrics, "world": dist.world,
            "params": {k: v.clone() for k, v in task.model.state_dict().items()}}
@@ -95,9 +97,11 @@ def test_language_model_two_gloo_processes_match_one(tmp_path: Path) -> None:
         "data": {"root": str(tmp_path / "pydoc"), "train_tokens": 4000, "eval_tokens": 1000},
         "model": {"emsize": 32, "nhid": 32, **no_dropout}, "epochs": 1,
     })
-    single, ranks = _single_and_two_ranks(tmp_path, cfg_path, steps=4)  # ~15 s: kept in the default run
-    # batch 20 = 2 x 10 columns of the stream per rank; evaluation runs whole on each rank
-    _assert_same_training(single, ranks, ["valid_loss", "test_loss"])
+    single, ranks = _single_and_two_ranks(tmp_path, cfg_path, steps=50)  # ~15 s: kept in the default run
+    # batch 20 = 2 x 10 columns of the stream per rank; the run reaches its one epoch end, where the
+    # training loss is all-reduced (train_ppl) and evaluation runs whole on each rank
+    assert 3 <= len(single["losses"]) < 50
+    _assert_same_training(single, ranks, ["valid_loss", "test_loss", "train_ppl", "test_ppl_at_best_valid"])
 
 
 @pytest.mark.slow  # three fresh Python processes (~15-40 s on the 2-core build machine)
