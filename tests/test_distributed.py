@@ -2,7 +2,8 @@
 launched by torchrun, what 1 process gives; the others refuse WORLD_SIZE > 1 with one line.
 
 Image classification has its own test (tests/test_vision_ddp.py); the whole loop under torchrun
-(one run folder, written once) is tests/test_train.py's torchrun test.
+(one run folder, written once) is tests/test_train.py's torchrun test, the one multi-process test
+of the default run.
 """
 
 from __future__ import annotations
@@ -91,13 +92,14 @@ def _assert_same_training(single: dict[str, Any], ranks: list[dict[str, Any]], m
             assert r["metrics"][key] == pytest.approx(single["metrics"][key], rel=1e-4, abs=1e-5), key
 
 
+@pytest.mark.slow  # three fresh Python processes (13-26 s on the 2-core build machine)
 def test_language_model_two_gloo_processes_match_one(tmp_path: Path) -> None:
     no_dropout = {k: 0.0 for k in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop")}
     cfg_path = _config(tmp_path, "textlm_lstm1", {
         "data": {"root": str(tmp_path / "pydoc"), "train_tokens": 4000, "eval_tokens": 1000},
         "model": {"emsize": 32, "nhid": 32, **no_dropout}, "epochs": 1,
     })
-    single, ranks = _single_and_two_ranks(tmp_path, cfg_path, steps=50)  # ~15 s: kept in the default run
+    single, ranks = _single_and_two_ranks(tmp_path, cfg_path, steps=50)
     # batch 20 = 2 x 10 columns of the stream per rank; the run reaches its one epoch end, where the
     # training loss is all-reduced (train_ppl) and evaluation runs whole on each rank
     assert 3 <= len(single["losses"]) < 50
