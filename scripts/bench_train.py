@@ -34,6 +34,8 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from optrepro.tasks.base import time_steps
+
 REPO = Path(__file__).resolve().parents[1]
 TARGET_OVERHEAD = 0.15  # the target: a pipeline costs at most 15% over the model alone
 
@@ -61,11 +63,6 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     with contextlib.suppress(OSError):
         info["load_average"] = list(os.getloadavg())
     return info
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------ CIFAR bench
@@ -125,18 +122,11 @@ def bench_cifar(args: argparse.Namespace, device: torch.device) -> dict[str, Any
 
     ceiling._next_batch = premade
     for task in candidates.values():  # warm-up: workers start, cudnn autotunes, caches fill
-        for _ in range(args.warmup):
-            task.train_step()
-    _sync(device)
+        time_steps(task.train_step, 0, args.warmup, device)
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(args.rounds):
         for name, task in candidates.items():
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                task.train_step()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(time_steps(task.train_step, args.steps, 0, device)[0])
     images = args.steps * args.batch_size
     result: dict[str, Any] = {
         "model": args.model,

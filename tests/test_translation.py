@@ -104,8 +104,8 @@ def test_prepare_warns_on_unexpected_sizes(tmp_path: Path) -> None:
 
 
 def test_missing_data_is_one_line_error(tmp_path: Path) -> None:
+    from optrepro.data.translation import load_text
     from optrepro.errors import DataMissingError
-    from optrepro.tasks.translation import load_text
 
     cfg = OmegaConf.create({"dataset": "iwslt14", "data_dir": str(tmp_path / "none"),
                             "raw": str(tmp_path / "x.tgz"),
@@ -117,7 +117,7 @@ def test_missing_data_is_one_line_error(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------- vocabulary, batching
 def test_vocab_is_fairseq_like() -> None:
-    from optrepro.tasks.translation import Vocab
+    from optrepro.data.translation import Vocab
 
     v = Vocab.build(["b a b", "c b a"])
     assert v.symbols[:7] == ["<s>", "<pad>", "</s>", "<unk>", "b", "a", "c"]
@@ -127,7 +127,7 @@ def test_vocab_is_fairseq_like() -> None:
 
 
 def test_batches_respect_token_budget() -> None:
-    from optrepro.tasks.translation import token_batches
+    from optrepro.data.translation import token_batches
 
     rng = np.random.default_rng(0)
     src = rng.integers(1, 60, size=2000)
@@ -143,7 +143,7 @@ def test_batches_respect_token_budget() -> None:
 
 
 def test_collate_shifts_target() -> None:
-    from optrepro.tasks.translation import collate
+    from optrepro.data.translation import collate
 
     source, prev, target = collate([[5, 6, 2], [7, 2]], [[8, 9, 2], [4, 2]], pad=1, eos=2)
     assert source.tolist() == [[5, 6, 2], [7, 2, 1]]

@@ -1,8 +1,9 @@
 """Data-parallel training inside the task: 2 CPU processes (gloo, launched by torchrun) equal 1 process.
 
 The loop's rank-0-only writing lives in train.py and is not covered here; this checks the task's
-part: process group, global batch split across ranks, gradient averaging (DDP), all-reduced
-evaluation sums and loss.
+part, given the process group that optrepro.distributed.setup joins: global batch split across
+ranks, gradient averaging (DDP), all-reduced evaluation sums and loss. The other data-parallel
+task kinds are in tests/test_distributed.py.
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ WORKER = textwrap.dedent(
     """
     import sys, torch
     from omegaconf import OmegaConf
+    from optrepro import distributed
     from optrepro.tasks.base import RunContext, seed_everything
     from optrepro.tasks.vision import ImageClassificationTask
 
     torch.set_num_threads(1)
     task_cfg = OmegaConf.load(sys.argv[1])
     cfg = OmegaConf.create({"optimizer": {"name": "adam", "lr": 1e-3}, "task": task_cfg})
+    dist, device = distributed.setup(torch.device("cpu"))  # what the training loop does
     seed_everything(0)
-    task = ImageClassificationTask(cfg.task, RunContext(cfg, torch.device("cpu"), "fp32", seed=0))
+    task = ImageClassificationTask(cfg.task, RunContext(cfg, device, "fp32", seed=0, dist=dist))
     losses = [float(task.train_step()["loss"]) for _ in range(4)]
     metrics = task.evaluate()
     out = {"losses": losses, "metrics": metrics, "world": task.dist.world, "rank": task.dist.rank,
-           "params": {k: v.clone() for k, v in task.net.state_dict().items()}}
+           "params": {k: v.clone() for k, v in task.model.state_dict().items()}}
     torch.save(out, f"{sys.argv[2]}.rank{task.dist.rank}.pt")
     """
 )

@@ -11,7 +11,8 @@ from torch.nn import functional as F
 from conftest import metrics, run_folders, run_inprocess
 from optrepro.data.cifar import write_fake_cifar
 from optrepro.data.gpu_pipeline import DeviceImages, normalize_batch
-from optrepro.tasks.vision import ImageClassificationTask, SeededTransformDataset, TensorSource, cifar_crop_flip
+from optrepro.data.loader_pipeline import SeededTransformDataset, TensorSource, cifar_crop_flip
+from optrepro.tasks.vision import ImageClassificationTask
 
 
 def _ramp_image() -> torch.Tensor:
@@ -147,10 +148,7 @@ def test_dataloader_batches_do_not_depend_on_worker_count(fake_root: Path) -> No
         task = ImageClassificationTask(cfg.task, RunContext(cfg, torch.device("cpu"), "fp32", seed=0))
         out = []
         for _ in range(5):  # crosses the epoch boundary (4 batches per epoch)
-            if task._iter is None or task.order.epoch_finished:
-                task._plan_rest_of_epoch()
-            out.append(next(task._iter)[0])
-            task._advance()
+            out.append(task._next_batch()[0])
         return out
 
     for x0, x2 in zip(batches(0), batches(2), strict=True):

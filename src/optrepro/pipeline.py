@@ -86,13 +86,13 @@ def measure_step_seconds(task: str, steps: int = 10, warmup: int = 3) -> tuple[f
     Returns (seconds per step, steps per run), or the reason it could not be measured (e.g. the
     dataset is not downloaded). Used to estimate a sweep's GPU hours before it starts.
     """
-    import torch
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     from optrepro.config import CONFIG_DIR, resolve_config, resolve_device, resolve_precision
     from optrepro.errors import UserError
     from optrepro.tasks import RunContext, build_task
+    from optrepro.tasks.base import time_steps
 
     overrides = [f"task={task}", "optimizer=adam"]
     GlobalHydra.instance().clear()
@@ -106,16 +106,8 @@ def measure_step_seconds(task: str, steps: int = 10, warmup: int = 3) -> tuple[f
         task_obj = build_task(cfg.task, RunContext(cfg, device, resolve_precision("auto", device), 0))
     except UserError as exc:
         return str(exc)
-    for _ in range(warmup):
-        task_obj.train_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        task_obj.train_step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / steps, int(task_obj.total_steps)
+    seconds, _ = time_steps(task_obj.train_step, steps, warmup, device)
+    return seconds / steps, int(task_obj.total_steps)
 
 
 def count_outcomes(results_dir: Path, since: float) -> int:

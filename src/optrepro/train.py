@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
+from optrepro import distributed
 from optrepro.config import (
     CONFIG_DIR,
     preflight,
@@ -27,6 +28,7 @@ from optrepro.config import (
     resolve_precision,
     validate_config,
 )
+from optrepro.distributed import env_rank as rank  # only rank 0 writes results
 from optrepro.errors import UserError
 from optrepro.runs import RunDir, check_writable, config_hash, optimizer_label, run_name
 
@@ -95,11 +97,6 @@ def prepare_config(cfg: DictConfig, cli_overrides: list[str], choices: dict[str,
     return cfg
 
 
-def rank() -> int:
-    """This process's data-parallel rank (torchrun sets RANK); only rank 0 writes results."""
-    return int(os.environ.get("RANK", "0"))
-
-
 def _remove_if_empty(path: Path) -> None:
     if path.is_dir() and not any(path.iterdir()):
         path.rmdir()
@@ -108,20 +105,23 @@ def _remove_if_empty(path: Path) -> None:
 def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
     """The training loop. Writes metrics at eval points, checkpoints, and summary.json last."""
     from optrepro.optim import describe
-    from optrepro.tasks import RunContext, build_task
+    from optrepro.tasks import RunContext, build_task, task_class
     from optrepro.tasks.base import rng_state, seed_everything, set_rng_state
     from optrepro.tracking import Tracker
 
-    device = resolve_device(str(cfg.device))
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type == "cuda":  # torchrun: one GPU per process
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-        torch.cuda.set_device(device)
+    refusal = distributed.refuse_reason(str(cfg.task.kind), task_class(str(cfg.task.kind)))
+    if refusal:  # before any process group; every rank finds the same reason, rank 0 says it
+        if rank() > 0:
+            raise SystemExit(2)  # the exit status of a user error, without a second copy of the line
+        raise UserError(refusal)
+    dist, device = distributed.setup(resolve_device(str(cfg.device)))  # torchrun: one GPU per process
     precision = resolve_precision(str(cfg.precision), device)
     seed_everything(int(cfg.seed))
-    ctx = RunContext(cfg=cfg, device=device, precision=precision, seed=int(cfg.seed), run_dir=run_dir.path)
+    ctx = RunContext(cfg=cfg, device=device, precision=precision, seed=int(cfg.seed), run_dir=run_dir.path,
+                     dist=dist)
     task = build_task(cfg.task, ctx)  # a missing dataset raises UserError before anything is written
     run_dir.create(cfg, device)
-    _barrier()  # data parallel: every rank reads the checkpoint rank 0 has settled
+    distributed.barrier()  # data parallel: every rank reads the checkpoint rank 0 has settled
 
     state = run_dir.load_checkpoint()
     best: dict[str, Any] | None = None
@@ -234,30 +234,16 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
         "precision": precision,
         **extras,
     }
-    _barrier()
+    distributed.barrier()
     run_dir.write_summary(summary)
     tracker.finish(summary)
-    _end_process_group()
+    distributed.teardown()
     shown = last_eval.get(task.metric)
     shown_text = f" {task.metric}={shown:.4g}" if isinstance(shown, (int, float)) else ""
     if not run_dir.writer:
         return Outcome(status, str(run_dir.path), reason)
     say(f"{run_dir.path.name}: {status}{shown_text}{f' ({reason})' if reason else ''} -> {run_dir.path}")
     return Outcome(status, str(run_dir.path), reason, resumed=state is not None)
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def _end_process_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def _write_error_log(run_dir: RunDir, text: str) -> None:

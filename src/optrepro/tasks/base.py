@@ -10,6 +10,12 @@ variable-length BPTT and a GAN with two optimizers. The loop only calls, in orde
         logs = task.train_step()         # one optimizer step; logs["loss"] is a scalar
         if task.eval_due(): task.evaluate()
     task.finalize(run_dir)               # write artifacts (trajectories, sample grids)
+
+A task declares its checkpointed state as ``state_attrs`` (attribute names); the one
+``state_dict``/``load_state_dict`` here saves and restores modules, optimizers, schedulers, batch
+orders, generators, tensors and plain values alike. Data parallel: a task with ``data_parallel =
+True`` trains on its share of each global batch (``ctx.dist``, see :mod:`optrepro.distributed`);
+the loop refuses the others under torchrun.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import abc
 import contextlib
 import hashlib
 import random
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from optrepro.distributed import Dist
 from optrepro.optim import build_optimizer
 
 
@@ -40,6 +48,8 @@ class RunContext:
     seed: int
     run_dir: Path | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: this process's place in a torchrun job (the loop sets it; one process of one otherwise)
+    dist: Dist = field(default_factory=Dist)
 
     def make_optimizer(self, params: Iterable[Any]) -> torch.optim.Optimizer:
         """The optimizer the config names (with the task's per-optimizer recipe already applied)."""
@@ -54,7 +64,8 @@ class RunContext:
 
 
 class Task(abc.ABC):
-    """Base class of all tasks. Subclasses set ``metric`` and ``mode`` and implement the methods."""
+    """Base class of all tasks. Subclasses set ``metric``, ``mode`` and ``state_attrs``, say whether
+    they train data-parallel, and implement the abstract methods."""
 
     #: name of the primary metric reported in summary.json (e.g. "test_acc")
     metric: str = "loss"
@@ -63,6 +74,12 @@ class Task(abc.ABC):
     #: False when the metric is itself a model selection (e.g. test ppl at the best valid ppl): then
     #: summary.json's ``best`` is null and the final value is the result
     track_best: bool = True
+    #: True when the task splits every global batch across torchrun processes (``ctx.dist``);
+    #: otherwise the loop refuses WORLD_SIZE > 1 with ``data_parallel_refusal`` as the reason
+    data_parallel: bool = False
+    data_parallel_refusal: str = ""
+    #: the attributes that make up the checkpoint, in order; a leading "_" is dropped from the key
+    state_attrs: tuple[str, ...] = ("step",)
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         self.cfg = cfg
@@ -100,12 +117,16 @@ class Task(abc.ABC):
         opt = getattr(self, "optimizer", None)
         return float(opt.param_groups[0]["lr"]) if opt is not None else None
 
-    @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: models, optimizers, counters, data position."""
+        """Everything needed to continue exactly (``state_attrs``): models, optimizers, counters, data position."""
+        return {attr.lstrip("_"): export_state(getattr(self, attr)) for attr in self.state_attrs}
 
-    @abc.abstractmethod
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore ``state_attrs``; a key the checkpoint lacks keeps its freshly built value."""
+        for attr in self.state_attrs:
+            key = attr.lstrip("_")
+            if key in state:
+                setattr(self, attr, import_state(getattr(self, attr), state[key], self.ctx.device))
 
     def finalize(self, run_dir: Path) -> dict[str, Any]:
         """Write task artifacts into the run folder; return extra entries for summary.json."""
@@ -189,13 +210,76 @@ class BatchOrder:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
-def iterate_in_batches(n: int, batch_size: int) -> Iterator[slice]:
-    """Slices covering range(n) in order (for evaluation)."""
-    for start in range(0, n, batch_size):
-        yield slice(start, min(start + batch_size, n))
+# ------------------------------------------------------------------------------- state
+def export_state(value: Any) -> Any:
+    """A checkpointable copy of one state attribute (types ``torch.load(weights_only=True)`` reads)."""
+    if hasattr(value, "state_dict"):  # modules, optimizers, schedulers, BatchOrder
+        return value.state_dict()
+    if isinstance(value, torch.Generator):
+        return value.get_state()
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {k: export_state(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [export_state(v) for v in value]
+    return value  # int, float, str, bool, None
+
+
+def import_state(current: Any, saved: Any, device: torch.device) -> Any:
+    """The attribute's value after restoring ``saved`` into it: objects with state and tensors are
+    restored in place (keeping their device and dtype), plain values are replaced (tensors inside
+    them moved to ``device``)."""
+    if hasattr(current, "load_state_dict"):
+        current.load_state_dict(saved)
+        return current
+    if isinstance(current, torch.Generator):
+        current.set_state(saved.cpu())
+        return current
+    if isinstance(current, torch.Tensor):
+        with torch.no_grad():
+            current.copy_(saved)
+        return current
+    return _plain_to(saved, device)
+
+
+def _plain_to(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device, copy=True)
+    if isinstance(value, dict):
+        return {k: _plain_to(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_to(v, device) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------- timing
+def time_steps(step: Callable[[], Any], steps: int, warmup: int = 0,
+               device: torch.device | None = None) -> tuple[float, list[Any]]:
+    """Time ``steps`` calls of ``step`` after ``warmup`` untimed ones, synchronizing CUDA around the
+    timed ones (kernels are asynchronous). Returns (seconds, what the timed calls returned)."""
+
+    def sync() -> None:
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        step()
+    sync()
+    start = time.perf_counter()
+    out = [step() for _ in range(steps)]
+    sync()
+    return time.perf_counter() - start, out
 
 
 # ------------------------------------------------------------------------------- RNG state
+def seed_rank_stream(ctx: RunContext, tag: str) -> None:
+    """Under data parallel, give ranks > 0 their own global RNG stream (distinct dropout masks);
+    rank 0 keeps the single-process stream."""
+    if ctx.dist.rank > 0:
+        torch.manual_seed(derived_seed(tag, ctx.seed, ctx.dist.rank))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))

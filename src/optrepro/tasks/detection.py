@@ -105,6 +105,9 @@ def hflip(image: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch
 class DetectionTask(Task):
     metric = "map50"
     mode = "max"
+    data_parallel_refusal = ("torchvision's RPN and RoI samplers draw from the global RNG image by image, "
+                             "so a batch split across processes would not train as the whole batch does")
+    state_attrs = ("step", "order", "model", "optimizer", "_epoch_ended")
 
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
@@ -262,22 +265,6 @@ class DetectionTask(Task):
     @property
     def epoch(self) -> float:
         return self.order.epochs_done
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "order": self.order.state_dict(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "epoch_ended": self._epoch_ended,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self.order.load_state_dict(state["order"])
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self._epoch_ended = bool(state.get("epoch_ended", False))
 
     def finalize(self, run_dir: Path) -> dict[str, Any]:
         """Summary extras: per-class AP (area, %) of the last evaluation, data sizes."""

@@ -14,7 +14,7 @@ of ``fid.num_fake`` samples from a fixed noise against cached real-image statist
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,16 +100,99 @@ def validate_fid_config(cfg: DictConfig) -> None:
         resolve_inception_weights(fid.get("weights_path"))
 
 
-class GANTask(FixedStepsTask):
+def validate_adversarial_config(cfg: DictConfig) -> None:
+    """The checks the CIFAR GANs and the ring GAN share: the loss kind and the penalty weight."""
+    if cfg.get("loss") not in LOSSES:
+        raise UserError(f"task.loss must be one of {', '.join(LOSSES)}, got {cfg.get('loss')!r}")
+    gp = cfg.get("gp_lambda", 0.0)
+    if not isinstance(gp, (int, float)) or gp < 0:
+        raise UserError(f"task.gp_lambda must be a number >= 0, got {gp!r}")
+
+
+class AdversarialTask(FixedStepsTask):
+    """What the CIFAR GANs and the ring GAN share: networks ``G`` and ``D`` with one optimizer each
+    (``opt_g``, ``opt_d``), a task-owned generator ``rng`` for every training draw, running means of
+    ``stat_keys`` between eval points, the D and G updates, and the checkpoint of all that.
+
+    Subclasses build the networks, then call :meth:`_init_adversarial`."""
+
+    data_parallel_refusal = ("G and D are updated in alternation (and WGAN-GP differentiates twice), "
+                             "which this harness does not split across processes")
+    stat_keys: tuple[str, ...] = ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm")
+    state_attrs = ("step", "G", "D", "opt_g", "opt_d", "rng", "sums", "counts")
+
+    G: nn.Module
+    D: nn.Module
+
+    def _init_adversarial(self, rng: torch.Generator, device: torch.device) -> None:
+        cfg = self.cfg
+        self.loss_kind = str(cfg.loss)
+        self.gp_lambda = float(cfg.get("gp_lambda", 0.0) or 0.0)
+        self.clip_value = float(cfg.get("clip_value", 0.0) or 0.0)
+        self.g_params = [p for p in self.G.parameters() if p.requires_grad]
+        self.d_params = [p for p in self.D.parameters() if p.requires_grad]
+        self.opt_g = self.ctx.make_optimizer(self.g_params)
+        self.opt_d = self.ctx.make_optimizer(self.d_params)
+        self.rng = rng
+        self.sums = torch.zeros(len(self.stat_keys), dtype=torch.float64, device=device)
+        self.counts = torch.zeros(len(self.stat_keys), dtype=torch.float64, device=device)
+
+    def _record(self, key: str, value: torch.Tensor) -> None:
+        i = self.stat_keys.index(key)
+        self.sums[i] += value.detach().to(torch.float64)
+        self.counts[i] += 1
+
+    def _stat_means(self) -> dict[str, float]:
+        """Mean of every recorded statistic since the last call (which resets them)."""
+        means = (self.sums / self.counts.clamp_min(1)).tolist()
+        out = {k: float(v) for k, v, c in zip(self.stat_keys, means, self.counts.tolist(), strict=True) if c > 0}
+        self.sums.zero_()
+        self.counts.zero_()
+        return out
+
+    def _d_update(self, loss: torch.Tensor) -> torch.Tensor:
+        """One discriminator step on ``loss`` (then WGAN weight clipping when ``clip_value`` > 0)."""
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self._record("d_grad_norm", grad_norm(self.d_params))
+        self.opt_d.step()
+        if self.clip_value > 0:
+            with torch.no_grad():
+                for p in self.d_params:
+                    p.clamp_(-self.clip_value, self.clip_value)
+        self._record("d_loss", loss)
+        return loss.detach()
+
+    def _g_update(self, d_on_fakes: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """One generator step; ``d_on_fakes`` draws noise and returns D's outputs on G's samples
+        (called with D frozen, so its gradients stay untouched)."""
+        self.D.requires_grad_(False)
+        try:
+            loss = g_loss_fn(self.loss_kind, d_on_fakes())
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+        finally:
+            self.D.requires_grad_(True)
+        self._record("g_grad_norm", grad_norm(self.g_params))
+        self.opt_g.step()
+        self._record("g_loss", loss)
+        return loss.detach()
+
+    def current_lr(self) -> float | None:
+        return float(self.opt_g.param_groups[0]["lr"])
+
+
+class GANTask(AdversarialTask):
     metric = "fid"
     mode = "min"
+    stat_keys = STAT_KEYS
+    state_attrs = ("step", "G", "D", "opt_g", "opt_d", "order", "rng", "sums", "counts")
 
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
         if cfg.get("arch") not in ARCHS:
             raise UserError(f"task.arch must be one of {', '.join(ARCHS)}, got {cfg.get('arch')!r}")
-        if cfg.get("loss") not in LOSSES:
-            raise UserError(f"task.loss must be one of {', '.join(LOSSES)}, got {cfg.get('loss')!r}")
+        validate_adversarial_config(cfg)
         if cfg.get("dataset") not in ("cifar10", "cifar100"):
             raise UserError(f"task.dataset must be cifar10 or cifar100, got {cfg.get('dataset')!r}")
         for key in ("steps", "batch_size", "n_critic", "eval_every", "image_size", "nz", "ngf", "ndf"):
@@ -125,10 +208,9 @@ class GANTask(FixedStepsTask):
                 raise UserError("task.conditional=true needs arch=sngan_resnet")
         elif int(cfg.image_size) != 32:
             raise UserError(f"task.image_size must be 32 for arch=sngan_resnet, got {cfg.image_size}")
-        for key in ("clip_value", "gp_lambda"):
-            value = cfg.get(key, 0.0)
-            if not isinstance(value, (int, float)) or value < 0:
-                raise UserError(f"task.{key} must be a number >= 0, got {value!r}")
+        clip = cfg.get("clip_value", 0.0)
+        if not isinstance(clip, (int, float)) or clip < 0:
+            raise UserError(f"task.clip_value must be a number >= 0, got {clip!r}")
         validate_fid_config(cfg)
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
@@ -140,9 +222,6 @@ class GANTask(FixedStepsTask):
         self.device = ctx.device
         self.batch_size = int(cfg.batch_size)
         self.n_critic = int(cfg.n_critic)
-        self.loss_kind = str(cfg.loss)
-        self.clip_value = float(cfg.get("clip_value", 0.0) or 0.0)
-        self.gp_lambda = float(cfg.get("gp_lambda", 0.0) or 0.0)
         self.image_size = int(cfg.image_size)
         self.random_flip = bool(cfg.get("random_flip", False))
         self.nz = int(cfg.nz)
@@ -164,16 +243,10 @@ class GANTask(FixedStepsTask):
             self.D = nets.SNGANDiscriminator(int(cfg.ndf), self.num_classes)
         self.G.to(self.device).train()
         self.D.to(self.device).train()
-        self.g_params = [p for p in self.G.parameters() if p.requires_grad]
-        self.d_params = [p for p in self.D.parameters() if p.requires_grad]
-        self.opt_g = ctx.make_optimizer(self.g_params)
-        self.opt_d = ctx.make_optimizer(self.d_params)
-
+        rng = torch.Generator(device=self.device)
+        rng.manual_seed(derived_seed("gan-noise", ctx.seed))
+        self._init_adversarial(rng, self.device)
         self.order = BatchOrder(self.images.shape[0], self.batch_size, derived_seed("gan-batches", ctx.seed))
-        self.rng = torch.Generator(device=self.device)
-        self.rng.manual_seed(derived_seed("gan-noise", ctx.seed))
-        self.sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64, device=self.device)
-        self.counts = torch.zeros(len(STAT_KEYS), dtype=torch.float64, device=self.device)
 
         fid = cfg.get("fid") or {}
         self.fid_enabled = bool(fid.get("enabled", False))
@@ -207,11 +280,6 @@ class GANTask(FixedStepsTask):
     def _labels_args(self, y: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         return () if y is None else (y,)
 
-    def _record(self, key: str, value: torch.Tensor) -> None:
-        i = STAT_KEYS.index(key)
-        self.sums[i] += value.detach().to(torch.float64)
-        self.counts[i] += 1
-
     # ----------------------------------------------------------------------------- training
     def _d_step(self) -> torch.Tensor:
         real, y_real = self._real_batch()
@@ -227,34 +295,18 @@ class GANTask(FixedStepsTask):
             # the penalty's double backward runs in fp32, outside autocast
             loss = loss + self.gp_lambda * gradient_penalty(self.D, real, fake.float(), alpha,
                                                             *self._labels_args(y_real))
-        self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
-        self._record("d_grad_norm", grad_norm(self.d_params))
-        self.opt_d.step()
-        if self.clip_value > 0:
-            with torch.no_grad():
-                for p in self.d_params:
-                    p.clamp_(-self.clip_value, self.clip_value)
-        self._record("d_loss", loss)
         self._record("d_real", d_real.float().mean())
         self._record("d_fake", d_fake.float().mean())
-        return loss.detach()
+        return self._d_update(loss)
 
     def _g_step(self) -> torch.Tensor:
         z, y = self._noise(self.batch_size, self.rng)
-        self.D.requires_grad_(False)
-        try:
+
+        def d_on_fakes() -> torch.Tensor:
             with self.ctx.autocast():
-                out = self.D(self.G(z, y), *self._labels_args(y))
-            loss = g_loss_fn(self.loss_kind, out)
-            self.opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-        finally:
-            self.D.requires_grad_(True)
-        self._record("g_grad_norm", grad_norm(self.g_params))
-        self.opt_g.step()
-        self._record("g_loss", loss)
-        return loss.detach()
+                return self.D(self.G(z, y), *self._labels_args(y))
+
+        return self._g_update(d_on_fakes)
 
     def train_step(self) -> dict[str, Any]:
         d_loss = torch.zeros((), device=self.device)
@@ -269,10 +321,7 @@ class GANTask(FixedStepsTask):
         return self.fid_enabled and (self.step % self.fid_every == 0 or self.done())
 
     def evaluate(self) -> dict[str, float]:
-        means = (self.sums / self.counts.clamp_min(1)).tolist()
-        out = {k: float(v) for k, v, c in zip(STAT_KEYS, means, self.counts.tolist(), strict=True) if c > 0}
-        self.sums.zero_()
-        self.counts.zero_()
+        out = self._stat_means()
         if self._fid_due():
             out.update(self.compute_fid())
         return out
@@ -370,33 +419,6 @@ class GANTask(FixedStepsTask):
     def epoch(self) -> float:
         return self.order.epochs_done
 
-    def current_lr(self) -> float | None:
-        return float(self.opt_g.param_groups[0]["lr"])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "G": self.G.state_dict(),
-            "D": self.D.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "order": self.order.state_dict(),
-            "rng": self.rng.get_state(),
-            "sums": self.sums.clone(),
-            "counts": self.counts.clone(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.order.load_state_dict(state["order"])
-        self.rng.set_state(state["rng"].cpu())
-        self.sums.copy_(state["sums"])
-        self.counts.copy_(state["counts"])
-
     def finalize(self, run_dir: Path) -> dict[str, Any]:
         """An 8x8 grid of samples from a fixed noise (samples.png)."""
         from torchvision.utils import save_image
@@ -415,4 +437,5 @@ class GANTask(FixedStepsTask):
         return {"artifacts": {"samples": "samples.png"}}
 
 
-__all__ = ["ARCHS", "LOSSES", "GANTask", "d_loss_fn", "g_loss_fn", "gradient_penalty", "grad_norm"]
+__all__ = ["ARCHS", "LOSSES", "AdversarialTask", "GANTask", "validate_adversarial_config",
+           "d_loss_fn", "g_loss_fn", "gradient_penalty", "grad_norm"]

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ from optrepro.data.textcorpus import (
 )
 from optrepro.errors import UserError, require_positive_int
 from optrepro.models.awd_lstm import AWDLSTM, Hidden, detach_hidden
-from optrepro.tasks.base import RunContext, Task, derived_seed
+from optrepro.tasks.base import RunContext, Task, derived_seed, seed_rank_stream, time_steps
 
 CORPORA = ("ptb", "pydoc")
 
@@ -76,6 +75,9 @@ class LanguageModelTask(Task):
     metric = "test_ppl_at_best_valid"
     mode = "min"
     track_best = False  # the metric is already a selection (on valid); its minimum over epochs means nothing
+    data_parallel = True
+    state_attrs = ("step", "epochs_done", "pos", "model", "using_asgd", "asgd_epoch", "optimizer", "bptt_gen",
+                   "hidden", "loss_sum", "loss_tokens", "valid_history", "history")
 
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
@@ -140,6 +142,15 @@ class LanguageModelTask(Task):
         self.train_data, self.valid_data, self.test_data = batched["train"], batched["valid"], batched["test"]
         if self.train_data.size(0) < 3:
             raise UserError(f"the training stream has {self.train_data.size(0)} rows; lower task.batch_size")
+        # data parallel: each rank trains on its columns of the stream (the same windows, its share of
+        # the batch); evaluation runs whole on every rank (deterministic, so all ranks agree)
+        self.dist = ctx.dist
+        if self.batch_size % self.dist.world:
+            raise UserError(f"task.batch_size={self.batch_size} (the global batch) must be divisible by the "
+                            f"number of processes ({self.dist.world})")
+        self.local_batch_size = self.batch_size // self.dist.world
+        if self.dist.active:
+            self.train_data = self.train_data[:, self.dist.rank :: self.dist.world].contiguous()
 
         m = cfg.model
         self.model = AWDLSTM(ntoken, emsize=int(m.emsize), nhid=int(m.nhid), nlayers=int(m.nlayers),
@@ -147,6 +158,7 @@ class LanguageModelTask(Task):
                              dropoute=float(m.dropoute), wdrop=float(m.wdrop), tied=bool(m.get("tied", True)),
                              init_range=float(m.get("init_range", 0.1))).to(device)
         self.params = list(self.model.parameters())  # the tied matrix appears once
+        seed_rank_stream(ctx, "lm-rank")
         self.optimizer = ctx.make_optimizer(self.params)
         self.optimizer_name = str(ctx.cfg.optimizer.get("name"))
         self.initial_lr = float(ctx.cfg.optimizer.get("lr"))
@@ -192,7 +204,7 @@ class LanguageModelTask(Task):
         seq_len = self.draw_seq_len()
         inputs, targets = get_batch(self.train_data, self.pos, seq_len)
         if self.hidden is None:
-            self.hidden = self.model.init_hidden(self.batch_size)
+            self.hidden = self.model.init_hidden(self.local_batch_size)
         base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         for group in self.optimizer.param_groups:
             group["lr"] = group["lr"] * seq_len / self.bptt
@@ -208,6 +220,7 @@ class LanguageModelTask(Task):
                 last = raw_outputs[-1].float()
                 loss = loss + self.beta * (last[1:] - last[:-1]).pow(2).mean()
         loss.backward()
+        self.dist.average_gradients(self.params)  # equal shares: the mean of means is the global mean
         if self.clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip)
         self.optimizer.step()
@@ -220,14 +233,20 @@ class LanguageModelTask(Task):
         self.step += 1
         if self.pos >= self.rows_per_epoch:
             self._end_epoch()
-        return {"loss": raw_loss.detach(), "seq_len": seq_len}
+        return {"loss": self.dist.mean(raw_loss.detach()), "seq_len": seq_len}
 
     def _end_epoch(self) -> None:
         """Evaluate, then the reference's epoch-end schedule: ASGD switch, lr division."""
         self.epochs_done += 1
         self.pos = 0
         self.hidden = None  # the reference starts every epoch from a zero state
-        train_loss = float(self.loss_sum) / max(self.loss_tokens, 1)
+        if self.dist.active:
+            totals = torch.stack([self.loss_sum, torch.tensor(float(self.loss_tokens), dtype=torch.float64,
+                                                              device=self.loss_sum.device)])
+            total_loss, total_tokens = self.dist.all_reduce_sum(totals).tolist()
+            train_loss = total_loss / max(total_tokens, 1.0)
+        else:
+            train_loss = float(self.loss_sum) / max(self.loss_tokens, 1)
         self.loss_sum.zero_()
         self.loss_tokens = 0
         valid_loss = self.split_loss("valid")
@@ -335,40 +354,12 @@ class LanguageModelTask(Task):
     def epoch(self) -> float:
         return self.epochs_done + min(self.pos / self.rows_per_epoch, 1.0)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "epochs_done": self.epochs_done,
-            "pos": self.pos,
-            "model": self.model.state_dict(),
-            "using_asgd": self.using_asgd,
-            "asgd_epoch": self.asgd_epoch,
-            "optimizer": self.optimizer.state_dict(),
-            "bptt_gen": self.bptt_gen.get_state(),
-            "hidden": None if self.hidden is None else [[h.clone(), c.clone()] for h, c in self.hidden],
-            "loss_sum": self.loss_sum.clone(),
-            "loss_tokens": self.loss_tokens,
-            "valid_history": list(self.valid_history),
-            "history": [dict(r) for r in self.history],
-        }
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self.epochs_done = int(state["epochs_done"])
-        self.pos = int(state["pos"])
-        self.model.load_state_dict(state["model"])
         if state["using_asgd"] and not self.using_asgd:
-            self._switch_to_asgd()
-        self.asgd_epoch = state["asgd_epoch"]
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.bptt_gen.set_state(state["bptt_gen"])
-        hidden = state["hidden"]
-        device = self.ctx.device
-        self.hidden = None if hidden is None else [(h.to(device), c.to(device)) for h, c in hidden]
-        self.loss_sum = state["loss_sum"].to(self.ctx.device)
-        self.loss_tokens = int(state["loss_tokens"])
-        self.valid_history = [float(v) for v in state["valid_history"]]
-        self.history = [dict(r) for r in state["history"]]
+            self._switch_to_asgd()  # before the optimizer's state is loaded into it
+        super().load_state_dict(state)
+        if self.hidden is not None:  # stored as lists
+            self.hidden = [(h, c) for h, c in self.hidden]
         self._epoch_ended = False
 
     def finalize(self, run_dir: Path) -> dict[str, Any]:
@@ -418,19 +409,8 @@ def benchmark_tokens_per_second(quick: bool, device: str = "cpu") -> dict[str, A
         ctx = RunContext(cfg=run_cfg, device=dev, precision="fp32", seed=0)
         task = LanguageModelTask(cfg, ctx)
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    for _ in range(warmup):
-        task.train_step()
-    sync()
-    tokens = 0
-    start = time.perf_counter()
-    for _ in range(steps):
-        tokens += int(task.train_step()["seq_len"]) * size["batch_size"]
-    sync()
-    step_time = time.perf_counter() - start
+    step_time, lengths = time_steps(lambda: int(task.train_step()["seq_len"]), steps, warmup, dev)
+    tokens = sum(lengths) * size["batch_size"]
     mean_len = tokens // (steps * size["batch_size"])
 
     model, optimizer = task.model, task.optimizer
@@ -447,14 +427,7 @@ def benchmark_tokens_per_second(quick: bool, device: str = "cpu") -> dict[str, A
         F.cross_entropy(logits, targets).backward()
         optimizer.step()
 
-    for _ in range(warmup):
-        model_step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        model_step()
-    sync()
-    model_time = time.perf_counter() - start
+    model_time, _ = time_steps(model_step, steps, warmup, dev)
     train_rate = tokens / step_time
     model_rate = mean_len * size["batch_size"] * steps / model_time
     return {

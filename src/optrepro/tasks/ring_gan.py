@@ -6,10 +6,11 @@ and trains in seconds on a CPU. Metrics on ``eval_samples`` points from a fixed 
 * ``modes_covered``: modes that receive at least ``coverage_fraction`` of the samples within
   ``quality_std`` standard deviations (PacGAN counts a mode when 20 of 2,500 samples are within 3 std);
 * ``high_quality_fraction``: samples within ``quality_std`` std of their nearest mode;
-* ``frechet_2d`` (primary): the Fréchet distance between the Gaussian fitted to the samples and the
+* ``frechet_2d``: the Fréchet distance between the Gaussian fitted to the samples and the
   real mixture's own mean and covariance (exact: mean 0, covariance (r^2/2 + std^2) I).
 
-Training randomness (real points, noise) comes from a task-owned generator kept in the checkpoint.
+The primary metric is ``modes_covered``, the mode-collapse measure this test exists for. Training
+randomness (real points, noise) comes from a task-owned generator kept in the checkpoint.
 ``finalize`` writes ``samples.csv`` (x, y of the evaluation samples) for the scatter figure.
 """
 
@@ -24,10 +25,8 @@ import torch
 from omegaconf import DictConfig
 
 from optrepro.errors import UserError, require_positive_int
-from optrepro.tasks.base import FixedStepsTask, RunContext, derived_seed
-from optrepro.tasks.gan import LOSSES, d_loss_fn, g_loss_fn, grad_norm, gradient_penalty
-
-STAT_KEYS = ("d_loss", "g_loss", "d_grad_norm", "g_grad_norm")
+from optrepro.tasks.base import RunContext, derived_seed
+from optrepro.tasks.gan import AdversarialTask, d_loss_fn, gradient_penalty, validate_adversarial_config
 
 
 def ring_modes(n_modes: int, radius: float) -> torch.Tensor:
@@ -60,11 +59,12 @@ def sample_ring(n: int, modes: torch.Tensor, std: float, gen: torch.Generator) -
     return modes.float()[idx] + std * torch.randn(n, 2, generator=gen)
 
 
-class RingGANTask(FixedStepsTask):
+class RingGANTask(AdversarialTask):
     # modes covered is the mode-collapse measure this test exists for; frechet_2d (also reported) only
     # compares mean and covariance, so a generator smeared around the ring scores well without hitting modes
     metric = "modes_covered"
     mode = "max"
+    data_parallel_refusal = "a CPU demo of a few seconds: one process trains it"
 
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
@@ -80,11 +80,7 @@ class RingGANTask(FixedStepsTask):
         fraction = cfg.get("coverage_fraction")
         if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
             raise UserError(f"task.coverage_fraction must be in (0, 1], got {fraction!r}")
-        if cfg.get("loss") not in LOSSES:
-            raise UserError(f"task.loss must be one of {', '.join(LOSSES)}, got {cfg.get('loss')!r}")
-        gp = cfg.get("gp_lambda", 0.0)
-        if not isinstance(gp, (int, float)) or gp < 0:
-            raise UserError(f"task.gp_lambda must be a number >= 0, got {gp!r}")
+        validate_adversarial_config(cfg)
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
@@ -92,23 +88,13 @@ class RingGANTask(FixedStepsTask):
         from optrepro.models.gan import RingDiscriminator, RingGenerator
 
         self.batch_size, self.n_critic = int(cfg.batch_size), int(cfg.n_critic)
-        self.loss_kind, self.gp_lambda = str(cfg.loss), float(cfg.get("gp_lambda", 0.0) or 0.0)
         self.std, self.radius = float(cfg.std), float(cfg.radius)
         self.modes = ring_modes(int(cfg.modes), self.radius)
         self.nz = int(cfg.nz)
         # the demo is tiny: CPU is faster than a GPU round trip, and exactly reproducible
         self.G = RingGenerator(self.nz, int(cfg.hidden), int(cfg.layers))
         self.D = RingDiscriminator(int(cfg.hidden), int(cfg.layers))
-        self.opt_g = ctx.make_optimizer(self.G.parameters())
-        self.opt_d = ctx.make_optimizer(self.D.parameters())
-        self.rng = torch.Generator().manual_seed(derived_seed("ring-gan", ctx.seed))
-        self.sums = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
-        self.counts = torch.zeros(len(STAT_KEYS), dtype=torch.float64)
-
-    def _record(self, key: str, value: torch.Tensor) -> None:
-        i = STAT_KEYS.index(key)
-        self.sums[i] += float(value)
-        self.counts[i] += 1
+        self._init_adversarial(torch.Generator().manual_seed(derived_seed("ring-gan", ctx.seed)), torch.device("cpu"))
 
     def train_step(self) -> dict[str, Any]:
         d_loss = torch.zeros(())
@@ -120,24 +106,10 @@ class RingGANTask(FixedStepsTask):
             if self.gp_lambda > 0:
                 alpha = torch.rand(self.batch_size, generator=self.rng)
                 d_loss = d_loss + self.gp_lambda * gradient_penalty(self.D, real, fake, alpha)
-            self.opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self._record("d_grad_norm", grad_norm(list(self.D.parameters())))
-            self.opt_d.step()
-            self._record("d_loss", d_loss.detach())
-        self.D.requires_grad_(False)
-        try:
-            g_loss = g_loss_fn(self.loss_kind, self.D(self.G(torch.randn(self.batch_size, self.nz,
-                                                                          generator=self.rng))))
-            self.opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-        finally:
-            self.D.requires_grad_(True)
-        self._record("g_grad_norm", grad_norm(list(self.G.parameters())))
-        self.opt_g.step()
-        self._record("g_loss", g_loss.detach())
+            d_loss = self._d_update(d_loss)
+        g_loss = self._g_update(lambda: self.D(self.G(torch.randn(self.batch_size, self.nz, generator=self.rng))))
         self.step += 1
-        return {"loss": d_loss.detach() + g_loss.detach()}
+        return {"loss": d_loss + g_loss}
 
     @torch.no_grad()
     def samples(self) -> torch.Tensor:
@@ -148,10 +120,7 @@ class RingGANTask(FixedStepsTask):
     def evaluate(self) -> dict[str, float]:
         from optrepro.metrics.fid import frechet_distance
 
-        pairs = zip(STAT_KEYS, self.sums.tolist(), self.counts.tolist(), strict=True)
-        out = {k: float(s / c) for k, s, c in pairs if c > 0}
-        self.sums.zero_()
-        self.counts.zero_()
+        out = self._stat_means()
         x = self.samples().to(torch.float64)
         out.update(mode_metrics(x, self.modes, self.std, float(self.cfg.quality_std),
                                 float(self.cfg.coverage_fraction)))
@@ -162,31 +131,6 @@ class RingGANTask(FixedStepsTask):
         else:
             out["frechet_2d"] = math.inf
         return out
-
-    def current_lr(self) -> float | None:
-        return float(self.opt_g.param_groups[0]["lr"])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "G": self.G.state_dict(),
-            "D": self.D.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "rng": self.rng.get_state(),
-            "sums": self.sums.clone(),
-            "counts": self.counts.clone(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        self.rng.set_state(state["rng"])
-        self.sums.copy_(state["sums"])
-        self.counts.copy_(state["counts"])
 
     def finalize(self, run_dir: Path) -> dict[str, Any]:
         lines = ["x,y"] + [f"{x!r},{y!r}" for x, y in self.samples().tolist()]

@@ -53,6 +53,8 @@ FUNCTIONS: dict[str, TestFunction] = {
 class Toy2DTask(FixedStepsTask):
     metric = "loss"
     mode = "min"
+    data_parallel_refusal = "it optimizes one 2-D point: there is no batch to split"
+    state_attrs = ("step", "point", "optimizer", "trajectory", "steps_to_tol")
 
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
@@ -108,23 +110,6 @@ class Toy2DTask(FixedStepsTask):
         if self.steps_to_tol is not None:
             out["steps_to_tol"] = float(self.steps_to_tol)
         return out
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "point": self.point.detach().clone(),
-            "optimizer": self.optimizer.state_dict(),
-            "trajectory": self.trajectory.clone(),
-            "steps_to_tol": self.steps_to_tol,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        with torch.no_grad():
-            self.point.copy_(state["point"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.trajectory = state["trajectory"].clone()
-        self.steps_to_tol = state["steps_to_tol"]
 
     def finalize(self, run_dir: Path) -> dict[str, Any]:
         lines = ["step,x,y,loss"]

@@ -21,109 +21,22 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from optrepro.errors import DataMissingError, UserError, require_positive_int
+from optrepro.data.translation import Batch, Split, Vocab, collate, load_text, subset
+from optrepro.errors import UserError, require_positive_int
 from optrepro.metrics.bleu import detok_bleu, remove_bpe, tokenized_bleu
 from optrepro.models.transformer import Seq2SeqTransformer, TransformerConfig, beam_search, label_smoothed_nll
-from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed
-
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # source, decoder input, target
+from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed, seed_rank_stream, time_steps
 
 
-# ------------------------------------------------------------------------------- vocabulary
-class Vocab:
-    """fairseq's Dictionary: <s>=0 <pad>=1 </s>=2 <unk>=3, then symbols by count (ties alphabetical),
-    padded with ``madeupwordNNNN`` to a multiple of 8."""
-
-    BOS, PAD, EOS, UNK = 0, 1, 2, 3
-    SPECIALS = ("<s>", "<pad>", "</s>", "<unk>")
-
-    def __init__(self, symbols: Sequence[str]) -> None:
-        self.symbols = list(symbols)
-        self.index = {s: i for i, s in enumerate(self.symbols)}
-
-    @classmethod
-    def build(cls, lines: Iterable[str], pad_to_multiple: int = 8) -> Vocab:
-        counts = Counter(word for line in lines for word in line.split())
-        words = sorted(counts, key=lambda w: (-counts[w], w))
-        symbols = [*cls.SPECIALS, *words]
-        i = 0
-        while pad_to_multiple > 1 and len(symbols) % pad_to_multiple:
-            symbols.append(f"madeupword{i:04d}")
-            i += 1
-        return cls(symbols)
-
-    def __len__(self) -> int:
-        return len(self.symbols)
-
-    def encode(self, line: str) -> list[int]:
-        """Token ids of a line, with the EOS fairseq appends."""
-        return [self.index.get(w, self.UNK) for w in line.split()] + [self.EOS]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return " ".join(self.symbols[i] for i in ids if i not in (self.BOS, self.PAD, self.EOS))
-
-
-# ------------------------------------------------------------------------------- batching
-def token_batches(src_lens: np.ndarray, tgt_lens: np.ndarray, max_tokens: int, seed: int | None,
-                  multiple: int = 8) -> list[np.ndarray]:
-    """fairseq's ``batch_by_size`` over length-sorted sentences.
-
-    Sentences are sorted by source length, then target length, ties in a random order drawn from
-    ``seed`` (``None``: index order). A batch grows while (sentences x longest side) <= max_tokens;
-    when it is full, a batch of more than ``multiple`` sentences is cut back to a multiple of it
-    and the rest starts the next batch.
-    """
-    n = len(src_lens)
-    order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
-    order = order[np.argsort(tgt_lens[order], kind="stable")]
-    order = order[np.argsort(src_lens[order], kind="stable")]
-    sizes = np.maximum(src_lens, tgt_lens)
-    if sizes.max(initial=0) > max_tokens:
-        raise UserError(f"a sentence of {int(sizes.max())} tokens exceeds task.max_tokens={max_tokens}")
-    batches: list[np.ndarray] = []
-    current: list[int] = []
-    longest = 0
-    for i in order.tolist():
-        size = int(sizes[i])
-        if current and (len(current) + 1) * max(longest, size) > max_tokens:
-            cut = len(current)
-            if cut > multiple:
-                cut -= cut % multiple
-            batches.append(np.asarray(current[:cut]))
-            current = current[cut:]
-            longest = int(sizes[current].max()) if current else 0
-        current.append(i)
-        longest = max(longest, size)
-    if current:
-        batches.append(np.asarray(current))
-    return batches
-
-
-def collate(src: Sequence[Sequence[int]], tgt: Sequence[Sequence[int]], pad: int, eos: int) -> Batch:
-    """Right-padded source, decoder input (EOS + target without its EOS, as fairseq) and target."""
-    b = len(src)
-    s_len, t_len = max(len(s) for s in src), max(len(t) for t in tgt)
-    source = torch.full((b, s_len), pad, dtype=torch.long)
-    prev = torch.full((b, t_len), pad, dtype=torch.long)
-    target = torch.full((b, t_len), pad, dtype=torch.long)
-    for i, (s, t) in enumerate(zip(src, tgt, strict=True)):
-        source[i, : len(s)] = torch.as_tensor(s)
-        target[i, : len(t)] = torch.as_tensor(t)
-        prev[i, 0] = eos
-        prev[i, 1 : len(t)] = torch.as_tensor(t[:-1])
-    return source, prev, target
-
-
+# ------------------------------------------------------------------------------- schedule
 def inverse_sqrt_lr(step: int, peak: float, warmup: int, init: float) -> float:
     """fairseq ``inverse_sqrt``: the lr of the update that follows ``step`` finished updates."""
     if warmup > 0 and step < warmup:
@@ -131,58 +44,12 @@ def inverse_sqrt_lr(step: int, peak: float, warmup: int, init: float) -> float:
     return peak * math.sqrt(max(warmup, 1)) / math.sqrt(max(step, 1))
 
 
-# ------------------------------------------------------------------------------- data
-class Split:
-    """One split as text (BPE) and token ids."""
-
-    def __init__(self, src_text: list[str], tgt_text: list[str], src_vocab: Vocab, tgt_vocab: Vocab) -> None:
-        self.src_text, self.tgt_text = src_text, tgt_text
-        self.src = [src_vocab.encode(line) for line in src_text]
-        self.tgt = [tgt_vocab.encode(line) for line in tgt_text]
-        self.src_lens = np.asarray([len(s) for s in self.src], dtype=np.int64)
-        self.tgt_lens = np.asarray([len(t) for t in self.tgt], dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.src)
-
-    def batches(self, max_tokens: int, seed: int | None, device: torch.device) -> list[Batch]:
-        out = []
-        for idx in token_batches(self.src_lens, self.tgt_lens, max_tokens, seed):
-            batch = collate([self.src[i] for i in idx], [self.tgt[i] for i in idx], Vocab.PAD, Vocab.EOS)
-            out.append(tuple(t.to(device) for t in batch))
-        return out  # type: ignore[return-value]
-
-
-def load_text(cfg: DictConfig) -> dict[str, tuple[list[str], list[str]]]:
-    """{split: (source lines, target lines)} for the configured dataset."""
-    if cfg.dataset == "synthetic":
-        from optrepro.data.synthetic_mt import make_splits
-
-        syn = cfg.synthetic
-        return make_splits(int(syn.train_size), int(syn.valid_size), int(syn.test_size), int(syn.seed))
-    from optrepro.data import iwslt14
-
-    folder = Path(str(cfg.data_dir))
-    src, tgt = str(cfg.src_lang), str(cfg.tgt_lang)
-    if not iwslt14.is_prepared(folder, src, tgt):
-        raw = Path(str(cfg.raw)) if cfg.get("raw") else None
-        if raw is None or not raw.exists():
-            raise DataMissingError(
-                f"IWSLT14 not found: {folder} has no {{train,valid,test}}.{{{src},{tgt}}} and task.raw={raw} "
-                f"does not exist; download de-en.tgz ({iwslt14.URL.split()[0]}) to task.raw, or run "
-                f"`python -m optrepro.data.iwslt14 --raw de-en.tgz --out {folder}`")
-        iwslt14.prepare(raw, folder, merges=int(cfg.bpe_merges), workers=int(cfg.get("prepare_workers", 1)))
-    return {split: iwslt14.load_prepared(folder, split, src, tgt) for split in ("train", "valid", "test")}
-
-
-def _subset(pair: tuple[list[str], list[str]], n: Any) -> tuple[list[str], list[str]]:
-    return pair if n is None else (pair[0][: int(n)], pair[1][: int(n)])
-
-
 # ------------------------------------------------------------------------------- the task
 class TranslationTask(Task):
     metric = "test_bleu"
     mode = "max"
+    data_parallel = True
+    state_attrs = ("step", "model", "optimizer", "order", "avg_sum", "avg_epochs", "final")
 
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
@@ -213,17 +80,22 @@ class TranslationTask(Task):
         self.validate_config(cfg)
         self.device = ctx.device
         text = load_text(cfg)
-        text["train"] = _subset(text["train"], cfg.get("train_subset"))
-        text["test"] = _subset(text["test"], cfg.get("test_subset"))
+        text["train"] = subset(text["train"], cfg.get("train_subset"))
+        text["test"] = subset(text["test"], cfg.get("test_subset"))
         self.src_vocab = Vocab.build(text["train"][0])
         self.tgt_vocab = Vocab.build(text["train"][1])
         self.data = {split: Split(*pair, self.src_vocab, self.tgt_vocab) for split, pair in text.items()}
         self.counts = {split: len(s) for split, s in self.data.items()}
 
         self.max_tokens = int(cfg.max_tokens)
-        self.train_batches = self.data["train"].batches(self.max_tokens, derived_seed("mt-batches", ctx.seed),
-                                                        self.device)
-        self.train_ntokens = [int(b[2].ne(Vocab.PAD).sum()) for b in self.train_batches]
+        self.dist = ctx.dist
+        batches = self.data["train"].batches(self.max_tokens, derived_seed("mt-batches", ctx.seed), self.device)
+        self.train_ntokens = [int(b[2].ne(Vocab.PAD).sum()) for b in batches]  # of the global batch
+        # data parallel: each rank trains on its rows of every global batch (all of them alone)
+        self.train_batches: list[Batch] = [
+            batch if not self.dist.active else tuple(t[self.dist.rank :: self.dist.world] for t in batch)
+            for batch in batches
+        ]  # type: ignore[misc]
         self.last_batch = -1
         self.valid_batches = self.data["valid"].batches(self.max_tokens, None, self.device)
         self.order = BatchOrder(len(self.train_batches), 1, seed=ctx.seed, shuffle=True, drop_last=False)
@@ -232,6 +104,7 @@ class TranslationTask(Task):
         model_cfg = TransformerConfig(**OmegaConf.to_container(cfg.model, resolve=True))  # type: ignore[arg-type]
         model = Seq2SeqTransformer(len(self.src_vocab), len(self.tgt_vocab), Vocab.PAD, model_cfg)
         self.model = model.to(self.device)
+        seed_rank_stream(ctx, "mt-rank")
         self.optimizer = ctx.make_optimizer(self.model.parameters())
         self.peak_lr = float(self.optimizer.param_groups[0]["lr"])
         self.warmup = int(cfg.warmup_updates)
@@ -281,12 +154,25 @@ class TranslationTask(Task):
         source, prev, target = self.train_batches[self.last_batch]
         self._set_lr()
         self.model.train()
-        with self.ctx.autocast():
-            logits = self.model(source, prev)
-        loss_sum, _, ntokens = label_smoothed_nll(logits, target, self.smoothing, Vocab.PAD)
-        loss = loss_sum / ntokens
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if not self.dist.active:
+            with self.ctx.autocast():
+                logits = self.model(source, prev)
+            loss_sum, _, ntokens = label_smoothed_nll(logits, target, self.smoothing, Vocab.PAD)
+            loss = loss_sum / ntokens
+            loss.backward()
+        else:
+            # this rank's share of the global loss (sum / global tokens), scaled by world because
+            # average_gradients divides by it: the sum of the shares' gradients is the global gradient
+            loss = torch.zeros((), device=self.device)
+            if source.shape[0]:  # a global batch of fewer sentences than ranks leaves some empty
+                with self.ctx.autocast():
+                    logits = self.model(source, prev)
+                loss_sum, _, _ = label_smoothed_nll(logits, target, self.smoothing, Vocab.PAD)
+                loss = loss_sum / self.train_ntokens[self.last_batch]
+                (loss * self.dist.world).backward()
+            self.dist.average_gradients(self.model.parameters())
+            loss = self.dist.all_reduce_sum(loss.detach().clone())
         if self.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
         self.optimizer.step()
@@ -400,26 +286,8 @@ class TranslationTask(Task):
         return out
 
     # --- state -----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "order": self.order.state_dict(),
-            "avg_sum": self.avg_sum,
-            "avg_epochs": list(self.avg_epochs),
-            "final": dict(self.final),
-        }
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.order.load_state_dict(state["order"])
-        avg = state.get("avg_sum")
-        self.avg_sum = None if avg is None else {k: v.to(self.device).clone() for k, v in avg.items()}
-        self.avg_epochs = [int(e) for e in state.get("avg_epochs", [])]
-        self.final = dict(state.get("final") or {})
+        super().load_state_dict(state)
         self._set_lr()
 
     def finalize(self, run_dir: Path) -> dict[str, Any]:
@@ -462,39 +330,26 @@ def benchmark_tokens_per_second(quick: bool) -> dict[str, Any]:
     task = TranslationTask(cfg.task, ctx)
     warmup, steps = (3, 20) if quick else (10, 100)
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(warmup):
+    def train_step() -> int:
         task.train_step()
-    sync()
-    tokens = 0
-    start = time.perf_counter()
-    for _ in range(steps):
-        task.train_step()
-        tokens += task.train_ntokens[task.last_batch]
-    sync()
-    step_time = time.perf_counter() - start
+        return task.train_ntokens[task.last_batch]
 
-    batches = task.train_batches[:steps]
+    step_time, step_tokens = time_steps(train_step, steps, warmup, device)
+    tokens = sum(step_tokens)
+
+    batches = iter(task.train_batches[:warmup] + task.train_batches[:steps])
     model_tokens = sum(task.train_ntokens[:steps])
     task.model.train()
-    for source, prev, target in batches[:warmup]:
-        with ctx.autocast():
-            logits = task.model(source, prev)
-        loss_sum, _, n = label_smoothed_nll(logits, target, 0.1, Vocab.PAD)
-        (loss_sum / n).backward()
-    sync()
-    start = time.perf_counter()
-    for source, prev, target in batches:
+
+    def model_step() -> None:
+        source, prev, target = next(batches)
         with ctx.autocast():
             logits = task.model(source, prev)
         loss_sum, _, n = label_smoothed_nll(logits, target, 0.1, Vocab.PAD)
         task.model.zero_grad(set_to_none=True)
         (loss_sum / n).backward()
-    sync()
-    model_time = time.perf_counter() - start
+
+    model_time, _ = time_steps(model_step, min(steps, len(task.train_batches)), warmup, device)
     return {
         "task": "synthetic_mt",
         "device": str(device),

@@ -20,28 +20,33 @@ CPU-scale ``digits_cnn`` demo. What it does, in the order a reader meets it:
   first batch of that epoch, as the papers' ``adjust_learning_rate`` did at the epoch start).
 * metrics per epoch: train loss (the loop) / accuracy, test loss / accuracy (top-5 too with
   ``task.top5``), images/s and epoch time; the primary metric is ``test_acc`` in percent.
-* data parallel: under ``torchrun`` (WORLD_SIZE > 1) the task joins the process group, wraps the
-  model in DDP, gives each rank ``global_batch[rank::world]`` (``task.batch_size`` stays the global
-  batch of the paper) and all-reduces the loss it returns and every evaluation sum.
+* data parallel: under ``torchrun`` (WORLD_SIZE > 1; the loop joins the process group, see
+  :mod:`optrepro.distributed`) the task wraps the model in DDP, gives each rank
+  ``global_batch[rank::world]`` (``task.batch_size`` stays the global batch of the paper) and
+  all-reduces the loss it returns and every evaluation sum.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, ListConfig
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, Dataset
 
-from optrepro.data.gpu_pipeline import DeviceImages, normalize_batch
+from optrepro.data.gpu_pipeline import DeviceImages
+from optrepro.data.loader_pipeline import (
+    LoaderImages,
+    SeededTransformDataset,
+    TensorSource,
+    cifar_crop_flip,
+    seeded_keys,
+)
 from optrepro.errors import UserError, require_positive_int
-from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed
+from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed, seed_rank_stream
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
 PIPELINES = ("auto", "dataloader", "device")
@@ -49,120 +54,12 @@ AUGMENTS = ("crop_flip", "imagenet", "none")
 CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
 
 
-# ------------------------------------------------------------------------------- data parallel
-@dataclass(frozen=True)
-class Dist:
-    """Where this process sits in a data-parallel job (rank 0 of 1 when run alone)."""
-
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.active:
-            import torch.distributed as dist
-
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
-
-
-def setup_distributed(device: torch.device) -> tuple[Dist, torch.device]:
-    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(), device
-    import torch.distributed as dist
-
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size()), device
-
-
-# ------------------------------------------------------------------------------- DataLoader path
-class SeededTransformDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Items are keyed by (index, seed); the transform's random draws are seeded by ``seed``.
-
-    torchvision transforms draw from the global torch RNG; forking it and seeding it per sample
-    makes the augmentation a function of (run seed, epoch, position) only: independent of worker
-    count and process, and exactly reproducible after a resume.
-    """
-
-    def __init__(self, source: Any, transform: Any = None) -> None:
-        self.source, self.transform = source, transform
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        index, seed = key
-        image, label = self.source[index]
-        if self.transform is not None:
-            with torch.random.fork_rng(devices=[]):
-                torch.random.default_generator.manual_seed(seed)
-                image = self.transform(image)
-        return image, int(label)
-
-
-class TensorSource:
-    """(images, labels) tensors indexed like a dataset: item i is (images[i], labels[i])."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        return self.images[i], int(self.labels[i])
-
-
-class BatchPlan:
-    """The batch_sampler of the DataLoader: yields the batches the task planned for this pass.
-
-    Kept as one object so persistent workers survive from epoch to epoch; the task replaces
-    ``batches`` before each ``iter(loader)``.
-    """
-
-    def __init__(self) -> None:
-        self.batches: list[list[tuple[int, int]]] = []
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        return iter(self.batches)
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def make_loader(dataset: Dataset[Any], plan: BatchPlan, num_workers: int, pin: bool) -> DataLoader[Any]:
-    return DataLoader(
-        dataset,
-        batch_sampler=plan,
-        num_workers=num_workers,
-        pin_memory=pin,
-        persistent_workers=num_workers > 0,
-        # a private generator: creating an iterator must not draw from the global RNG
-        generator=torch.Generator(),
-    )
-
-
-def cifar_crop_flip(pad: int = 4) -> Any:
-    """torchvision's CIFAR augmentation on a uint8 CHW tensor: RandomCrop(H, padding=pad) + flip."""
-    from torchvision.transforms import v2
-
-    return v2.Compose([v2.RandomCrop(32, padding=pad), v2.RandomHorizontalFlip()])
-
-
 # ------------------------------------------------------------------------------- the task
 class ImageClassificationTask(Task):
     metric = "test_acc"
     mode = "max"
+    data_parallel = True
+    state_attrs = ("step", "model", "optimizer", "order", "base_lrs", "_train_correct", "_train_seen")
 
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
@@ -215,7 +112,7 @@ class ImageClassificationTask(Task):
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
         self.validate_config(cfg)
-        self.dist, self.device = setup_distributed(ctx.device)
+        self.dist, self.device = ctx.dist, ctx.device
         data = cfg.data
         self.data_name = str(data.name)
         self.epochs = int(cfg.epochs)
@@ -247,17 +144,16 @@ class ImageClassificationTask(Task):
 
         if cuda:
             torch.backends.cudnn.benchmark = True
-        self.net = build_model(str(cfg.model.name), int(cfg.num_classes)).to(self.device)
+        self.model: nn.Module = build_model(str(cfg.model.name), int(cfg.num_classes)).to(self.device)
         if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.model: nn.Module = self.net
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.train_model: nn.Module = self.model  # what train_step calls: the model, or its DDP wrapper
         if self.dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.model = DistributedDataParallel(self.net, device_ids=[self.device.index] if cuda else None)
-            if self.dist.rank > 0:  # distinct dropout masks per rank; rank 0 keeps the single-process stream
-                torch.manual_seed(derived_seed("vision-rank", ctx.seed, self.dist.rank))
-        self.optimizer = ctx.make_optimizer(self.net.parameters())
+            self.train_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
+            seed_rank_stream(ctx, "vision-rank")
+        self.optimizer = ctx.make_optimizer(self.model.parameters())
         self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self._reset_interval()
 
@@ -284,7 +180,9 @@ class ImageClassificationTask(Task):
         cfg, data = self.cfg, self.cfg.data
         augment = str(data.get("augment", "none"))
         pad = int(data.get("pad", 4)) if augment == "crop_flip" else 0
-        self.test_loader: DataLoader[Any] | None = None
+        self.test_loader: LoaderImages | None = None  # ImageFolder; in-memory sets evaluate from test_images
+        self.train_loader: LoaderImages | None = None  # the dataloader pipeline; "device" uses train_images
+        norm = dict(mean=self.mean, std=self.std, channels_last=self.channels_last)
         if self.data_name == "imagefolder":
             from optrepro.data.imagefolder import imagenet_transform, load_imagefolder
 
@@ -300,19 +198,14 @@ class ImageClassificationTask(Task):
             self.train_index = train_idx if train_idx is not None else torch.arange(len(train))
             test_index = test_idx if test_idx is not None else torch.arange(len(test))
             self.n_train = int(self.train_index.numel())
-            self.train_dataset = SeededTransformDataset(train, imagenet_transform(True, size, resize))
-            test_ds = SeededTransformDataset(test, imagenet_transform(False, size, resize))
-            shard = test_index[self.dist.rank :: self.dist.world].tolist()
-            self.test_plan = BatchPlan()
-            self.test_plan.batches = [
-                [(i, 0) for i in shard[s : s + self.eval_batch_size]]
-                for s in range(0, len(shard), self.eval_batch_size)
-            ]
-            self.test_loader = make_loader(test_ds, self.test_plan, self.num_workers, self.device.type == "cuda")
+            shard = list(self.dist.shard(test_index.tolist()))
+            test_batches = [[(i, 0) for i in shard[s : s + self.eval_batch_size]]
+                            for s in range(0, len(shard), self.eval_batch_size)]
+            self.test_loader = LoaderImages(SeededTransformDataset(test, imagenet_transform(False, size, resize)),
+                                            self.device, self.num_workers, batches=test_batches, **norm)
             self.n_test = int(test_index.numel())
-            self.plan = BatchPlan()
-            self.loader = make_loader(self.train_dataset, self.plan, self.num_workers, self.device.type == "cuda")
-            self._iter: Iterator[Any] | None = None
+            self.train_loader = LoaderImages(SeededTransformDataset(train, imagenet_transform(True, size, resize)),
+                                             self.device, self.num_workers, **norm)
             return
         if self.data_name == "digits":
             from optrepro.data.digits import load_digits_split
@@ -338,26 +231,13 @@ class ImageClassificationTask(Task):
         self.n_train, self.n_test = int(y_train.numel()), int(y_test.numel())
         self.train_index = torch.arange(self.n_train)
         # evaluation of an in-memory set is plain slicing on the device, whichever pipeline trains
-        self.test_images = DeviceImages(
-            x_test, y_test, self.device, mean=self.mean, std=self.std, channels_last=self.channels_last
-        )
+        self.test_images = DeviceImages(x_test, y_test, self.device, **norm)
         if self.pipeline == "device":
-            self.train_images = DeviceImages(
-                x_train,
-                y_train,
-                self.device,
-                pad=pad,
-                flip=pad > 0,
-                mean=self.mean,
-                std=self.std,
-                channels_last=self.channels_last,
-            )
+            self.train_images = DeviceImages(x_train, y_train, self.device, pad=pad, flip=pad > 0, **norm)
         else:
             transform = cifar_crop_flip(pad) if pad > 0 else None
-            self.train_dataset = SeededTransformDataset(TensorSource(x_train, y_train), transform)
-            self.plan = BatchPlan()
-            self.loader = make_loader(self.train_dataset, self.plan, self.num_workers, self.device.type == "cuda")
-            self._iter = None
+            self.train_loader = LoaderImages(SeededTransformDataset(TensorSource(x_train, y_train), transform),
+                                             self.device, self.num_workers, **norm)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if self._perm_cache is None or self._perm_cache[0] != epoch:
@@ -385,14 +265,12 @@ class ImageClassificationTask(Task):
         epoch, first = self.order.epoch, self.order.index
         if first >= self.order.batches_per_epoch:
             epoch, first = epoch + 1, 0
-        batches = []
-        for b in range(first, self.order.batches_per_epoch):
-            positions = self.train_index[self._global_batch(epoch, b)].tolist()
-            base = self._batch_seed(epoch, b)
-            keyed = [(i, (base + k) % (1 << 63)) for k, i in enumerate(positions)]
-            batches.append(keyed[self.dist.rank :: self.dist.world])
-        self.plan.batches = batches
-        self._iter = iter(self.loader)
+        assert self.train_loader is not None
+        self.train_loader.serve([
+            list(self.dist.shard(seeded_keys(self.train_index[self._global_batch(epoch, b)].tolist(),
+                                             self._batch_seed(epoch, b))))
+            for b in range(first, self.order.batches_per_epoch)
+        ])
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pipeline == "device":
@@ -400,14 +278,12 @@ class ImageClassificationTask(Task):
             return self.train_images.batch(
                 self._global_batch(epoch, b), self._batch_seed(epoch, b), self.dist.rank, self.dist.world
             )
-        if self._iter is None or self.order.epoch_finished:
+        assert self.train_loader is not None
+        if not self.train_loader.serving or self.order.epoch_finished:
             self._plan_rest_of_epoch()
-        assert self._iter is not None
-        images, labels = next(self._iter)
+        batch = self.train_loader.next()
         self._advance()
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
-        return normalize_batch(images, self.mean, self.std, self.channels_last), labels
+        return batch
 
     # --- schedule ---------------------------------------------------------------------------
     def _next_epoch(self) -> int:
@@ -423,9 +299,9 @@ class ImageClassificationTask(Task):
     def train_step(self) -> dict[str, Any]:
         self._set_lr()
         images, labels = self._next_batch()
-        self.model.train()
+        self.train_model.train()
         with self.ctx.autocast():
-            logits = self.model(images)
+            logits = self.train_model(images)
         loss = F.cross_entropy(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -434,10 +310,8 @@ class ImageClassificationTask(Task):
         with torch.no_grad():
             self._train_correct += (logits.argmax(1) == labels).sum()
             self._train_seen += labels.numel()
-        reported = loss.detach()
-        if self.dist.active:  # every rank sees the same loss, so they agree on divergence
-            reported = self.dist.all_reduce_sum(reported.clone()) / self.dist.world
-        return {"loss": reported}
+        # every rank reports the global-batch loss, so they agree on divergence
+        return {"loss": self.dist.mean(loss.detach())}
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -445,15 +319,13 @@ class ImageClassificationTask(Task):
         if self.dist.active:
             # every rank evaluates rank 0's model (BN statistics differ after the last local update),
             # through the bare module: shards may differ by a batch, so no collectives inside forward
-            import torch.distributed as dist
-
-            for buffer in self.net.buffers():
-                dist.broadcast(buffer, src=0)
-        self.net.eval()
+            for buffer in self.model.buffers():
+                self.dist.broadcast(buffer, src=0)
+        self.model.eval()
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, top1, top5, count
         for images, labels in self._eval_batches():
             with self.ctx.autocast():
-                logits = self.net(images)
+                logits = self.model(images)
             logits = logits.float()
             sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
             k = min(5, logits.shape[1])
@@ -479,12 +351,7 @@ class ImageClassificationTask(Task):
 
     def _eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.test_loader is not None:
-            for images, labels in self.test_loader:
-                images = images.to(self.device, non_blocking=True)
-                yield (
-                    normalize_batch(images, self.mean, self.std, self.channels_last),
-                    labels.to(self.device, non_blocking=True),
-                )
+            yield from self.test_loader
             return
         shard = torch.arange(self.dist.rank, self.n_test, self.dist.world)
         for s in range(0, shard.numel(), self.eval_batch_size):
@@ -509,26 +376,10 @@ class ImageClassificationTask(Task):
     def epoch(self) -> float:
         return float(self.order.epochs_done)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "model": self.net.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "order": self.order.state_dict(),
-            "base_lrs": list(self.base_lrs),
-            "train_correct": self._train_correct.cpu(),
-            "train_seen": self._train_seen.cpu(),
-        }
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step = int(state["step"])
-        self.net.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.order.load_state_dict(state["order"])
-        self.base_lrs = [float(v) for v in state["base_lrs"]]
-        self._train_correct = state["train_correct"].to(self.device)
-        self._train_seen = state["train_seen"].to(self.device)
-        self._iter = None  # the DataLoader path re-plans from the restored position
+        super().load_state_dict(state)
+        if self.train_loader is not None:
+            self.train_loader.stop()  # the DataLoader path re-plans from the restored position
         self._interval_start = time.perf_counter()
 
     def finalize(self, run_dir: Any) -> dict[str, Any]:
@@ -540,9 +391,9 @@ class ImageClassificationTask(Task):
                 "world_size": self.dist.world,
                 "train_images": self.n_train,
                 "test_images": self.n_test,
-                "parameters": count_parameters(self.net),
+                "parameters": count_parameters(self.model),
             }
         }
 
 
-__all__ = ["BatchPlan", "Dist", "ImageClassificationTask", "SeededTransformDataset", "setup_distributed"]
+__all__ = ["ImageClassificationTask"]
