@@ -8,7 +8,6 @@ survives a resume) and written to ``trajectory.csv`` for the paper-style contour
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +72,6 @@ class Toy2DTask(FixedStepsTask):
         self.trajectory[0, :2] = self.point.detach()
         self.trajectory[0, 2] = self._loss().detach()
         self.steps_to_tol: int | None = None
-        # fault injection for the reliability tests: slow steps down, or raise at a given step
-        fault = cfg.get("fault") or {}
-        self.sleep_per_step = float(fault.get("sleep_per_step", 0.0) or 0.0)
-        self.raise_at_step = fault.get("raise_at_step")
 
     def _loss(self) -> torch.Tensor:
         return self.function.fn(self.point[0], self.point[1])
@@ -86,10 +81,6 @@ class Toy2DTask(FixedStepsTask):
                                                                                  dtype=torch.float64)))
 
     def train_step(self) -> dict[str, Any]:
-        if self.raise_at_step is not None and self.step + 1 >= int(self.raise_at_step):
-            raise RuntimeError(f"fault injected at step {self.step + 1} (task.fault.raise_at_step)")
-        if self.sleep_per_step:
-            time.sleep(self.sleep_per_step)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._loss()
         loss.backward()
