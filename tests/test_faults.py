@@ -408,3 +408,62 @@ def test_random_damage(tmp_path: Path, templates: dict[str, Path], capsys: pytes
         return
     assert outcome.status in ("completed", "skipped"), err
     _assert_same_result(folder, templates["done"])
+
+
+# ----------------------------------------------------------------------------------- bad inputs
+#: Command-line values that must give exactly one ``error:`` line, exit 2 and nothing on disk.
+BAD_INPUTS = [
+    ["optimizer.lr=inf"], ["optimizer.lr=-inf"], ["optimizer.lr=nan"], ["optimizer.eps=1e400"],
+    ["optimizer.weight_decay=nan"], ["task.tolerance=inf"], ["optimizer.lr=abc"], ["optimizer.lr=[1,2]"],
+    ["optimizer.lr="], ["optimizer.eps=-1e-8"], ["optimizer.betas=[0.9,1.5]"], ["optimizer.betas=abc"],
+    ["seed=true"], ["seed=2**70"], ["seed=1180591620717411303424"], ["seed=1.5"], ["seed=abc"], ["seed=null"],
+    ["task.steps=abc"], ["task.steps=1.5"], ["task.steps=true"], ["task.steps=null"], ["task.eval_every=-1"],
+    ["task.function=sphere"], ["checkpoint.every_steps=-5"], ["checkpoint.every_steps=abc"], ["progress=maybe"],
+    ["precision=fp8"], ["device=tpu"], ["optimizer.lr=${nope}"], ["task.steps=${oc.env:OPTREPRO_NOT_SET}"],
+    ["task=nope"], ["optimizer=nope"], ["profile=nope"], ["optimizer.nonsense=1"], ["task.steps=1=2"],
+    ["-m", "task.steps=10,abc"], ["-m", "seed=0,true"], ["-m", "optimizer.lr=0.1,inf"],
+    ["-m", "optimizer=adam,nope"], ["-m", "optimizer.eps=1e-8,-1"], ["-m", "task.function=l1,sphere"],
+]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append(["device=cuda"])
+
+
+#: the cases of issue 16 and one of each kind run by default; all of them under -m slow
+DEFAULT_BAD = {"optimizer.lr=inf", "optimizer.lr=nan", "seed=true", "seed=2**70", "seed=1180591620717411303424",
+               "task.steps=abc", "task.steps=null", "optimizer.lr=${nope}", "-m task.steps=10,abc", "device=cuda",
+               "progress=maybe", "-m optimizer.lr=0.1,inf"}
+BAD_PARAMS = [pytest.param(a, id=" ".join(a), marks=() if " ".join(a) in DEFAULT_BAD else pytest.mark.slow)
+              for a in BAD_INPUTS]
+
+
+@pytest.mark.parametrize("args", BAD_PARAMS)
+def test_bad_input_is_one_line_in_process(tmp_path: Path, args: list[str], monkeypatch: pytest.MonkeyPatch,
+                                          capfd: pytest.CaptureFixture[str]) -> None:
+    """The CLI's check (optrepro.train.main) in this process: fast enough for every case by default."""
+    from optrepro.train import main
+
+    results = tmp_path / "runs"
+    monkeypatch.setattr(sys, "argv", ["optrepro-train", *args, f"results_dir={results}"])
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert exit_info.value.code == 2
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert not any(tmp_path.iterdir()), "an error must leave nothing on disk"
+
+
+@pytest.mark.slow
+def test_bad_inputs_through_the_cli_count(tmp_path: Path) -> None:
+    """Every bad input through a real ``python -m optrepro.train``; prints the count of one-line errors."""
+    one_line = []
+    for n, args in enumerate(BAD_INPUTS):
+        proc = cli([*args, f"results_dir={tmp_path / str(n) / 'runs'}"])
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        ok = proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ")
+        ok = ok and not (tmp_path / str(n)).exists()
+        one_line.append(ok)
+        print(f"{'ok ' if ok else 'BAD'} {' '.join(args)!r}: {lines[-1] if lines else ''}")
+    print(f"bad inputs: {len(BAD_INPUTS)}, exactly one error line and exit 2: {sum(one_line)}")
+    assert all(one_line)

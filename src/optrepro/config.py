@@ -192,7 +192,10 @@ def validate_config(cfg: DictConfig) -> None:
     cls = task_class(str(cfg.task.get("kind")))
     check = getattr(cls, "validate_config", None)
     if check is not None:
-        check(cfg.task)
+        try:
+            check(cfg.task)
+        except (TypeError, ValueError) as exc:  # a check that met a value of the wrong type
+            raise UserError(f"task ({cfg.task.get('kind')}): {_first_line(exc)}") from None
 
 
 def check_finite(node: Any, prefix: str) -> None:
@@ -227,8 +230,8 @@ def check_value_types(overrides: Sequence[str], defaults: DictConfig) -> None:
 
 def _type_problem(value: Any, default: Any) -> str | None:
     """What ``value`` should be to replace ``default``, or None when it fits."""
-    if default is None or isinstance(default, (DictConfig, ListConfig, str)):
-        return None
+    if value is None or default is None or isinstance(default, (DictConfig, ListConfig, str)):
+        return None  # null means "unset" (e.g. valid_bleu_subset=null); the task's own check decides
     if isinstance(default, bool):
         return None if isinstance(value, bool) else "true or false"
     if isinstance(default, int):
@@ -243,9 +246,10 @@ def _type_problem(value: Any, default: Any) -> str | None:
 
 
 def _show(value: Any) -> str:
-    if value is None:
-        return "null"
-    return repr(value) if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else str(value)
+    """A value as it was typed: 'abc', true, 1.5."""
+    if isinstance(value, str):
+        return repr(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -292,9 +292,6 @@ class RunDir:
                 self._set_aside(entry, "is a symlink", "a run writes only regular files", kind="symlink")
 
     # state ---------------------------------------------------------------
-    def is_complete(self) -> bool:
-        return self.summary_path.exists()
-
     def read_summary(self) -> dict[str, Any]:
         """summary.json, or DamagedFileError when it is not a sound summary of this folder."""
         try:
@@ -330,25 +327,6 @@ class RunDir:
             return read_bytes(self.metrics_path)
         except FileNotFoundError:
             return b""
-
-    def read_metrics(self) -> list[dict[str, Any]]:
-        """Every row of metrics.jsonl; DamagedFileError when any complete line is not a JSON row."""
-        data = self._metrics_bytes()
-        rows = []
-        lines = data.split(b"\n")
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                if n == len(lines):  # a last line without its newline: cut by a kill, logged again
-                    break
-                raise DamagedFileError(f"line {n} is not a JSON row") from None
-            if not isinstance(row, dict):
-                raise DamagedFileError(f"line {n} is not a JSON object")
-            rows.append(row)
-        return rows
 
     # writing -------------------------------------------------------------
     def verify(self, cfg: DictConfig) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from optrepro.errors import UserError
+from optrepro.errors import UserError, require_positive_int
 from optrepro.tasks.base import FixedStepsTask, RunContext
 
 
@@ -57,8 +57,8 @@ class Toy2DTask(FixedStepsTask):
     def validate_config(cfg: DictConfig) -> None:
         if cfg.function not in FUNCTIONS:
             raise UserError(f"unknown task.function '{cfg.function}'; choose one of: {', '.join(FUNCTIONS)}")
-        if int(cfg.steps) <= 0 or int(cfg.eval_every) <= 0:
-            raise UserError("task.steps and task.eval_every must be positive integers")
+        require_positive_int("task.steps", cfg.steps)
+        require_positive_int("task.eval_every", cfg.eval_every)
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
