@@ -358,7 +358,7 @@ def test_sigkilled_joblib_job_is_failed_and_the_sweep_goes_on(tmp_path: Path) ->
     folders = {summary(f)["seed"] if (f / "summary.json").exists() else "cut": f
                for f in run_folders(tmp_path / "runs")}
     assert set(folders) == {0, 2, "cut"}
-    second = cli(grid)
+    second = cli([a for a in grid if not a.startswith("hydra")])  # the relaunch: sequential is enough here
     assert second.returncode == 0, second.stderr
     assert "sweep: 3 jobs: 1 resumed, 2 skipped" in second.stderr, second.stderr
     assert summary(folders["cut"])["status"] == "completed"

@@ -15,6 +15,7 @@ table. ``setting`` is the readable label, e.g. ``adam (eps=1e-16)``.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -237,6 +238,13 @@ def _check_run(folder: Path, runs_dir: Path) -> tuple[dict[str, Any], dict[str, 
     digest = summary.get("metrics_sha256")
     if digest is not None and hashlib.sha256(_read_bytes(folder / "metrics.jsonl") or b"").hexdigest() != digest:
         raise DamagedRunError("metrics.jsonl does not match the digest in summary.json (changed after the run)")
+    for name in (summary.get("artifacts") or {}).values():  # what the figures read: trajectories, samples
+        data = _read_bytes(folder / str(name))
+        if data is not None and str(name).endswith(".csv"):
+            try:
+                pd.read_csv(io.BytesIO(data))
+            except Exception as exc:  # noqa: BLE001 - any parse error is damage
+                raise DamagedRunError(f"{name} is unreadable ({type(exc).__name__})") from None
     return cfg, summary, metrics
 
 
