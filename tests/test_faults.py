@@ -403,6 +403,7 @@ def test_random_damage(tmp_path: Path, templates: dict[str, Path], capsys: pytes
         outcome, folder, err = _damage_and_relaunch(tmp_path, templates, name, damage, point, capsys)
     finally:
         DAMAGES.pop("overwrite", None)
+    print(f"trial {trial}: {name} {damage} {point} -> {outcome.status}{' (resumed)' if outcome.resumed else ''}")
     if outcome.status == "error":
         assert "config.yaml" in outcome.reason and len([x for x in err.splitlines() if x.startswith("error:")]) == 1
         return
