@@ -13,10 +13,16 @@ from typing import Any
 import pytest
 import torch
 
+import fault_hooks
+
 REPO = Path(__file__).resolve().parents[1]
 
 # keep tests quiet and light on a 2-core machine
 torch.set_num_threads(1)
+
+# fault injection (tests/fault_hooks.py): here for in-process runs, through sitecustomize for subprocesses
+fault_hooks.install()
+FAULT_SITE = REPO / "tests" / "fault_site"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -58,13 +64,19 @@ def run_inprocess(overrides: Sequence[str], results_dir: Path) -> Any:
 def cli(args: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None,
         timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess[str]:
     """``python -m optrepro.train ARGS`` in a fresh process."""
-    full_env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})}
+    full_env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **fault_env(), **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run([sys.executable, "-m", "optrepro.train", *args], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def fault_env() -> dict[str, str]:
+    """Environment that gives a subprocess the test-only fault hooks (tests/fault_hooks.py)."""
+    path = os.pathsep.join(p for p in (str(FAULT_SITE), os.environ.get("PYTHONPATH", "")) if p)
+    return {"PYTHONPATH": path, "OPTREPRO_TEST_FAULTS": "1"}
 
 
 def run_folders(results_dir: Path) -> list[Path]:

@@ -42,7 +42,7 @@ def toy_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     jobs += [["task=digits_cnn", "profile=smoke", "optimizer=adam", f"seed={seed}"] for seed in ("0", "1")]
     # a diverged run (SGD with a huge step on Rosenbrock overflows) and a failed one (fault injection)
     jobs.append([*SMOKE, "task.function=rosenbrock", "optimizer=sgd", "optimizer.lr=1.0"])
-    jobs.append([*SMOKE, "optimizer=radam", "task.fault.raise_at_step=5"])
+    jobs.append([*SMOKE, "optimizer=radam", "+task.fault.raise_at_step=5"])
     for job in jobs:
         outcome = run_inprocess(job, root)
         assert outcome.status in ("completed", "diverged", "failed"), (job, outcome)

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, cli, metrics, run_folders, summary
+from conftest import REPO, cli, fault_env, metrics, run_folders, summary
 
 TOY = ["task=toy2d", "profile=smoke"]
 SLOW_TOY = ["task=toy2d", "task.function=quadratic_rotated", "optimizer=adam", "task.steps=600",
-            "task.eval_every=100", "task.fault.sleep_per_step=0.004", "checkpoint.every_steps=25"]
+            "task.eval_every=100", "+task.fault.sleep_per_step=0.004", "checkpoint.every_steps=25"]
 
 
 def _strip(rows: list[dict]) -> list[dict]:
@@ -36,7 +36,7 @@ def _same_result(a: Path, b: Path) -> None:
 
 def test_sweep_summary_counts_every_outcome_and_relaunch_is_idempotent(tmp_path: Path) -> None:
     grid = ["-m", "task=toy2d", "task.steps=120", "task.eval_every=20", "optimizer=sgd",
-            "optimizer.lr=0.001,1e4", "task.function=quadratic_rotated,l1", "task.fault.raise_at_step=null,100",
+            "optimizer.lr=0.001,1e4", "task.function=quadratic_rotated,l1", "+task.fault.raise_at_step=null,100",
             f"results_dir={tmp_path}"]
     first = cli(grid)
     assert first.returncode == 0, first.stderr
@@ -86,7 +86,7 @@ def test_kill_during_checkpoint_write_then_resume(tmp_path: Path) -> None:
     proc = cli([*SLOW_TOY, f"results_dir={tmp_path / 'whole'}"], check=True)
     assert proc.returncode == 0
     (whole,) = run_folders(tmp_path / "whole")
-    killed = cli([*SLOW_TOY, f"results_dir={tmp_path / 'cut'}"], env={"OPTREPRO_FAULT_KILL_IN_CHECKPOINT": "7"})
+    killed = cli([*SLOW_TOY, f"results_dir={tmp_path / 'cut'}"], env={"OPTREPRO_TEST_KILL_IN_CHECKPOINT": "7"})
     assert killed.returncode == -signal.SIGKILL
     (folder,) = run_folders(tmp_path / "cut")
     assert list(folder.glob(".checkpoint.pt.tmp*")), "the kill should leave a half-written temp file"
@@ -115,9 +115,9 @@ def test_corrupt_checkpoint_restarts_from_scratch_with_a_warning(tmp_path: Path)
 
 def test_two_concurrent_launches_run_a_config_once(tmp_path: Path) -> None:
     # 300 steps of 30 ms: long enough for the second process to start while the first trains
-    args = [sys.executable, "-m", "optrepro.train", *SLOW_TOY, "task.steps=300", "task.fault.sleep_per_step=0.03",
+    args = [sys.executable, "-m", "optrepro.train", *SLOW_TOY, "task.steps=300", "++task.fault.sleep_per_step=0.03",
             f"results_dir={tmp_path}"]
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **fault_env()}
     first = subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     deadline = time.time() + 60
     while time.time() < deadline and not list(tmp_path.rglob("run.lock")):
@@ -198,11 +198,11 @@ def test_preempted_submitit_job_is_requeued_and_resumes(tmp_path: Path) -> None:
     """The SLURM path with submitit's local executor: a preemption signal mid-run checkpoints and
     requeues the job (hydra-submitit-launcher's checkpoint()), which resumes from the run's checkpoint."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    args = [*SLOW_TOY, "task.fault.sleep_per_step=0.01"]
+    args = [*SLOW_TOY, "++task.fault.sleep_per_step=0.01"]
     cli([*args, f"results_dir={tmp_path / 'whole'}"], check=True)
     (whole,) = run_folders(tmp_path / "whole")
 
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **fault_env()}
     launcher = subprocess.Popen(
         [sys.executable, "-m", "optrepro.train", "-m", *args, "hydra/launcher=submitit_local",
          "hydra.launcher.timeout_min=10", f"results_dir={tmp_path / 'cut'}"],

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, cli, metrics, run_folders, run_inprocess, summary
+from conftest import REPO, cli, fault_env, metrics, run_folders, run_inprocess, summary
 
 SMOKE = ["task=toy2d", "profile=smoke"]
 
@@ -94,7 +94,7 @@ def test_divergence_is_a_result(tmp_path: Path) -> None:
 
 
 def test_exception_is_recorded_as_failed_and_retried(tmp_path: Path) -> None:
-    args = [*SMOKE, "task.fault.raise_at_step=30"]
+    args = [*SMOKE, "+task.fault.raise_at_step=30"]
     outcome = run_inprocess(args, tmp_path)
     assert outcome.status == "failed"
     (folder,) = run_folders(tmp_path)
@@ -154,7 +154,7 @@ def test_multirun_two_optimizers_two_eps_gives_four_folders(tmp_path: Path) -> N
 
 
 def test_failed_job_does_not_stop_a_sweep(tmp_path: Path) -> None:
-    proc = cli(["-m", "task=toy2d", "profile=smoke", "task.fault.raise_at_step=5,null", f"results_dir={tmp_path}"])
+    proc = cli(["-m", "task=toy2d", "profile=smoke", "+task.fault.raise_at_step=5,null", f"results_dir={tmp_path}"])
     assert proc.returncode == 0, proc.stderr
     statuses = sorted(summary(f)["status"] for f in run_folders(tmp_path))
     assert statuses == ["completed", "failed"]
@@ -172,11 +172,11 @@ def test_wandb_offline_writes_its_run_files(tmp_path: Path) -> None:
 
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     args = ["task=toy2d", "task.function=quadratic_rotated", "optimizer=adam", "task.steps=1200",
-            "task.eval_every=100", "task.fault.sleep_per_step=0.002", "checkpoint.every_steps=25"]
+            "task.eval_every=100", "+task.fault.sleep_per_step=0.002", "checkpoint.every_steps=25"]
     cli([*args, f"results_dir={tmp_path / 'whole'}"], check=True)
     (whole,) = run_folders(tmp_path / "whole")
 
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **fault_env()}
     proc = subprocess.Popen([sys.executable, "-m", "optrepro.train", *args, f"results_dir={tmp_path / 'cut'}"],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

@@ -27,6 +27,7 @@ from optrepro.errors import UserError
 CONFIG_DIR = Path(os.environ.get("OPTREPRO_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
 GROUPS = ("task", "optimizer", "profile", "experiment")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+INT64 = (-(2**63), 2**63 - 1)
 
 
 def group_options(group: str) -> list[str]:
@@ -111,7 +112,10 @@ def _set_unless_overridden(node: DictConfig, prefix: str, patch: Any, cli_keys: 
 
 def resolve_config(cfg: DictConfig, cli_overrides: Sequence[str]) -> DictConfig:
     """Apply recipe and profile layers (module docstring) and return a new, resolved config."""
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    try:
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    except Exception as exc:  # noqa: BLE001 - omegaconf's interpolation errors are multi-line
+        raise UserError(f"cannot resolve the config: {_first_line(exc)}") from None
     cli_keys = overridden_keys(cli_overrides)
     task, optimizer = cfg.task, cfg.optimizer
     recipes = task.get("recipe") or {}
@@ -158,8 +162,12 @@ def validate_config(cfg: DictConfig) -> None:
     from optrepro.optim import build_optimizer
     from optrepro.tasks import task_class
 
-    if not isinstance(cfg.get("seed"), int):
-        raise UserError(f"seed must be an integer, got {cfg.get('seed')!r}")
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not INT64[0] <= seed <= INT64[1]:
+        raise UserError(f"seed must be an integer in [-2**63, 2**63), got {seed!r}")
+    check_finite(cfg.optimizer, "optimizer")
+    check_finite(cfg.task, "task")
+    resolve_device(str(cfg.get("device", "auto")))  # device=cuda without CUDA: before anything is written
     if cfg.precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got '{cfg.precision}'")
     every = cfg.checkpoint.get("every_steps", 0)
@@ -184,7 +192,64 @@ def validate_config(cfg: DictConfig) -> None:
     cls = task_class(str(cfg.task.get("kind")))
     check = getattr(cls, "validate_config", None)
     if check is not None:
-        check(cfg.task)
+        try:
+            check(cfg.task)
+        except (TypeError, ValueError) as exc:  # a check that met a value of the wrong type
+            raise UserError(f"task ({cfg.task.get('kind')}): {_first_line(exc)}") from None
+
+
+def check_finite(node: Any, prefix: str) -> None:
+    """Every number under ``node`` is finite: ``optimizer.lr=inf`` or a NaN would only diverge later."""
+    items = node.items() if isinstance(node, (DictConfig, dict)) else (
+        enumerate(node) if isinstance(node, (ListConfig, list, tuple)) else ())
+    for key, value in items:
+        name = f"{prefix}[{key}]" if isinstance(key, int) else f"{prefix}.{key}"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{name} must be a finite number, got {value}")
+        check_finite(value, name)
+
+
+def check_value_types(overrides: Sequence[str], defaults: DictConfig) -> None:
+    """Each ``key=value`` of a single-run command line has the type of the key's default.
+
+    ``task.steps=abc``, ``seed=true`` or ``seed=2**70`` (a string to Hydra) would otherwise reach a
+    task's ``int()`` as a traceback. Keys added with ``+`` and interpolations are checked later.
+    """
+    for o in parse_overrides(overrides):
+        key = o.key_or_group
+        if key.startswith("hydra") or key in GROUPS or "/" in key or o.is_add() or o.is_force_add() or o.is_delete():
+            continue
+        value = o.value()
+        if isinstance(value, str) and "${" in value:
+            continue
+        default = OmegaConf.select(defaults, key, throw_on_resolution_failure=False)
+        problem = _type_problem(value, default)
+        if problem:
+            raise UserError(f"{key} must be {problem}, got {_show(value)}")
+
+
+def _type_problem(value: Any, default: Any) -> str | None:
+    """What ``value`` should be to replace ``default``, or None when it fits."""
+    if value is None or default is None or isinstance(default, (DictConfig, ListConfig, str)):
+        return None  # null means "unset" (e.g. valid_bleu_subset=null); the task's own check decides
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return "an integer"
+        return None if INT64[0] <= value <= INT64[1] else "an integer in [-2**63, 2**63)"
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "a number"
+        return None if math.isfinite(value) else "a finite number"
+    return None
+
+
+def _show(value: Any) -> str:
+    """A value as it was typed: 'abc', true, 1.5."""
+    if isinstance(value, str):
+        return repr(value)
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -206,9 +271,16 @@ def preflight(argv: Iterable[str]) -> None:
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            defaults: dict[tuple[str, ...], DictConfig] = {}
             for combo in expand_for_checking(overrides):
+                choices = tuple(o for o in combo if o.split("=", 1)[0].lstrip("+~") in GROUPS)
                 try:
+                    if choices not in defaults:
+                        defaults[choices] = compose(config_name="train", overrides=list(choices))
+                    check_value_types(combo, defaults[choices])
                     cfg = compose(config_name="train", overrides=combo)
+                except UserError:
+                    raise
                 except Exception as exc:  # noqa: BLE001 - any compose error is a config error
                     raise UserError(_compose_message(exc)) from None
                 validate_config(resolve_config(cfg, combo))

@@ -6,6 +6,7 @@ The loop below is the whole of training; tasks only supply steps and evaluations
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import os
@@ -30,7 +31,7 @@ from optrepro.config import (
 )
 from optrepro.distributed import env_rank as rank  # only rank 0 writes results
 from optrepro.errors import UserError
-from optrepro.runs import RunDir, check_writable, config_hash, optimizer_label, run_name
+from optrepro.runs import RunDir, check_writable, config_hash, optimizer_label, remove_empty_dirs, run_name
 
 SKIP_STATUSES = ("completed", "diverged")  # a failed run is retried on relaunch
 
@@ -51,26 +52,32 @@ def say(message: str) -> None:
 
 # ---------------------------------------------------------------------------------- one run
 def run(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str] | None = None) -> Outcome:
-    """Resolve, validate and train one config; never raises for a single job's failure."""
+    """Resolve, validate and train one config; never raises for a single job's failure.
+
+    Folders this call creates are removed again if it ends without writing into them, so an error
+    leaves nothing on disk. Ctrl-C (KeyboardInterrupt) is passed on: ``main`` says how to resume.
+    """
     writer = rank() == 0
+    created: list[Path] = []
     try:
         cfg = prepare_config(cfg, cli_overrides, choices or {})
         if writer:
-            check_writable(Path(cfg.results_dir))
+            created = check_writable(Path(cfg.results_dir))
     except UserError as exc:
         say(f"error: {exc}")
         return Outcome("error", reason=str(exc))
     run_dir = RunDir(Path(cfg.results_dir) / run_name(cfg), writer=writer)
-    if run_dir.is_complete():
-        previous = run_dir.read_summary()
-        if previous.get("status") in SKIP_STATUSES:
+    try:
+        run_dir.verify(cfg)
+        previous = run_dir.finished_summary()
+        if previous is not None and previous.get("status") in SKIP_STATUSES:
             say(f"{run_dir.path.name}: already {previous['status']} ({run_dir.path}); nothing to do")
             return Outcome("skipped", str(run_dir.path), previous.get("reason"))
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        if writer:
-            os.replace(run_dir.summary_path, run_dir.path / f"summary.failed.{stamp}.json")
-        say(f"{run_dir.path.name}: last attempt failed ({previous.get('reason')}); trying again")
-    try:
+        if previous is not None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            if writer:
+                os.replace(run_dir.summary_path, run_dir.path / f"summary.failed.{stamp}.json")
+            say(f"{run_dir.path.name}: last attempt failed ({previous.get('reason')}); trying again")
         with run_dir.lock():
             return train(cfg, run_dir)
     except UserError as exc:
@@ -84,7 +91,7 @@ def run(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str] | Non
         return Outcome("error", str(run_dir.path), message)
     finally:
         if writer:
-            _remove_if_empty(run_dir.path)
+            remove_empty_dirs([run_dir.path, *created])
 
 
 def prepare_config(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str]) -> DictConfig:
@@ -97,9 +104,6 @@ def prepare_config(cfg: DictConfig, cli_overrides: list[str], choices: dict[str,
     return cfg
 
 
-def _remove_if_empty(path: Path) -> None:
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
 
 
 def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
@@ -121,9 +125,10 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
                      dist=dist)
     task = build_task(cfg.task, ctx)  # a missing dataset raises UserError before anything is written
     run_dir.create(cfg, device)
-    distributed.barrier()  # data parallel: every rank reads the checkpoint rank 0 has settled
-
-    state = run_dir.load_checkpoint()
+    state = run_dir.load_checkpoint() if run_dir.writer else None  # rank 0 verifies; sets aside what is bad
+    distributed.barrier()  # data parallel: every other rank reads the checkpoint rank 0 has settled
+    if not run_dir.writer:
+        state = run_dir.load_checkpoint()
     best: dict[str, Any] | None = None
     last_eval: dict[str, Any] = {}
     elapsed = 0.0
@@ -131,10 +136,9 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
         task.load_state_dict(state["task"])
         set_rng_state(state["rng"])
         best, last_eval, elapsed = state.get("best"), state.get("last_eval", {}), float(state["wall_time"])
-        run_dir.truncate_metrics(task.step)
         say(f"{run_dir.path.name}: resuming from step {task.step}")
-    elif run_dir.metrics_path.exists():
-        run_dir.metrics_path.unlink()  # killed before the first checkpoint: start clean
+    elif run_dir.writer and os.path.lexists(run_dir.metrics_path):
+        run_dir.metrics_path.unlink()  # no sound checkpoint: start clean (its rows are recomputed)
 
     factors = describe(cfg.optimizer)
     tracker = Tracker(cfg, run_dir.path, config_hash(cfg), factors) if run_dir.writer else Tracker.disabled()
@@ -200,20 +204,21 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
             raise UserError(f"cannot write to {run_dir.path} ({os.strerror(exc.errno)}); free space and "
                             "relaunch: the run resumes from its last checkpoint") from None
         status, reason = "failed", f"{type(exc).__name__}: {exc}"
-        _write_error_log(run_dir, traceback.format_exc())
+        run_dir.write_error_log(traceback.format_exc())
     except Exception as exc:  # noqa: BLE001 - a failed job is a recorded result, not a crash
         message = str(exc).strip().splitlines()
         status, reason = "failed", f"{type(exc).__name__}: {message[0] if message else ''}"
-        _write_error_log(run_dir, traceback.format_exc())
+        run_dir.write_error_log(traceback.format_exc())
     progress.close()
 
     extras: dict[str, Any] = {}
     if status != "failed" and run_dir.writer:  # artifacts are written by rank 0 only
+        run_dir.set_aside_symlinks()  # an artifact is never written through a link
         try:
             extras = task.finalize(run_dir.path)
         except Exception as exc:  # noqa: BLE001
             status, reason = "failed", f"finalize: {type(exc).__name__}: {exc}"
-            _write_error_log(run_dir, traceback.format_exc())
+            run_dir.write_error_log(traceback.format_exc())
     summary = {
         "status": status,
         "reason": reason,
@@ -246,9 +251,6 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
     return Outcome(status, str(run_dir.path), reason, resumed=state is not None)
 
 
-def _write_error_log(run_dir: RunDir, text: str) -> None:
-    if run_dir.writer:
-        (run_dir.path / "error.log").write_text(text)
 
 
 def _better(value: float, best: dict[str, Any] | None, mode: str) -> bool:
@@ -270,16 +272,63 @@ def _hydra_job(cfg: DictConfig) -> Outcome:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from optrepro.sweep import job_resources
+    from optrepro.sweep import job_resources, launcher_jobs
 
     hydra_cfg = HydraConfig.get()
+    overrides, choices = list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices)
     with job_resources(cfg) as device:
         if device is not None:
             cfg.device = device
-        outcome = run(cfg, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices))
+        job = run_isolated if launcher_jobs() > 1 else run  # parallel: a killed job must not kill the worker
+        outcome = job(cfg, overrides, choices)
     if hydra_cfg.mode != RunMode.MULTIRUN and outcome.status in ("failed", "error"):
         sys.exit(1 if outcome.status == "failed" else 2)
     return outcome
+
+
+def run_isolated(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str]) -> Outcome:
+    """``run`` in a forked child: a job the OS kills (OOM killer, SIGKILL) becomes a failed outcome of
+    that job, and the parallel launcher's worker lives on to run the other jobs of the sweep."""
+    import multiprocessing
+    import signal
+
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_child_run, args=(send, cfg, cli_overrides, choices), daemon=False)
+    child.start()
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:  # the child died before it could answer
+        result = None
+    child.join()
+    if result is not None:
+        return Outcome(**result)
+    code = child.exitcode or 0
+    if code == 130:
+        raise KeyboardInterrupt
+    why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    where = None
+    with contextlib.suppress(Exception):  # name the run folder if the config still resolves
+        resolved = prepare_config(cfg, cli_overrides, choices)
+        where = str(Path(resolved.results_dir) / run_name(resolved))
+    reason = f"process {why} (out of memory?); a relaunch resumes it from its last checkpoint"
+    say(f"{Path(where).name if where else 'job'}: failed ({reason})")
+    return Outcome("failed", where, reason)
+
+
+def _child_run(send: Any, cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str]) -> None:
+    import dataclasses
+
+    try:
+        outcome = run(cfg, cli_overrides, choices)
+    except KeyboardInterrupt:
+        os._exit(130)
+    send.send(dataclasses.asdict(outcome))
+    send.close()
+
+
+INTERRUPTED = "interrupted; relaunch the same command to resume (each run continues from its last checkpoint)"
 
 
 def main() -> None:
@@ -288,15 +337,21 @@ def main() -> None:
 
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     argv = sys.argv[1:]
-    if not full_error and not any(a in ("-h", "--help", "--hydra-help", "--info", "-i") or
-                                  a.startswith(("--cfg", "-c")) for a in argv):
-        try:
-            preflight(argv)
-        except UserError as exc:
-            say(f"error: {exc}")
-            sys.exit(2)
-    app = hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base=None)(_hydra_job)
-    app()
+    try:
+        if not full_error and not any(a in ("-h", "--help", "--hydra-help", "--info", "-i") or
+                                      a.startswith(("--cfg", "-c")) for a in argv):
+            try:
+                preflight(argv)
+            except UserError as exc:
+                say(f"error: {exc}")
+                sys.exit(2)
+        app = hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base=None)(_hydra_job)
+        app()
+    except KeyboardInterrupt:
+        if full_error:
+            raise
+        say(INTERRUPTED)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

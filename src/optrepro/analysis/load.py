@@ -2,7 +2,10 @@
 
 A folder is a run when it holds ``config.yaml`` or ``summary.json``; it counts only when
 ``summary.json`` exists and parses (DESIGN.md section 2: the run is complete only then). Folders
-without it are listed in ``RunsData.incomplete`` and never enter a statistic.
+without it are listed in ``RunsData.incomplete`` and never enter a statistic; so are damaged ones
+(an unreadable or non-UTF-8 file, a garbled metrics row, a metrics.jsonl that no longer matches the
+digest its summary.json recorded, a symlink, a folder outside ``runs_dir``), with the reason in
+``state``. One bad folder never stops the analysis of the others.
 
 Runs are grouped into *settings*: within one task, runs of the same optimizer config whose
 hyperparameters differ (an eps sweep, another lr, another profile) are different rows of every
@@ -11,8 +14,11 @@ table. ``setting`` is the readable label, e.g. ``adam (eps=1e-16)``.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,38 +129,123 @@ def find_run_dirs(runs_dir: Path) -> list[Path]:
     return sorted(found)
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
+class DamagedRunError(Exception):
+    """A run folder whose files do not read back as the run store wrote them; the message says which."""
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    """The file's bytes, None when it is missing; a symlink is damage (runs hold only regular files)."""
+    if path.is_symlink():
+        raise DamagedRunError(f"{path.name} is a symlink")
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise DamagedRunError(f"{path.name} is unreadable ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _read_text(path: Path) -> str | None:
+    data = _read_bytes(path)
+    if data is None:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DamagedRunError(f"{path.name} is not UTF-8 text") from None
+
+
+def _read_yaml(path: Path, strict: bool = False) -> dict[str, Any]:
+    """config.yaml as a dict; {} when missing or (unless ``strict``) damaged."""
+    try:
+        text = _read_text(path)
+        if text is None:
+            return {}
+        data = yaml.load(text, Loader=_Loader)
+        if not isinstance(data, dict):
+            raise DamagedRunError(f"{path.name} is not a mapping")
     except yaml.YAMLError:
+        if strict:
+            raise DamagedRunError(f"{path.name} is not valid YAML") from None
         return {}
-    return data if isinstance(data, dict) else {}
+    except DamagedRunError:
+        if strict:
+            raise
+        return {}
+    return data
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        text = _read_text(path)
+        data = json.loads(text) if text is not None else None
+    except (DamagedRunError, json.JSONDecodeError):
         return None
     return data if isinstance(data, dict) else None
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl rows; a line cut by a kill ends the file (as RunDir.read_metrics does)."""
-    if not path.exists():
+def read_metrics(path: Path, strict: bool = False) -> list[dict[str, Any]]:
+    """metrics.jsonl rows. A last line cut by a kill ends the file (as RunDir.read_metrics does); any
+    other line that is not a JSON object ends it too, or with ``strict`` raises DamagedRunError."""
+    try:
+        data = _read_bytes(path)
+    except DamagedRunError:
+        if strict:
+            raise
+        return []
+    if data is None:
         return []
     rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
+    lines = data.split(b"\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
+            row = json.loads(line.decode("utf-8"))
+            if not isinstance(row, dict):
+                raise ValueError
+        except (UnicodeDecodeError, ValueError):
+            if strict and n < len(lines):
+                raise DamagedRunError(f"{path.name} line {n} is not a JSON row") from None
             break
+        rows.append(row)
     return rows
+
+
+def _check_run(folder: Path, runs_dir: Path) -> tuple[dict[str, Any], dict[str, Any] | None, list[dict[str, Any]]]:
+    """config, summary (None: the run is not finished) and metrics of a folder; DamagedRunError when
+    any of them is damaged or the folder lies outside ``runs_dir``."""
+    if not folder.resolve().is_relative_to(runs_dir.resolve()):
+        raise DamagedRunError(f"folder lies outside {runs_dir} (through a symlink)")
+    cfg = _read_yaml(folder / "config.yaml", strict=True)
+    metrics = read_metrics(folder / "metrics.jsonl", strict=True)
+    text = _read_text(folder / "summary.json")
+    if text is None:
+        return cfg, None, metrics
+    try:
+        summary = json.loads(text)
+    except json.JSONDecodeError:
+        raise DamagedRunError("summary.json unreadable (not JSON)") from None
+    if not isinstance(summary, dict) or "status" not in summary:
+        raise DamagedRunError("summary.json unreadable (not a run summary)")
+    if "checksum" in summary:
+        from optrepro.runs import json_checksum
+
+        if json_checksum(summary) != summary["checksum"]:
+            raise DamagedRunError("summary.json fails its checksum (changed after the run)")
+    digest = summary.get("metrics_sha256")
+    if digest is not None and hashlib.sha256(_read_bytes(folder / "metrics.jsonl") or b"").hexdigest() != digest:
+        raise DamagedRunError("metrics.jsonl does not match the digest in summary.json (changed after the run)")
+    for name in (summary.get("artifacts") or {}).values():  # what the figures read: trajectories, samples
+        data = _read_bytes(folder / str(name))
+        if data is not None and str(name).endswith(".csv"):
+            try:
+                pd.read_csv(io.BytesIO(data))
+            except Exception as exc:  # noqa: BLE001 - any parse error is damage
+                raise DamagedRunError(f"{name} is unreadable ({type(exc).__name__})") from None
+    return cfg, summary, metrics
 
 
 def _number(value: Any) -> float:
@@ -334,23 +425,25 @@ def load_runs(runs_dir: Path | str) -> RunsData:
     summaries: dict[str, dict[str, Any]] = {}
     curve_parts: list[pd.DataFrame] = []
     for folder in find_run_dirs(runs_dir):
-        cfg = _read_yaml(folder / "config.yaml")
-        summary_path = folder / "summary.json"
-        if not summary_path.exists():
-            incomplete.append(_incomplete_row(folder, runs_dir, cfg))
+        try:
+            cfg, summary, metrics = _check_run(folder, runs_dir)
+            if summary is None:
+                incomplete.append(_incomplete_row(folder, runs_dir, cfg))
+                continue
+            env = _read_json(folder / "env.json") or {}
+            row = _run_row(folder, runs_dir, cfg, summary, env)
+            curve = _curve_frame(row, metrics) if metrics else None
+            setting = settings_of(cfg)
+        except Exception as exc:  # noqa: BLE001 - one bad folder is listed, never fatal to the analysis
+            reason = str(exc) if isinstance(exc, DamagedRunError) else f"unreadable ({type(exc).__name__}: {exc})"
+            incomplete.append(_incomplete_row(folder, runs_dir, _read_yaml(folder / "config.yaml"),
+                                              f"damaged: {reason}"))
             continue
-        summary = _read_json(summary_path)
-        if summary is None:
-            incomplete.append(_incomplete_row(folder, runs_dir, cfg, "summary.json unreadable"))
-            continue
-        env = _read_json(folder / "env.json") or {}
-        row = _run_row(folder, runs_dir, cfg, summary, env)
         rows.append(row)
-        settings.append(settings_of(cfg))
+        settings.append(setting)
         summaries[row["run"]] = summary
-        metrics = read_metrics(folder / "metrics.jsonl")
-        if metrics:
-            curve_parts.append(_curve_frame(row, metrics))
+        if curve is not None:
+            curve_parts.append(curve)
 
     if rows:
         runs = pd.DataFrame(rows, columns=RUN_COLUMNS)

@@ -8,7 +8,6 @@ survives a resume) and written to ``trajectory.csv`` for the paper-style contour
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from optrepro.errors import UserError
+from optrepro.errors import UserError, require_positive_int
 from optrepro.tasks.base import FixedStepsTask, RunContext
 
 
@@ -60,8 +59,8 @@ class Toy2DTask(FixedStepsTask):
     def validate_config(cfg: DictConfig) -> None:
         if cfg.function not in FUNCTIONS:
             raise UserError(f"unknown task.function '{cfg.function}'; choose one of: {', '.join(FUNCTIONS)}")
-        if int(cfg.steps) <= 0 or int(cfg.eval_every) <= 0:
-            raise UserError("task.steps and task.eval_every must be positive integers")
+        require_positive_int("task.steps", cfg.steps)
+        require_positive_int("task.eval_every", cfg.eval_every)
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
@@ -75,10 +74,6 @@ class Toy2DTask(FixedStepsTask):
         self.trajectory[0, :2] = self.point.detach()
         self.trajectory[0, 2] = self._loss().detach()
         self.steps_to_tol: int | None = None
-        # fault injection for the reliability tests: slow steps down, or raise at a given step
-        fault = cfg.get("fault") or {}
-        self.sleep_per_step = float(fault.get("sleep_per_step", 0.0) or 0.0)
-        self.raise_at_step = fault.get("raise_at_step")
 
     def _loss(self) -> torch.Tensor:
         return self.function.fn(self.point[0], self.point[1])
@@ -88,10 +83,6 @@ class Toy2DTask(FixedStepsTask):
                                                                                  dtype=torch.float64)))
 
     def train_step(self) -> dict[str, Any]:
-        if self.raise_at_step is not None and self.step + 1 >= int(self.raise_at_step):
-            raise RuntimeError(f"fault injected at step {self.step + 1} (task.fault.raise_at_step)")
-        if self.sleep_per_step:
-            time.sleep(self.sleep_per_step)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self._loss()
         loss.backward()
