@@ -189,14 +189,14 @@ def test_describe_contract() -> None:
             "belief",
             "both",
         )
-        assert info["eps"] == eps and info["effective_floor"] == pytest.approx(math.sqrt(eps / 1e-3))
+        assert info["eps"] == eps and info["effective_floor"] == pytest.approx(math.sqrt(eps / 1e-3) + eps)
     assert describe({"name": "adabelief", "version": "0.0.5"})["eps"] == 1e-8  # version default
     assert describe(load("adabelief", "eps=1e-12", "betas=[0.9,0.99]"))["effective_floor"] == pytest.approx(1e-5)
     assert describe(load("sgd"))["family"] == "sgd"
     assert describe(load("fromage"))["family"] == "other"
     assert describe({"name": "ablation", "eps": 1e-4, "eps_root": 1e-6, "eps_placement": None}) == {
         "family": "adam_family", "second_moment": "grad_sq", "eps_placement": "both",
-        "eps": 1e-6, "effective_floor": 1e-3,
+        "eps": 1e-6, "effective_floor": pytest.approx(1e-3 + 1e-4),  # everything eps adds: inside + outside
     }  # fmt: skip
 
 

@@ -190,13 +190,15 @@ def plan_values(spec: CoreSpec, hp: CoreHyper, step: int | Tensor) -> dict[str, 
             # adabelief-pytorch 0.0.5: threshold 4, rectified Adam step keeps the usual denominator,
             # and the fallback is plain SGD with momentum (no bias correction of m).
             use_denom = rho_t > 4.0
-            rect = where(use_denom, sqrt(div(div(div((rho_t - 4.0) * (rho_t - 2.0) * rho_inf, rho_inf - 4.0), rho_inf - 2.0), rho_t)), 1.0)
+            ratio = div(div(div((rho_t - 4.0) * (rho_t - 2.0) * rho_inf, rho_inf - 4.0), rho_inf - 2.0), rho_t)
+            rect = where(use_denom, sqrt(ratio), 1.0)
             sgd_alpha = -lr
         else:
             # RAdam (Liu et al.) as forked into adabelief-pytorch >= 0.1.0: threshold 5, eps added to
             # sqrt(v) before the bias correction, fallback SGD on the bias-corrected m.
             use_denom = rho_t >= 5.0
-            rect = where(use_denom, sqrt(div(div(div(rho_t - 4.0, rho_inf - 4.0) * (rho_t - 2.0), rho_t) * rho_inf, rho_inf - 2.0)), 1.0)
+            ratio = div(div(div(rho_t - 4.0, rho_inf - 4.0) * (rho_t - 2.0), rho_t) * rho_inf, rho_inf - 2.0)
+            rect = where(use_denom, sqrt(ratio), 1.0)
             eps_raw = where(use_denom, 1.0, eps_raw)
             if spec.rectify == "adabelief":
                 from_max = where(use_denom, 0.0, from_max)  # the reference recomputes the denominator from v

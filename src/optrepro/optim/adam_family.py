@@ -26,7 +26,6 @@ from ._common import (
     reject_sparse,
     state_dtype,
 )
-from .diagnostics import DEFAULT_SAMPLE, Diagnostics
 from ._kernels import (
     AMSGRAD_EPS,
     RECTIFY_MODES,
@@ -35,6 +34,7 @@ from ._kernels import (
     CoreHyper,
     CoreSpec,
 )
+from .diagnostics import DEFAULT_SAMPLE, Diagnostics
 
 # A foreach chunk holds at most max(largest param, this many elements): the workspace that receives
 # the temporaries has that size, so a step never needs more than about one parameter of extra memory.

@@ -248,6 +248,11 @@ class Diagnostics:
         self.sample = int(state["sample"])
 
 
+def effective_floor(hyper: CoreHyper) -> float:
+    """The floor F late in training (b2^t -> 0): ``sqrt(eps_root + eps_state / (1 - b2)) + eps``."""
+    return math.sqrt(hyper.eps_root + hyper.eps_state / (1.0 - hyper.beta2)) + float(hyper.eps)
+
+
 def _host(hyper: CoreHyper) -> CoreHyper:
     import dataclasses
 
@@ -256,7 +261,8 @@ def _host(hyper: CoreHyper) -> CoreHyper:
 
 def summarize(coordinate_sets: list[dict[str, Tensor]]) -> dict[str, float]:
     """Pool the coordinates of one or more optimizers (a GAN's two) into the ``opt/*`` metrics."""
-    pooled = {key: torch.cat([c[key] for c in coordinate_sets]) for key in ("floor", "root_q", "step_ratio", "eff_lr")}
+    keys = ("floor", "root_q", "step_ratio", "eff_lr")
+    pooled = {key: torch.cat([torch.empty(0, dtype=torch.float64)] + [c[key] for c in coordinate_sets]) for key in keys}
     if pooled["floor"].numel() == 0:
         return {}
     ratio = pooled["step_ratio"]
@@ -274,3 +280,46 @@ def summarize(coordinate_sets: list[dict[str, Tensor]]) -> dict[str, float]:
         "opt/case3_share": float((finite >= CASE3_RATIO).double().mean()) if finite.numel() else math.nan,
         "opt/eff_lr_q50": float(pooled["eff_lr"].median()),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# the training loop's side: turn them on for a task's optimizers, read one row
+# ---------------------------------------------------------------------------------------------
+
+
+class TaskProbe:
+    """The diagnostics of every Adam-family optimizer a task owns, pooled into one metrics row."""
+
+    def __init__(self, probes: list[Diagnostics]) -> None:
+        self.probes = probes
+
+    def row(self) -> dict[str, float]:
+        """The ``opt/*`` keys for the eval row; empty (no keys, not zeros) outside the family."""
+        if not self.probes:
+            return {}
+        return summarize([p.coordinates() for p in self.probes])
+
+
+def attach(task: Any, settings: Any, seed: int) -> TaskProbe:
+    """Turn diagnostics on for the task's Adam-family optimizers when ``settings.enabled`` (the
+    top-level ``diagnostics`` config block). Call before loading a checkpoint: the checkpointed
+    optimizer state then restores the sample and the shadows exactly."""
+    import hashlib
+
+    from optrepro.errors import UserError, require_positive_int
+
+    from .adam_family import AdamFamilyOptimizer
+
+    settings = settings or {}
+    enabled = settings.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise UserError(f"diagnostics.enabled must be true or false, got {enabled!r}")
+    if not enabled:
+        return TaskProbe([])
+    sample = require_positive_int("diagnostics.sample", settings.get("sample", DEFAULT_SAMPLE))
+    probes = []
+    for name, value in sorted(vars(task).items()):
+        if isinstance(value, AdamFamilyOptimizer):
+            digest = hashlib.sha256(f"diagnostics/{seed}/{name}".encode()).digest()
+            probes.append(value.enable_diagnostics(sample, int.from_bytes(digest[:8], "little") >> 1))
+    return TaskProbe(probes)
