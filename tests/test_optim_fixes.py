@@ -194,4 +194,5 @@ def test_describe_eadam_amsgrad_is_outside() -> None:
     assert plain["eps_placement"] == "inside" and plain["effective_floor"] == pytest.approx(math.sqrt(1e-8 / 1e-3))
     assert ams["eps_placement"] == "outside" and ams["effective_floor"] == pytest.approx(1e-8)
     belief = describe({"name": "adabelief", "version": "0.0.5", "betas": [0.9, 0.99]})
-    assert belief["eps_placement"] == "both" and belief["effective_floor"] == pytest.approx(math.sqrt(1e-8 / 0.01) + 1e-8)
+    assert belief["eps_placement"] == "both"
+    assert belief["effective_floor"] == pytest.approx(math.sqrt(1e-8 / 0.01) + 1e-8)
