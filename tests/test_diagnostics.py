@@ -277,3 +277,43 @@ def test_bad_settings_are_one_line_errors(tmp_path: Path) -> None:
                              "optimizer=adabelief"], tmp_path)
     assert outcome.status == "error" and "diagnostics.sample must be a positive integer" in outcome.reason
 
+
+
+# ---------------------------------------------------------------------------------------------
+# analysis: figure and REPORT section
+# ---------------------------------------------------------------------------------------------
+
+
+def _with_diagnostics(folder: Path, values: dict[str, float]) -> None:
+    import json
+
+    path = folder / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text("".join(json.dumps({**r, **values}) + "\n" for r in rows))
+
+
+def test_analysis_figure_and_report_section(tmp_path: Path) -> None:
+    from analysis_fixtures import write_run
+
+    from optrepro.analyze import analyze
+
+    runs = tmp_path / "runs"
+    floor = {"ablation_adam": 0.0, "ablation_eadam": 0.6, "ablation_belief_outside": 0.0, "ablation_belief_inside": 0.9}
+    case3 = {"ablation_adam": 0.0, "ablation_eadam": 0.0, "ablation_belief_outside": 0.3, "ablation_belief_inside": 0.3}
+    for corner in floor:
+        for seed in range(3):
+            folder = write_run(runs, optimizer=corner, seed=seed, curve=[0.5, 0.6, 0.7 + 0.01 * seed])
+            _with_diagnostics(folder, {"opt/floor_share": floor[corner] + 0.01 * seed,
+                                       "opt/case3_share": case3[corner] + 0.02 * seed,
+                                       "opt/step_ratio_q10": 1.0, "opt/step_ratio_q50": 1.5,
+                                       "opt/step_ratio_q90": 3.0, "opt/eff_lr_q50": 1e-3})
+    write_run(runs, optimizer="sgd", opt_class="sgd", second_moment=None, placement=None)  # no diagnostics
+    artifacts = analyze(runs, tmp_path / "out", published_path=None)
+    assert artifacts.figures["fake_task"]["diagnostics"].is_file()
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "Where the step size comes from" in report and "diagnostics_fake_task.png" in report
+    assert "(g−m)², ε inside (AdaBelief code) 91%" in report  # mean floor share over seeds
+    # floor share: inside 0.90-0.92 vs outside 0.00-0.02 -> higher; case 3 equal -> cannot tell
+    assert "floor share higher, case-3 share cannot tell" in report
+    curves = (tmp_path / "out" / "curves.csv").read_text()
+    assert "opt/floor_share" in curves

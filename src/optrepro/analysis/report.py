@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from optrepro.analysis import diagnostics as optimizer_diagnostics
 from optrepro.analysis.load import RunsData
 from optrepro.analysis.tables import Ablation, Comparison, markdown
 
@@ -160,6 +161,8 @@ def write_report(
                     f"![{title}]({_rel(png, out_dir)})",
                     "",
                 ]
+        figure = artifacts.figures.get(task, {}).get("diagnostics")
+        lines += optimizer_diagnostics.report_section(data, task, figure, out_dir)  # issue 15
         if task in ablation.displays:
             lines += [
                 "**Belief × ε ablation** (improvements: positive = better):",
