@@ -294,7 +294,6 @@ def _with_diagnostics(folder: Path, values: dict[str, float]) -> None:
 
 def test_analysis_figure_and_report_section(tmp_path: Path) -> None:
     from analysis_fixtures import write_run
-
     from optrepro.analyze import analyze
 
     runs = tmp_path / "runs"
