@@ -39,7 +39,8 @@ def plan(table: str, seeds: str) -> list[Sweep]:
         return [s for name in [*TABLES, "ablation"] for s in plan(name, seeds)]
     if table == "ablation":
         tasks = [t for t in ABLATION_TASKS if t in group_options("task")]
-        return [Sweep(f"ablation-{t}", (f"task={t}", f"optimizer={ABLATION_CORNERS}", f"seed={seeds}")) for t in tasks]
+        return [Sweep(f"ablation-{t}", (f"task={t}", f"optimizer={ABLATION_CORNERS}", f"seed={seeds}",
+                                        "diagnostics.enabled=true")) for t in tasks]
     if table not in TABLES:
         raise SystemExit(f"error: unknown TABLE '{table}'; choose one of: {', '.join([*TABLES, 'ablation', 'all'])}")
     sweeps = []
