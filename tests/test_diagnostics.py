@@ -316,3 +316,31 @@ def test_analysis_figure_and_report_section(tmp_path: Path) -> None:
     assert "floor share higher, case-3 share cannot tell" in report
     curves = (tmp_path / "out" / "curves.csv").read_text()
     assert "opt/floor_share" in curves
+
+
+def test_diagnostics_in_a_compiled_step() -> None:
+    """Inside the caller's torch.compile the probe gives the eager numbers and adds no recompiles."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    nets = [model(), model()]
+    opts = [AdaBelief(n.parameters(), lr=1e-2) for n in nets]
+    probes = [o.enable_diagnostics(sample=40, seed=2) for o in opts]
+
+    @torch.compile(backend="eager")
+    def compiled_step() -> None:
+        opts[1].step()
+
+    x = torch.randn(16, 6)
+    for _ in range(8):
+        for net in nets:
+            net.zero_grad()
+            net(x).pow(2).mean().backward()
+        opts[0].step()
+        compiled_step()
+    assert counters["stats"]["unique_graphs"] == 1
+    eager, traced = probes[0].metrics(), probes[1].metrics()
+    for key in KEYS:
+        assert traced[key] == pytest.approx(eager[key], rel=1e-4), key
