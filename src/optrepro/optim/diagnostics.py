@@ -156,22 +156,30 @@ class Diagnostics:
             entry.g = g
 
     def after_step(self, group_index: int, positions: list[int], exp_avgs: list[Tensor]) -> None:
-        """Update the shadows with the first moment the kernel just wrote."""
-        beta2 = float(self.optimizer.param_groups[group_index]["betas"][1])
-        amsgrad = self.optimizer._core(self.optimizer.param_groups[group_index])[0]
-        belief = amsgrad.second_moment == "belief"
+        """Update the shadows with the first moment the kernel just wrote (a few foreach ops per group)."""
+        group = self.optimizer.param_groups[group_index]
+        beta2 = float(group["betas"][1])
+        spec = self.optimizer._core(group)[0]
         row = self.entries[group_index]
+        entries, gs, ms = [], [], []
         for j, position in enumerate(positions):
             entry = row[position]
             if entry is None or entry.g is None:
                 continue
-            g, m = entry.g, _gather(exp_avgs[j], entry).to(entry.v.dtype)
-            entry.v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
-            r = g - m
-            entry.s.mul_(beta2).addcmul_(r, r, value=1.0 - beta2)
-            if amsgrad.amsgrad:
-                torch.maximum(entry.q_max, entry.s if belief else entry.v, out=entry.q_max)
+            entries.append(entry)
+            gs.append(entry.g)
+            ms.append(_gather(exp_avgs[j], entry).to(entry.v.dtype))
             entry.g = None
+        if not entries:
+            return
+        vs, ss = [e.v for e in entries], [e.s for e in entries]
+        torch._foreach_mul_(vs, beta2)
+        torch._foreach_addcmul_(vs, gs, gs, value=1.0 - beta2)
+        rs = torch._foreach_sub(gs, ms)
+        torch._foreach_mul_(ss, beta2)
+        torch._foreach_addcmul_(ss, rs, rs, value=1.0 - beta2)
+        if spec.amsgrad:
+            torch._foreach_maximum_([e.q_max for e in entries], ss if spec.second_moment == "belief" else vs)
 
     # -- the numbers -------------------------------------------------------------------------------
 
