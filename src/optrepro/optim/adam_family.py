@@ -109,7 +109,7 @@ class AdamFamilyOptimizer(torch.optim.Optimizer):
             torch._foreach_add_(steps, 1)
             probe = self._diagnostics
             if probe is not None:
-                probe.before_step(index, positions, params, grads, hyper)
+                probe.before_step(index, positions, params, hyper)
             if traced:
                 self._traced_update(spec, hyper, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
             else:
@@ -125,7 +125,7 @@ class AdamFamilyOptimizer(torch.optim.Optimizer):
                     flags, scalars = _kernels.make_plan(spec, host, step)
                     self._run(group, dtype, flags, scalars, bucket)
             if probe is not None:
-                probe.after_step(index, positions, exp_avgs)
+                probe.after_step(index, positions, grads, exp_avgs, hyper)
         return loss
 
     def _init_group(

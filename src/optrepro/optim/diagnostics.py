@@ -138,48 +138,48 @@ class Diagnostics:
 
     # -- the per-step hook (called by AdamFamilyOptimizer.step) --------------------------------------
 
-    def before_step(
-        self, group_index: int, positions: list[int], params: list[Tensor], grads: list[Tensor], hyper: CoreHyper
-    ) -> None:
-        """Gather the gradient the kernel will use (coupled L2 included) at the sampled coordinates."""
-        group = self.optimizer.param_groups[group_index]
-        spec = self.optimizer._core(group)[0]
-        wd = hyper.weight_decay if spec.weight_decay_mode == "coupled" else 0.0
+    def before_step(self, group_index: int, positions: list[int], params: list[Tensor], hyper: CoreHyper) -> None:
+        """With coupled L2 the kernel's gradient is g + wd p with p before the step: keep that p."""
+        wd = self._coupled_wd(group_index, hyper)
+        if wd == 0.0:
+            return
         row = self.entries[group_index]
         for j, position in enumerate(positions):
             entry = row[position]
-            if entry is None:
-                continue
-            g = _gather(grads[j], entry).to(entry.v.dtype)
-            if wd != 0.0:
-                g = g + wd * _gather(params[j], entry).to(entry.v.dtype)
-            entry.g = g
+            if entry is not None:
+                entry.g = _gather(params[j], entry).to(entry.v.dtype)
 
-    def after_step(self, group_index: int, positions: list[int], exp_avgs: list[Tensor]) -> None:
-        """Update the shadows with the first moment the kernel just wrote (a few foreach ops per group)."""
+    def _coupled_wd(self, group_index: int, hyper: CoreHyper) -> float:
+        spec = self.optimizer._core(self.optimizer.param_groups[group_index])[0]
+        return float(hyper.weight_decay) if spec.weight_decay_mode == "coupled" else 0.0
+
+    def after_step(
+        self, group_index: int, positions: list[int], grads: list[Tensor], exp_avgs: list[Tensor], hyper: CoreHyper
+    ) -> None:
+        """Update the shadows from the gradient and the first moment the kernel just wrote (the
+        gradient is never modified by a step, so it is read here too)."""
         group = self.optimizer.param_groups[group_index]
-        beta2 = float(group["betas"][1])
         spec = self.optimizer._core(group)[0]
+        wd = self._coupled_wd(group_index, hyper)
         row = self.entries[group_index]
         entries, gs, ms = [], [], []
         for j, position in enumerate(positions):
             entry = row[position]
-            if entry is None or entry.g is None:
+            if entry is None:
                 continue
             entries.append(entry)
-            gs.append(entry.g)
-            ms.append(_gather(exp_avgs[j], entry).to(entry.v.dtype))
-            entry.g = None
+            gs.append(grads[j])
+            ms.append(exp_avgs[j])
         if not entries:
             return
-        vs, ss = [e.v for e in entries], [e.s for e in entries]
-        torch._foreach_mul_(vs, beta2)
-        torch._foreach_addcmul_(vs, gs, gs, value=1.0 - beta2)
-        rs = torch._foreach_sub(gs, ms)
-        torch._foreach_mul_(ss, beta2)
-        torch._foreach_addcmul_(ss, rs, rs, value=1.0 - beta2)
-        if spec.amsgrad:
-            torch._foreach_maximum_([e.q_max for e in entries], ss if spec.second_moment == "belief" else vs)
+        p_old = [e.g for e in entries] if wd != 0.0 else []
+        args = (gs, ms, [e.index for e in entries], [e.v for e in entries], [e.s for e in entries],
+                [e.q_max for e in entries], p_old, float(hyper.beta2), wd, spec.amsgrad, spec.second_moment == "belief")
+        fused = bool(group.get("fused")) and not torch.compiler.is_compiling()
+        if not (fused and _compiled_update(*args)):
+            _update_shadows(*args, gather=lambda t, i: _gather(t, entries[i]))
+        for e in entries:
+            e.g = None
 
     # -- the numbers -------------------------------------------------------------------------------
 
@@ -259,6 +259,57 @@ class Diagnostics:
 def effective_floor(hyper: CoreHyper) -> float:
     """The floor F late in training (b2^t -> 0): ``sqrt(eps_root + eps_state / (1 - b2)) + eps``."""
     return math.sqrt(hyper.eps_root + hyper.eps_state / (1.0 - hyper.beta2)) + float(hyper.eps)
+
+
+def _update_shadows(
+    grads: list[Tensor],
+    exp_avgs: list[Tensor],
+    indices: list[Tensor],
+    vs: list[Tensor],
+    ss: list[Tensor],
+    q_max: list[Tensor],
+    p_old: list[Tensor],
+    beta2: float,
+    wd: float,
+    amsgrad: bool,
+    belief: bool,
+    gather: Any = None,
+) -> None:
+    """v, s (and the driving max) of the sampled coordinates, a few foreach ops for all params."""
+    take = gather or (lambda t, i: t.reshape(-1).index_select(0, indices[i]))
+    gs = [take(g, i).to(v.dtype) for i, (g, v) in enumerate(zip(grads, vs, strict=True))]
+    ms = [take(m, i).to(v.dtype) for i, (m, v) in enumerate(zip(exp_avgs, vs, strict=True))]
+    if wd != 0.0:
+        gs = torch._foreach_add(gs, p_old, alpha=wd)
+    torch._foreach_mul_(vs, beta2)
+    torch._foreach_addcmul_(vs, gs, gs, value=1.0 - beta2)
+    rs = torch._foreach_sub(gs, ms)
+    torch._foreach_mul_(ss, beta2)
+    torch._foreach_addcmul_(ss, rs, rs, value=1.0 - beta2)
+    if amsgrad:
+        torch._foreach_maximum_(q_max, ss if belief else vs)
+
+
+_compiled_shadows: Any = None
+_compile_failed = False
+
+
+def _compiled_update(*args: Any) -> bool:
+    """``_update_shadows`` compiled into one kernel (what makes the probe cheap beside a fused step,
+    where ~2 small ops per sampled parameter would otherwise cost as much as the step); False when
+    torch.compile is unavailable here (the eager ops are then used)."""
+    global _compiled_shadows, _compile_failed
+    if _compile_failed:
+        return False
+    if _compiled_shadows is None:
+        _compiled_shadows = torch.compile(_update_shadows, fullgraph=True, dynamic=False)
+    try:
+        with torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=512):
+            _compiled_shadows(*args)
+    except Exception:  # noqa: BLE001 - no compiler: fall back to eager, as the fused kernel does
+        _compile_failed = True
+        return False
+    return True
 
 
 def _host(hyper: CoreHyper) -> CoreHyper:
