@@ -172,12 +172,7 @@ class Diagnostics:
             ms.append(exp_avgs[j])
         if not entries:
             return
-        p_old = [e.g for e in entries] if wd != 0.0 else []
-        args = (gs, ms, [e.index for e in entries], [e.v for e in entries], [e.s for e in entries],
-                [e.q_max for e in entries], p_old, float(hyper.beta2), wd, spec.amsgrad, spec.second_moment == "belief")
-        fused = bool(group.get("fused")) and not torch.compiler.is_compiling()
-        if not (fused and _compiled_update(*args)):
-            _update_shadows(*args, gather=lambda t, i: _gather(t, entries[i]))
+        _update_shadows(entries, gs, ms, float(hyper.beta2), wd, spec.amsgrad, spec.second_moment == "belief")
         for e in entries:
             e.g = None
 
@@ -262,54 +257,23 @@ def effective_floor(hyper: CoreHyper) -> float:
 
 
 def _update_shadows(
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    indices: list[Tensor],
-    vs: list[Tensor],
-    ss: list[Tensor],
-    q_max: list[Tensor],
-    p_old: list[Tensor],
-    beta2: float,
-    wd: float,
-    amsgrad: bool,
-    belief: bool,
-    gather: Any = None,
+    entries: list[_Entry], grads: list[Tensor], exp_avgs: list[Tensor], beta2: float, wd: float, amsgrad: bool,
+    belief: bool
 ) -> None:
-    """v, s (and the driving max) of the sampled coordinates, a few foreach ops for all params."""
-    take = gather or (lambda t, i: t.reshape(-1).index_select(0, indices[i]))
-    gs = [take(g, i).to(v.dtype) for i, (g, v) in enumerate(zip(grads, vs, strict=True))]
-    ms = [take(m, i).to(v.dtype) for i, (m, v) in enumerate(zip(exp_avgs, vs, strict=True))]
+    """v, s (and the driving max) of the sampled coordinates: two gathers per sampled parameter, then
+    a few foreach ops for all of them (the per-parameter gathers are the probe's whole cost)."""
+    gs = [_gather(g, e).to(e.v.dtype) for g, e in zip(grads, entries, strict=True)]
+    ms = [_gather(m, e).to(e.v.dtype) for m, e in zip(exp_avgs, entries, strict=True)]
     if wd != 0.0:
-        gs = torch._foreach_add(gs, p_old, alpha=wd)
+        gs = torch._foreach_add(gs, [e.g for e in entries], alpha=wd)  # e.g: p before the step
+    vs, ss = [e.v for e in entries], [e.s for e in entries]
     torch._foreach_mul_(vs, beta2)
     torch._foreach_addcmul_(vs, gs, gs, value=1.0 - beta2)
     rs = torch._foreach_sub(gs, ms)
     torch._foreach_mul_(ss, beta2)
     torch._foreach_addcmul_(ss, rs, rs, value=1.0 - beta2)
     if amsgrad:
-        torch._foreach_maximum_(q_max, ss if belief else vs)
-
-
-_compiled_shadows: Any = None
-_compile_failed = False
-
-
-def _compiled_update(*args: Any) -> bool:
-    """``_update_shadows`` compiled into one kernel (what makes the probe cheap beside a fused step,
-    where ~2 small ops per sampled parameter would otherwise cost as much as the step); False when
-    torch.compile is unavailable here (the eager ops are then used)."""
-    global _compiled_shadows, _compile_failed
-    if _compile_failed:
-        return False
-    if _compiled_shadows is None:
-        _compiled_shadows = torch.compile(_update_shadows, fullgraph=True, dynamic=False)
-    try:
-        with torch._dynamo.config.patch(recompile_limit=64, accumulated_recompile_limit=512):
-            _compiled_shadows(*args)
-    except Exception:  # noqa: BLE001 - no compiler: fall back to eager, as the fused kernel does
-        _compile_failed = True
-        return False
-    return True
+        torch._foreach_maximum_([e.q_max for e in entries], ss if belief else vs)
 
 
 def _host(hyper: CoreHyper) -> CoreHyper:
