@@ -6,7 +6,10 @@ Parameter sets (shapes only, no model code): ResNet-34 for CIFAR (3x3 stem, no m
 (foreach, fused), adabelief-pytorch 0.2.1 (the reference package) and ours (AdaBelief, EAdam and the
 ablation's belief/inside corner; foreach and fused). A third set, ``resnet34_cifar_training_loop``,
 gives every candidate its own ResNet-34 and runs zero_grad + forward + backward (untimed) before
-each timed step, so the step is measured inside the heap of a real training loop.
+each timed step, so the step is measured inside the heap of a real training loop. Candidates named
+``<name>+diag`` are ``<name>`` with the optimizer diagnostics on at the default sample (65,536
+coordinates); their ratio to ``<name>`` in the same run is the diagnostics' overhead (``--diagnostics``
+times only those pairs).
 
 Timing: all candidates of a parameter set live side by side and share one set of random gradients;
 after warm-up (which includes torch.compile for fused), rounds run every candidate once in turn
@@ -29,7 +32,7 @@ reproduces the training-loop regime deterministically by telling glibc to keep f
 (mallopt: mmap threshold 32 MiB, trim threshold 1 GiB); ``--malloc default`` leaves glibc alone.
 Each candidate's minor page faults per step are recorded either way.
 
-    python scripts/bench_optim.py [--quick] [--device cpu|cuda] [--threads N] [--malloc warm|default]
+    python scripts/bench_optim.py [--quick] [--diagnostics] [--device cpu|cuda] [--threads N] [--malloc warm|default]
                                   [--out results/bench/optim_cpu.json]
 
 On a shared machine other processes inflate every number; the interleaved rounds keep the ratios
@@ -61,6 +64,7 @@ from typing import Any
 import torch
 
 from optrepro.optim import AdaBelief, AdamFamily, EAdam
+from optrepro.optim.diagnostics import DEFAULT_SAMPLE
 
 Shapes = list[tuple[int, ...]]
 
@@ -68,6 +72,7 @@ TARGETS = {
     "foreach_vs_torch_adam_foreach": 1.3,  # ours foreach <= 1.3x torch foreach Adam
     "fused_vs_torch_adam_fused": 1.2,  # ours fused <= 1.2x torch fused Adam
     "reference_vs_fused": 5.0,  # ours fused >= 5x faster than adabelief-pytorch 0.2.1
+    "diagnostics_overhead": 1.03,  # diagnostics on <= 1.03x the same optimizer with them off
 }
 
 
@@ -176,6 +181,11 @@ def memory_floor(numel: int, device: torch.device, rounds: int) -> dict[str, flo
 # ----------------------------------------------------------------------------------------------
 
 
+def _with_diagnostics(opt: AdaBelief | AdamFamily) -> torch.optim.Optimizer:
+    opt.enable_diagnostics(sample=DEFAULT_SAMPLE, seed=0)
+    return opt
+
+
 def _reference_adabelief(params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
     from adabelief_pytorch import AdaBelief as ReferenceAdaBelief
 
@@ -194,7 +204,18 @@ CANDIDATES: dict[str, Callable[[list[torch.nn.Parameter]], torch.optim.Optimizer
     "ablation_belief_inside_foreach": lambda ps: AdamFamily(
         ps, second_moment="belief", eps_placement="inside", eps=1e-8
     ),
+    # optimizer diagnostics on (default sample): compared with the same candidate without them
+    "adabelief_foreach+diag": lambda ps: _with_diagnostics(AdaBelief(ps)),
+    "adabelief_fused+diag": lambda ps: _with_diagnostics(AdaBelief(ps, fused=True)),
+    "ablation_belief_inside_foreach+diag": lambda ps: _with_diagnostics(
+        AdamFamily(ps, second_moment="belief", eps_placement="inside", eps=1e-8)
+    ),
 }
+DIAGNOSTICS = ",".join(
+    f"{name}{suffix}"
+    for name in ("adabelief_foreach", "adabelief_fused", "ablation_belief_inside_foreach")
+    for suffix in ("", "+diag")
+)
 
 
 # --quick compiles one fused kernel only (each torch.compile costs seconds)
@@ -384,6 +405,8 @@ def ratios(results: dict[str, Any]) -> dict[str, Any]:
         ("adabelief_fused", "torch_adam_fused", "fused_vs_torch_adam_fused"),
         ("eadam_fused", "torch_adam_fused", "fused_vs_torch_adam_fused"),
     ]
+    pairs += [(f"{name}+diag", name, "diagnostics_overhead")
+              for name in ("adabelief_foreach", "adabelief_fused", "ablation_belief_inside_foreach")]
     for ours, base, target in pairs:
         if time_of(ours, "ms_median") and time_of(base, "ms_median"):
             ratio = time_of(ours, "ms_median") / time_of(base, "ms_median")
@@ -474,6 +497,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated: resnet34_cifar, transformer_iwslt, resnet34_cifar_training_loop",
     )
     parser.add_argument("--candidates", default=None, help=f"comma-separated (default all; --quick: {QUICK})")
+    parser.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help=f"only the diagnostics on/off pairs ({DIAGNOSTICS}): their overhead",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument(
         "--malloc",
@@ -490,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but CUDA is not available")
-    names = [n for n in (args.candidates or (QUICK if args.quick else ",".join(CANDIDATES))).split(",") if n]
+    default = DIAGNOSTICS if args.diagnostics else (QUICK if args.quick else ",".join(CANDIDATES))
+    names = [n for n in (args.candidates or default).split(",") if n]
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         parser.error(f"unknown candidates {unknown}; choose from {list(CANDIDATES)}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from optrepro.analysis import diagnostics as optimizer_diagnostics
 from optrepro.analysis import figures as figs
 from optrepro.analysis.load import RunsData, load_runs
 from optrepro.analysis.report import Artifacts, write_report
@@ -102,6 +103,7 @@ def analyze(
             ("eps", figs.eps_sensitivity(data, figures_dir, value_kind)),
             ("ablation_floor", figs.ablation_floor(data, figures_dir, value_kind)),
             ("samples", figs.ring_gan_samples(data, figures_dir)),
+            ("diagnostics", optimizer_diagnostics.figures(data, figures_dir)),
         ):
             for task, png in paths.items():
                 artifacts.figures.setdefault(task, {})[kind] = png

@@ -188,8 +188,9 @@ def render(presets: dict[str, Any], entries: list[Entry]) -> str:
         order = {"deviation": 0, "missing": 1, "match": 2}
         for e in sorted(mine, key=lambda e: (order[e.status], e.optimizer, e.knob)):
             status = f"**{e.status}**" if e.status != "match" else e.status
-            lines.append(f"| {', '.join(e.tasks)} | {e.optimizer} | `{e.knob}` | {_cell(e.reference)} | {_cell(e.text)} "
-                         f"| {_cell(e.ours)} | {status} | {_cell(e.note) if e.note else ''} | {e.source} |")
+            note = _cell(e.note) if e.note else ""
+            lines.append(f"| {', '.join(e.tasks)} | {e.optimizer} | `{e.knob}` | {_cell(e.reference)} "
+                         f"| {_cell(e.text)} | {_cell(e.ours)} | {status} | {note} | {e.source} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -65,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     print(f"demo: {sum(s.n_runs() for s in sweeps)} runs in {len(sweeps)} sweeps -> {out / 'runs'}", flush=True)
     started = time.time()
-    failures = run_sweeps(sweeps, out / "runs", jobs=args.jobs, extra=("profile=demo", "wandb.mode=disabled"))
+    failures = run_sweeps(sweeps, out / "runs", jobs=args.jobs,
+                           extra=("profile=demo", "wandb.mode=disabled", "diagnostics.enabled=true"))
     code = analyze(out / "runs", out)
     minutes = (time.time() - started) / 60
     print(f"demo finished in {minutes:.1f} min; report: {out / 'REPORT.md'}", flush=True)

@@ -44,8 +44,10 @@ def plan(table: str, seeds: str) -> list[Sweep]:
         sweeps = []
         for t in tasks:
             matched = f"optimizer.eps={matched_outside_eps(t)}"
-            sweeps.append(Sweep(f"ablation-{t}", (f"task={t}", f"optimizer={ABLATION_CORNERS}", f"seed={seeds}")))
-            sweeps.append(Sweep(f"matched-{t}", (f"task={t}", outside, matched, f"seed={seeds}")))
+            sweeps.append(Sweep(f"ablation-{t}", (f"task={t}", f"optimizer={ABLATION_CORNERS}", f"seed={seeds}",
+                                                  "diagnostics.enabled=true")))
+            sweeps.append(Sweep(f"matched-{t}", (f"task={t}", outside, matched, f"seed={seeds}",
+                                                 "diagnostics.enabled=true")))
         return sweeps
     if table not in TABLES:
         raise SystemExit(f"error: unknown TABLE '{table}'; choose one of: {', '.join([*TABLES, 'ablation', 'all'])}")

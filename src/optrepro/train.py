@@ -109,6 +109,7 @@ def prepare_config(cfg: DictConfig, cli_overrides: list[str], choices: dict[str,
 def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
     """The training loop. Writes metrics at eval points, checkpoints, and summary.json last."""
     from optrepro.optim import describe
+    from optrepro.optim import diagnostics as optimizer_diagnostics
     from optrepro.tasks import RunContext, build_task, task_class
     from optrepro.tasks.base import rng_state, seed_everything, set_rng_state
     from optrepro.tracking import Tracker
@@ -124,6 +125,7 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
     ctx = RunContext(cfg=cfg, device=device, precision=precision, seed=int(cfg.seed), run_dir=run_dir.path,
                      dist=dist)
     task = build_task(cfg.task, ctx)  # a missing dataset raises UserError before anything is written
+    probe = optimizer_diagnostics.attach(task, cfg.get("diagnostics"), int(cfg.seed))  # before resuming
     run_dir.create(cfg, device)
     state = run_dir.load_checkpoint() if run_dir.writer else None  # rank 0 verifies; sets aside what is bad
     distributed.barrier()  # data parallel: every other rank reads the checkpoint rank 0 has settled
@@ -181,7 +183,7 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
                 metrics = task.evaluate()
                 row = {"step": task.step, "epoch": task.epoch, "wall_time": wall(),
                        "train_loss": float(loss_sum.item()) / max(loss_count, 1), "lr": task.current_lr(),
-                       **metrics}
+                       **metrics, **probe.row()}
                 loss_sum.zero_()
                 loss_count = 0
                 run_dir.append_metrics(row)

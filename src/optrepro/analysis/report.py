@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from optrepro.analysis import diagnostics as optimizer_diagnostics
 from optrepro.analysis.load import RunsData
 from optrepro.analysis.stats import LEVEL, METHOD
 from optrepro.analysis.tables import CI_HEADER, Ablation, Comparison, markdown
@@ -162,6 +163,8 @@ def write_report(
                     f"![{title}]({_rel(png, out_dir)})",
                     "",
                 ]
+        figure = artifacts.figures.get(task, {}).get("diagnostics")
+        lines += optimizer_diagnostics.report_section(data, task, figure, out_dir)  # issue 15
         if task in ablation.displays:
             lines += [
                 "**Belief × ε ablation** (improvements: positive = better; paired Student-t intervals over seeds; "

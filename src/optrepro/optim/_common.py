@@ -2,23 +2,47 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def check_nonnegative(name: str, value: float) -> None:
+def _real(name: str, value: Any) -> float:
+    """``value`` as a float: any real number (Python, numpy) or, as torch.optim accepts for lr, a
+    1-element tensor; anything else is a ValueError naming ``optimizer.<name>``."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(f"optimizer.{name} as a tensor must hold one real number, got shape {tuple(value.shape)}")
+        return float(value.item())
+    if isinstance(value, numbers.Real):
+        return float(value)
+    raise ValueError(f"optimizer.{name} must be a number, got {value!r}")
+
+
+def check_nonnegative(name: str, value: Any) -> None:
     """Raise a ValueError naming ``optimizer.<name>`` unless ``value >= 0`` (NaN is rejected too)."""
-    if not (isinstance(value, int | float) and value >= 0):
-        raise ValueError(f"optimizer.{name} must be >= 0, got {value!r}")
+    number = _real(name, value)
+    if not number >= 0:
+        raise ValueError(f"optimizer.{name} must be >= 0, got {number!r}")
 
 
-def check_positive(name: str, value: float) -> None:
+def check_positive(name: str, value: Any) -> None:
     """Raise a ValueError naming ``optimizer.<name>`` unless ``value > 0``."""
-    if not (isinstance(value, int | float) and value > 0):
-        raise ValueError(f"optimizer.{name} must be > 0, got {value!r}")
+    number = _real(name, value)
+    if not (number > 0 and not math.isnan(number)):
+        raise ValueError(f"optimizer.{name} must be > 0, got {number!r}")
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raise a ValueError naming ``optimizer.<name>`` unless ``value`` is True or False (a string
+    such as "yes" would otherwise be truthy and silently switch the option on)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"optimizer.{name} must be true or false, got {value!r}")
 
 
 def check_unit_interval(name: str, value: float) -> None:

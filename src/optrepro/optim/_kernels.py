@@ -29,6 +29,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -109,70 +110,121 @@ SCALAR_FIELDS = tuple(f.name for f in dataclasses.fields(StepScalars))
 
 def make_plan(spec: CoreSpec, hp: CoreHyper, step: int) -> tuple[KernelFlags, StepScalars]:
     """Resolve one step (1-based ``step``) of a param group into kernel flags and host scalars."""
-    lr, b1, b2 = hp.lr, hp.beta1, hp.beta2
-    bias_correction1 = 1.0 - b1**step
-    bias_correction2 = 1.0 - b2**step
-    sqrt_bc2 = math.sqrt(bias_correction2)
+    values = plan_values(spec, hp, step)
+    use_denom, from_max = values.pop("use_denom"), values.pop("from_max")
+    action = "adam" if use_denom else ("sgd" if spec.degenerated_to_sgd else "skip")
+    scalars = StepScalars(**values)
+    flags = dataclasses.replace(
+        kernel_flags(spec, hp), action=action, denom_from_max=bool(from_max)
+    )
+    return flags, scalars
 
-    action, rect, eps_raw = "adam", 1.0, spec.eps_before_correction
-    denom_from_max = spec.amsgrad
-    sgd_alpha = 0.0
-    if spec.rectify != "none":
-        rho_inf, rho_t = radam_rho(b2, step)
-        if spec.rectify == "adabelief_v005":
-            # adabelief-pytorch 0.0.5: threshold 4, rectified Adam step keeps the usual denominator,
-            # and the fallback is plain SGD with momentum (no bias correction of m).
-            if rho_t > 4.0:
-                rect = math.sqrt((rho_t - 4.0) * (rho_t - 2.0) * rho_inf / (rho_inf - 4.0) / (rho_inf - 2.0) / rho_t)
-            else:
-                action, sgd_alpha = "sgd", -lr
-        else:
-            # RAdam (Liu et al.) as forked into adabelief-pytorch >= 0.1.0: threshold 5, eps added to
-            # sqrt(v) before the bias correction, fallback SGD on the bias-corrected m.
-            if rho_t >= 5.0:
-                rect = math.sqrt((rho_t - 4.0) / (rho_inf - 4.0) * (rho_t - 2.0) / rho_t * rho_inf / (rho_inf - 2.0))
-                eps_raw = True
-                if spec.rectify == "adabelief":
-                    denom_from_max = False  # the reference recomputes the denominator from v, ignoring u
-            else:
-                action, sgd_alpha = "sgd", -lr / bias_correction1
-        if action == "sgd" and not spec.degenerated_to_sgd:
-            action, sgd_alpha = "skip", 0.0
 
-    alpha = -lr * rect * sqrt_bc2 / bias_correction1 if action == "adam" else sgd_alpha
-    eps_add = hp.eps if eps_raw else hp.eps * sqrt_bc2
-    root_add = hp.eps_root * bias_correction2
-
-    mode = spec.weight_decay_mode
-    wd = hp.weight_decay
-    decoupled = mode in ("decoupled", "decoupled_fixed") and wd != 0.0
-    decay = (1.0 - wd if mode == "decoupled_fixed" else 1.0 - lr * wd) if decoupled else 1.0
-    coupled = mode == "coupled" and wd != 0.0
-
-    flags = KernelFlags(
+def kernel_flags(spec: CoreSpec, hp: CoreHyper) -> KernelFlags:
+    """The flags that do not depend on the step (``action="any"``: decided by runtime scalars)."""
+    mode, wd = spec.weight_decay_mode, hp.weight_decay
+    return KernelFlags(
         belief=spec.second_moment == "belief",
-        decoupled=decoupled,
-        coupled=coupled,
+        decoupled=mode in ("decoupled", "decoupled_fixed") and wd != 0.0,
+        coupled=mode == "coupled" and wd != 0.0,
         eps_state=hp.eps_state != 0.0,
         amsgrad=spec.amsgrad,
         eps_on_max=spec.amsgrad and spec.amsgrad_eps == "max",
-        denom_from_max=denom_from_max,
-        root=root_add != 0.0,
-        eps_add=eps_add != 0.0,
-        action=action,
+        denom_from_max=False,
+        root=hp.eps_root != 0.0,
+        eps_add=hp.eps != 0.0,
+        action="any",
     )
-    scalars = StepScalars(
-        decay=decay,
-        weight_decay=wd if coupled else 0.0,
-        one_minus_beta1=1.0 - b1,
-        beta2=b2,
-        one_minus_beta2=1.0 - b2,
-        eps_state=hp.eps_state,
-        root_add=root_add,
-        eps_add=eps_add,
-        alpha=alpha,
-    )
-    return flags, scalars
+
+
+def plan_values(spec: CoreSpec, hp: CoreHyper, step: int | Tensor) -> dict[str, Any]:
+    """The step's scalars (StepScalars' fields, plus ``use_denom`` and ``from_max`` as 0/1).
+
+    One definition for both callers: host floats for an int ``step`` and float lr (the eager
+    kernels), 0-dim float64 tensors for a tensor ``step`` or lr (a step traced by torch.compile,
+    where a Python number derived from the step counter would be a guard, i.e. a recompile per step).
+    Branches are selections (``_where``), so both forms take the same path through this code.
+    """
+    traced = isinstance(step, Tensor) or isinstance(hp.lr, Tensor)
+    if traced:
+        device = step.device if isinstance(step, Tensor) else hp.lr.device  # type: ignore[union-attr]
+
+        def num(x: Any) -> Any:
+            return torch.as_tensor(x, dtype=torch.float64, device=device)
+
+        def sqrt(x: Any) -> Any:
+            return torch.sqrt(torch.clamp_min(num(x), 0.0))
+
+        def where(cond: Any, a: Any, b: Any) -> Any:
+            return torch.where(num(cond) > 0, num(a), num(b))
+
+        def div(a: Any, b: Any) -> Any:
+            return num(a) / num(b)
+
+        t = num(step)
+    else:
+
+        def num(x: Any) -> Any:
+            return float(x)
+
+        def sqrt(x: Any) -> Any:
+            return math.sqrt(max(x, 0.0))
+
+        def where(cond: Any, a: Any, b: Any) -> Any:
+            return a if cond else b
+
+        def div(a: Any, b: Any) -> Any:
+            return a / b if b != 0 else math.inf
+
+        t = step
+    lr, b1, b2 = num(hp.lr), hp.beta1, hp.beta2
+    bias_correction1 = 1.0 - b1**t
+    bias_correction2 = 1.0 - b2**t
+    sqrt_bc2 = sqrt(bias_correction2)
+
+    use_denom, rect, eps_raw, from_max = 1.0, 1.0, float(spec.eps_before_correction), float(spec.amsgrad)
+    sgd_alpha: Any = 0.0
+    if spec.rectify != "none":
+        rho_inf, rho_t = radam_rho(b2, t)
+        if spec.rectify == "adabelief_v005":
+            # adabelief-pytorch 0.0.5: threshold 4, rectified Adam step keeps the usual denominator,
+            # and the fallback is plain SGD with momentum (no bias correction of m).
+            use_denom = rho_t > 4.0
+            ratio = div(div(div((rho_t - 4.0) * (rho_t - 2.0) * rho_inf, rho_inf - 4.0), rho_inf - 2.0), rho_t)
+            rect = where(use_denom, sqrt(ratio), 1.0)
+            sgd_alpha = -lr
+        else:
+            # RAdam (Liu et al.) as forked into adabelief-pytorch >= 0.1.0: threshold 5, eps added to
+            # sqrt(v) before the bias correction, fallback SGD on the bias-corrected m.
+            use_denom = rho_t >= 5.0
+            ratio = div(div(div(rho_t - 4.0, rho_inf - 4.0) * (rho_t - 2.0), rho_t) * rho_inf, rho_inf - 2.0)
+            rect = where(use_denom, sqrt(ratio), 1.0)
+            eps_raw = where(use_denom, 1.0, eps_raw)
+            if spec.rectify == "adabelief":
+                from_max = where(use_denom, 0.0, from_max)  # the reference recomputes the denominator from v
+            sgd_alpha = -lr / bias_correction1
+        if not spec.degenerated_to_sgd:
+            sgd_alpha = 0.0
+    alpha = where(use_denom, -lr * rect * sqrt_bc2 / bias_correction1, sgd_alpha)
+    eps_add = where(eps_raw, hp.eps, hp.eps * sqrt_bc2)
+
+    mode, wd = spec.weight_decay_mode, hp.weight_decay
+    decoupled = mode in ("decoupled", "decoupled_fixed") and wd != 0.0
+    decay = (1.0 - wd if mode == "decoupled_fixed" else 1.0 - lr * wd) if decoupled else 1.0
+    coupled = mode == "coupled" and wd != 0.0
+    return {
+        "decay": decay,
+        "weight_decay": wd if coupled else 0.0,
+        "one_minus_beta1": 1.0 - b1,
+        "beta2": b2,
+        "one_minus_beta2": 1.0 - b2,
+        "eps_state": hp.eps_state,
+        "root_add": hp.eps_root * bias_correction2,
+        "eps_add": eps_add,
+        "alpha": alpha,
+        "use_denom": where(use_denom, 1.0, 0.0),
+        "from_max": from_max,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -294,34 +346,41 @@ def _fused_impl(
     max_exp_avg_sqs: list[Tensor],
     scalars: Tensor,
 ) -> None:
-    # The step's action (adam / sgd / skip) and the denominator's source are runtime scalars here,
-    # not flags, so a rectified optimizer does not recompile when it leaves its SGD warm-up.
-    decay, wd, w1, beta2, w2, eps_state, root_add, eps_add, alpha, use_denom, from_max = scalars.unbind(0)
     for i in range(len(params)):
-        param, m, v = params[i], exp_avgs[i], exp_avg_sqs[i]
-        p = param.to(m.dtype)
-        g = grads[i].to(m.dtype)
-        if f.decoupled:
-            p = p * decay
-        if f.coupled:
-            g = g + wd * p
-        m_new = torch.lerp(m, g, w1.to(m.dtype))
-        r = g - m_new if f.belief else g
-        v_new = v * beta2 + w2 * r * r
-        if f.eps_state and not f.eps_on_max:
-            v_new = v_new + eps_state
-        src = v_new
-        if f.amsgrad:
-            u = max_exp_avg_sqs[i]
-            u_new = torch.maximum(u, v_new)
-            if f.eps_state and f.eps_on_max:
-                u_new = u_new + eps_state
-            u.copy_(u_new)
-            src = torch.where(from_max > 0, u_new, v_new)
-        denom = torch.where(use_denom > 0, torch.sqrt(src + root_add) + eps_add, 1.0)
-        param.copy_(p + alpha * m_new / denom)
-        m.copy_(m_new)
-        v.copy_(v_new)
+        u = max_exp_avg_sqs[i] if f.amsgrad else None
+        traced_step(f, params[i], grads[i], exp_avgs[i], exp_avg_sqs[i], u, scalars)
+
+
+def traced_step(
+    f: KernelFlags, param: Tensor, grad: Tensor, m: Tensor, v: Tensor, u: Tensor | None, scalars: Tensor
+) -> None:
+    """One tensor's update with every step-dependent number in ``scalars`` (SCALAR_FIELDS, then
+    use_denom and from_max): the body of the fused kernel, and what a step traced by the caller's
+    torch.compile runs. The action (adam / sgd / skip) and the denominator's source are runtime
+    scalars, not flags, so nothing recompiles when a rectified optimizer leaves its SGD warm-up."""
+    decay, wd, w1, beta2, w2, eps_state, root_add, eps_add, alpha, use_denom, from_max = scalars.unbind(0)
+    p = param.to(m.dtype)
+    g = grad.to(m.dtype)
+    if f.decoupled:
+        p = p * decay
+    if f.coupled:
+        g = g + wd * p
+    m_new = torch.lerp(m, g, w1.to(m.dtype))
+    r = g - m_new if f.belief else g
+    v_new = v * beta2 + w2 * r * r
+    if f.eps_state and not f.eps_on_max:
+        v_new = v_new + eps_state
+    src = v_new
+    if u is not None:
+        u_new = torch.maximum(u, v_new)
+        if f.eps_state and f.eps_on_max:
+            u_new = u_new + eps_state
+        u.copy_(u_new)
+        src = torch.where(from_max > 0, u_new, v_new)
+    denom = torch.where(use_denom > 0, torch.sqrt(src + root_add) + eps_add, 1.0)
+    param.copy_(p + alpha * m_new / denom)
+    m.copy_(m_new)
+    v.copy_(v_new)
 
 
 _compiled: Callable[..., None] | None = None

@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from ._common import check_betas, check_choice, check_nonnegative
+from ._common import check_betas, check_bool, check_choice, check_nonnegative
 from ._kernels import CoreHyper, CoreSpec
 from .adam_family import AdamFamilyOptimizer
 
@@ -115,6 +115,10 @@ class AdaBelief(AdamFamilyOptimizer):
         check_nonnegative("lr", lr)
         betas = check_betas(betas)
         check_nonnegative("eps", resolved["eps"])
+        for key in ("weight_decouple", "rectify", "degenerated_to_sgd"):
+            check_bool(key, resolved[key])
+        check_bool("amsgrad", amsgrad)
+        check_bool("fixed_decay", fixed_decay)
         check_nonnegative("weight_decay", weight_decay)
         if version == "0.1.0" and not resolved["weight_decouple"] and weight_decay != 0:
             warnings.warn(

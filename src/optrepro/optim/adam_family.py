@@ -7,6 +7,7 @@ constructor and param-group keys, and only translate a param group into the core
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from collections.abc import Iterable
 from itertools import chain
@@ -19,6 +20,7 @@ from . import _kernels
 from ._common import (
     LOW_PRECISION,
     check_betas,
+    check_bool,
     check_choice,
     check_nonnegative,
     reject_sparse,
@@ -32,12 +34,14 @@ from ._kernels import (
     CoreHyper,
     CoreSpec,
 )
+from .diagnostics import DEFAULT_SAMPLE, Diagnostics
 
 # A foreach chunk holds at most max(largest param, this many elements): the workspace that receives
 # the temporaries has that size, so a step never needs more than about one parameter of extra memory.
 MIN_CHUNK_NUMEL = 1 << 20
 
 _Bucket = tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor], list[Tensor]]
+TRACED_FIELDS = (*_kernels.SCALAR_FIELDS, "use_denom", "from_max")
 
 
 class AdamFamilyOptimizer(torch.optim.Optimizer):
@@ -57,6 +61,23 @@ class AdamFamilyOptimizer(torch.optim.Optimizer):
         defaults = {**defaults, "foreach": foreach, "fused": bool(fused)}
         super().__init__(params, defaults)
         self._workspaces: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self._diagnostics: Diagnostics | None = None
+
+    # -- diagnostics --------------------------------------------------------------------------------
+
+    def enable_diagnostics(self, sample: int = DEFAULT_SAMPLE, seed: int = 0) -> Diagnostics:
+        """Keep shadow second moments on a fixed random sample of ``sample`` coordinates (in all,
+        over every param group) and report where the step size comes from; see
+        :mod:`optrepro.optim.diagnostics`. Call before the first step; never changes the update."""
+        if any("step" in state for state in self.state.values()):
+            raise RuntimeError("enable_diagnostics() must be called before the first step")
+        self._diagnostics = Diagnostics(self, sample, seed)
+        return self._diagnostics
+
+    @property
+    def diagnostics(self) -> Diagnostics | None:
+        """The diagnostics probe, or None when they are off."""
+        return self._diagnostics
 
     # -- to be provided by presets ---------------------------------------------------------------
 
@@ -72,39 +93,108 @@ class AdamFamilyOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        traced = torch.compiler.is_compiling()
+        for index, group in enumerate(self.param_groups):
+            params: list[Tensor] = []
+            grads: list[Tensor] = []
+            exp_avgs: list[Tensor] = []
+            exp_avg_sqs: list[Tensor] = []
+            max_exp_avg_sqs: list[Tensor] = []
+            steps: list[Tensor] = []
+            positions: list[int] = []
+            self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps, positions)
+            if not params:
+                continue
             spec, hyper = self._core(group)
-            buckets = self._collect(group, spec)
-            for (_device, dtype, step), bucket in buckets.items():
-                flags, scalars = _kernels.make_plan(spec, hyper, step)
-                self._run(group, dtype, flags, scalars, bucket)
+            torch._foreach_add_(steps, 1)
+            probe = self._diagnostics
+            if probe is not None:
+                probe.before_step(index, positions, params, hyper)
+            if traced:
+                self._traced_update(spec, hyper, params, grads, exp_avgs, exp_avg_sqs, max_exp_avg_sqs, steps)
+            else:
+                buckets: dict[tuple, _Bucket] = defaultdict(lambda: ([], [], [], [], []))
+                for i, p in enumerate(params):
+                    bucket = buckets[(p.device, p.dtype, int(steps[i].item()))]
+                    for lst, value in zip(bucket, (p, grads[i], exp_avgs[i], exp_avg_sqs[i]), strict=False):
+                        lst.append(value)
+                    if spec.amsgrad:
+                        bucket[4].append(max_exp_avg_sqs[i])
+                host = dataclasses.replace(hyper, lr=float(hyper.lr))
+                for (_device, dtype, step), bucket in buckets.items():
+                    flags, scalars = _kernels.make_plan(spec, host, step)
+                    self._run(group, dtype, flags, scalars, bucket)
+            if probe is not None:
+                probe.after_step(index, positions, grads, exp_avgs, hyper)
         return loss
 
-    def _collect(self, group: dict[str, Any], spec: CoreSpec) -> dict[tuple, _Bucket]:
-        """Initialise state lazily, advance step counters, and bucket tensors for the kernels."""
-        buckets: dict[tuple, _Bucket] = defaultdict(lambda: ([], [], [], [], []))
+    def _init_group(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        max_exp_avg_sqs: list[Tensor],
+        steps: list[Tensor],
+        positions: list[int],
+    ) -> bool:
+        """Initialise state lazily and list the tensors of the params with a gradient.
+
+        Named and shaped like torch.optim's ``_init_group`` on purpose: torch.compile runs a method of
+        that name eagerly instead of tracing it, so a compiled step sees initialised state and does
+        not recompile once it exists. Complex tensors are listed as real views (``view_as_real``), as
+        torch.optim.Adam does: the real and imaginary parts are separate coordinates.
+        """
+        amsgrad = self._core(group)[0].amsgrad
         m_key, v_key, u_key = self.exp_avg_key, self.exp_avg_sq_key, self.max_exp_avg_sq_key
-        for p in group["params"]:
+        has_complex = False
+        for position, p in enumerate(group["params"]):
             grad = p.grad
             if grad is None:
                 continue
             reject_sparse(grad, type(self).__name__)
             state = self.state[p]
-            if len(state) == 0:
-                state["step"] = 0
+            if "step" not in state:
+                state["step"] = torch.tensor(0.0)
                 state[m_key] = torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.preserve_format)
                 state[v_key] = torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.preserve_format)
-            if spec.amsgrad and u_key not in state:
+            if amsgrad and u_key not in state:
                 state[u_key] = torch.zeros_like(p, dtype=state_dtype(p), memory_format=torch.preserve_format)
-            state["step"] += 1
-            bucket = buckets[(p.device, p.dtype, state["step"])]
-            bucket[0].append(p)
-            bucket[1].append(grad)
-            bucket[2].append(state[m_key])
-            bucket[3].append(state[v_key])
-            if spec.amsgrad:
-                bucket[4].append(state[u_key])
-        return buckets
+            tensors = [p, grad, state[m_key], state[v_key]] + ([state[u_key]] if amsgrad else [])
+            if torch.is_complex(p):
+                has_complex = True
+                tensors = [torch.view_as_real(t) for t in tensors]
+            params.append(tensors[0])
+            grads.append(tensors[1])
+            exp_avgs.append(tensors[2])
+            exp_avg_sqs.append(tensors[3])
+            if amsgrad:
+                max_exp_avg_sqs.append(tensors[4])
+            steps.append(state["step"])
+            positions.append(position)
+        return has_complex
+
+    def _traced_update(
+        self,
+        spec: CoreSpec,
+        hyper: CoreHyper,
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        max_exp_avg_sqs: list[Tensor],
+        steps: list[Tensor],
+    ) -> None:
+        """The step inside the caller's torch.compile: step counters stay tensors (no Python number
+        derived from them, so no guard on their value), and the fused kernel's body is traced."""
+        flags = _kernels.kernel_flags(spec, hyper)
+        for i, p in enumerate(params):
+            values = _kernels.plan_values(spec, hyper, steps[i].to(p.device))
+            scalars = torch.stack([torch.as_tensor(values[name], dtype=torch.float64, device=p.device)
+                                   for name in TRACED_FIELDS])
+            u = max_exp_avg_sqs[i] if spec.amsgrad else None
+            _kernels.traced_step(flags, p, grads[i], exp_avgs[i], exp_avg_sqs[i], u, scalars)
 
     def _run(
         self,
@@ -154,10 +244,17 @@ class AdamFamilyOptimizer(torch.optim.Optimizer):
 
     # -- state_dict ---------------------------------------------------------------------------------
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state_dict, plus the diagnostics' sample and shadow state when they are on."""
+        out = super().state_dict()
+        if self._diagnostics is not None:
+            out["diagnostics"] = self._diagnostics.state_dict()
+        return out
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch.optim's loader, plus: keep fp32 state for half/bf16 params (torch would cast it to the
-        param dtype and lose the bits), fill group keys an older or foreign state_dict lacks, and
-        accept tensor step counters (as torch.optim.Adam saves them)."""
+        param dtype and lose the bits), fill group keys an older or foreign state_dict lacks, accept
+        integer step counters (as the reference codes save them), and restore the diagnostics."""
         saved_groups = state_dict["param_groups"]
         saved_state = state_dict["state"]
         id_to_param = dict(
@@ -167,7 +264,7 @@ class AdamFamilyOptimizer(torch.optim.Optimizer):
                 strict=False,
             )
         )
-        super().load_state_dict(state_dict)
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "diagnostics"})
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
@@ -177,15 +274,18 @@ class AdamFamilyOptimizer(torch.optim.Optimizer):
                 continue
             state = self.state[param]
             if "step" in state:
-                state["step"] = int(state["step"])
+                state["step"] = torch.tensor(float(state["step"]))
             if param.dtype in LOW_PRECISION:
                 for key, value in saved.items():
                     if isinstance(value, Tensor) and key != "step" and value.is_floating_point():
                         state[key] = value.to(device=param.device, dtype=torch.float32, copy=True)
+        if self._diagnostics is not None:
+            self._diagnostics.load_state_dict(state_dict.get("diagnostics"))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.__dict__.setdefault("_workspaces", {})
+        self.__dict__.setdefault("_diagnostics", None)
         for group in self.param_groups:
             group.setdefault("foreach", None)
             group.setdefault("fused", False)
@@ -268,6 +368,9 @@ class AdamFamily(AdamFamilyOptimizer):
         check_choice("second_moment", second_moment, SECOND_MOMENTS)
         check_choice("weight_decay_mode", weight_decay_mode, WEIGHT_DECAY_MODES)
         check_choice("amsgrad_eps", amsgrad_eps, AMSGRAD_EPS)
+        for key, flag in (("amsgrad", amsgrad), ("degenerated_to_sgd", degenerated_to_sgd),
+                          ("eps_before_correction", eps_before_correction)):
+            check_bool(key, flag)
         rectify = _rectify_mode(rectify)
         resolve_eps_placement(eps_placement, eps, eps_root, eps_state)  # validate early
         defaults = dict(

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ._common import (
     check_betas,
+    check_bool,
     check_choice,
     check_nonnegative,
     check_positive,
@@ -27,11 +28,16 @@ class _LoopOptimizer(torch.optim.Optimizer):
     """Shared step skeleton: closure, params with grads, sparse check."""
 
     def _params_with_grad(self, group: dict[str, Any]) -> Iterable[tuple[Tensor, Tensor, dict[str, Any]]]:
+        """(param, grad, state) of the params with a gradient; complex ones as real views
+        (``view_as_real``, as torch.optim does), so their state is real and each part a coordinate."""
         for p in group["params"]:
             if p.grad is None:
                 continue
             reject_sparse(p.grad, type(self).__name__)
-            yield p, p.grad, self.state[p]
+            if torch.is_complex(p):
+                yield torch.view_as_real(p), torch.view_as_real(p.grad), self.state[p]
+            else:
+                yield p, p.grad, self.state[p]
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -68,6 +74,7 @@ class AdaBound(_LoopOptimizer):
         amsbound: bool = False,
     ) -> None:
         check_positive("lr", lr)
+        check_bool("amsbound", amsbound)
         betas = check_betas(betas)
         check_nonnegative("final_lr", final_lr)
         check_unit_interval("gamma", gamma)
@@ -83,11 +90,20 @@ class AdaBound(_LoopOptimizer):
             amsbound=amsbound,
         )
         super().__init__(params, defaults)
-        self.base_lrs = [group["lr"] for group in self.param_groups]
+        self.base_lrs = [float(group["lr"]) for group in self.param_groups]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim pickles only defaults, state and param_groups; the initial lrs scale final_lr
+        return {**super().__getstate__(), "base_lrs": self.base_lrs}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("base_lrs", [float(group["lr"]) for group in self.param_groups])
 
     def _step_group(self, index: int, group: dict[str, Any]) -> None:
         beta1, beta2 = group["betas"]
-        base_lr = self.base_lrs[index] if index < len(self.base_lrs) else group["lr"]
+        lr = float(group["lr"])
+        base_lr = self.base_lrs[index] if index < len(self.base_lrs) else lr
         for p, grad, state in self._params_with_grad(group):
             if len(state) == 0:
                 state["step"] = 0
@@ -108,8 +124,8 @@ class AdaBound(_LoopOptimizer):
                 denom = u.sqrt().add_(group["eps"])
             else:
                 denom = v.sqrt().add_(group["eps"])
-            step_size = group["lr"] * math.sqrt(1 - beta2**step) / (1 - beta1**step)
-            final_lr = group["final_lr"] * group["lr"] / base_lr
+            step_size = lr * math.sqrt(1 - beta2**step) / (1 - beta1**step)
+            final_lr = group["final_lr"] * lr / base_lr
             lower = final_lr * (1 - 1 / (group["gamma"] * step + 1))
             upper = final_lr * (1 + 1 / (group["gamma"] * step))
             update = torch.full_like(denom, step_size).div_(denom).clamp_(lower, upper).mul_(m)
@@ -135,6 +151,7 @@ class Yogi(_LoopOptimizer):
         check_positive("lr", lr)
         betas = check_betas(betas)
         check_nonnegative("eps", eps)
+        check_nonnegative("initial_accumulator", initial_accumulator)  # v < 0 would make sqrt(v) NaN
         check_nonnegative("weight_decay", weight_decay)
         defaults = dict(
             lr=lr,
@@ -162,7 +179,7 @@ class Yogi(_LoopOptimizer):
             grad_sq = grad * grad
             v.addcmul_(torch.sign(v - grad_sq), grad_sq, value=-(1 - beta2))
             denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(group["eps"])
-            p.addcdiv_(m, denom, value=-group["lr"] / (1 - beta1**step))
+            p.addcdiv_(m, denom, value=-float(group["lr"]) / (1 - beta1**step))
 
 
 class MSVAG(_LoopOptimizer):
@@ -222,7 +239,7 @@ class MSVAG(_LoopOptimizer):
             if paper:
                 factor.clamp_(0.0, 1.0)
             factor.nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)
-            p.sub_(group["lr"] * m_hat * factor)
+            p.sub_(float(group["lr"]) * m_hat * factor)
 
 
 class Fromage(_LoopOptimizer):
@@ -240,7 +257,7 @@ class Fromage(_LoopOptimizer):
         super().__init__(params, dict(lr=lr, p_bound=p_bound))
 
     def _step_group(self, index: int, group: dict[str, Any]) -> None:
-        lr, p_bound = group["lr"], group["p_bound"]
+        lr, p_bound = float(group["lr"]), group["p_bound"]
         for p, grad, state in self._params_with_grad(group):
             if p_bound is not None and "max" not in state:
                 state["max"] = p_bound * p.norm().item()

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ._common import check_betas, check_nonnegative
+from ._common import check_betas, check_bool, check_nonnegative
 from ._kernels import CoreHyper, CoreSpec
 from .adam_family import AdamFamilyOptimizer
 
@@ -41,6 +41,7 @@ class EAdam(AdamFamilyOptimizer):
         betas = check_betas(betas)
         check_nonnegative("eps", eps)
         check_nonnegative("weight_decay", weight_decay)
+        check_bool("amsgrad", amsgrad)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
         super().__init__(params, defaults, foreach=foreach, fused=fused)
 

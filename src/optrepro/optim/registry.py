@@ -9,16 +9,16 @@ constructor argument: a typo is an error naming the key, not a silently ignored 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 
 from ._common import check_betas, check_nonnegative
-from .adabelief import AdaBelief, resolve_version_defaults
-from .adam_family import AdamFamily, resolve_eps_placement
+from .adabelief import AdaBelief
+from .adam_family import AdamFamily, AdamFamilyOptimizer
 from .baselines import MSVAG, AdaBound, Fromage, Yogi
+from .diagnostics import effective_floor
 from .eadam import EAdam
 
 REGISTRY: dict[str, type[torch.optim.Optimizer]] = {
@@ -94,48 +94,38 @@ def describe(cfg: Any) -> dict[str, Any]:
     """How a config places eps, for grouping runs in tables, plots and wandb.
 
     Returns ``family`` (adam_family | sgd | other), ``second_moment`` (grad_sq | belief | None),
-    ``eps_placement`` (outside | inside | both | None), ``eps`` and ``effective_floor``: the size of
-    the denominator floor, eps for outside and sqrt(eps / (1 - b2)) for inside (the inside one when
-    both are present, as in AdaBelief, where it dominates).
+    ``eps_placement`` (outside | inside | both | None), ``eps`` (the nominal value: the inside one
+    when eps sits inside) and ``effective_floor``: the bias-corrected denominator at a zero
+    second moment late in training, ``sqrt(eps_root + eps_state / (1 - b2)) + eps``
+    (:func:`optrepro.optim.diagnostics.effective_floor`).
+
+    For our Adam-family classes all of it is read off the preset's own resolved core (the optimizer
+    built on a throwaway parameter), so it cannot disagree with what the code computes (EAdam with
+    amsgrad puts eps outside; AdaBelief puts it both inside and outside).
     """
     cfg = _plain(cfg)
     name, cls = _lookup(cfg)
-
-    def get(key: str) -> Any:
-        value = cfg.get(key)
-        return _signature_default(cls, key) if value is None else value
-
     if name == "sgd":
         return _description("sgd", None, None, None, None)
     if name in ("msvag", "fromage"):
         return _description("other", None, None, None, None)
-
-    beta2 = float(list(get("betas") or (0.9, 0.999))[1]) if name in ADAM_FAMILY else 0.0
-    if name == "adabelief":
-        eps = resolve_version_defaults(get("version"), eps=cfg.get("eps"))["eps"]
-        return _description("adam_family", "belief", "both", eps, _inside_floor(eps, beta2))
-    if name == "eadam":
-        eps = float(get("eps"))
-        return _description("adam_family", "grad_sq", "inside", eps, _inside_floor(eps, beta2))
-    if name == "ablation":
-        eps, eps_root, eps_state = resolve_eps_placement(
-            cfg.get("eps_placement"), float(get("eps")), float(get("eps_root")), float(get("eps_state"))
-        )
-        inside = eps_root + eps_state / (1.0 - beta2)
-        if inside > 0.0:
-            placement = "both" if eps > 0.0 else "inside"
-            floor = math.sqrt(inside)
-            nominal = eps_state if eps_root == 0.0 else (eps_root if eps_state == 0.0 else inside)
-        else:
-            placement, floor, nominal = "outside", eps, eps
-        return _description("adam_family", get("second_moment"), placement, nominal, floor)
-    eps = float(get("eps"))
+    if issubclass(cls, AdamFamilyOptimizer):
+        return describe_core(build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg))
+    eps = float(cfg.get("eps") if cfg.get("eps") is not None else _signature_default(cls, "eps"))
     family = "adam_family" if name in ADAM_FAMILY else "other"
     return _description(family, "grad_sq", "outside", eps, eps)
 
 
-def _inside_floor(eps: float, beta2: float) -> float:
-    return math.sqrt(eps / (1.0 - beta2))
+def describe_core(opt: AdamFamilyOptimizer) -> dict[str, Any]:
+    """``describe`` of a built Adam-family optimizer, from its first param group's resolved core."""
+    spec, hyper = opt._core(opt.param_groups[0])
+    inside = hyper.eps_root + hyper.eps_state / (1.0 - hyper.beta2)
+    if inside > 0.0:
+        placement = "both" if hyper.eps > 0.0 else "inside"
+        nominal = hyper.eps_state if hyper.eps_root == 0.0 else (hyper.eps_root if hyper.eps_state == 0.0 else inside)
+    else:
+        placement, nominal = "outside", hyper.eps
+    return _description("adam_family", spec.second_moment, placement, nominal, effective_floor(hyper))
 
 
 def _description(
