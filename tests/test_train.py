@@ -219,3 +219,15 @@ def test_torchrun_two_ranks_write_one_run_folder_once(tmp_path: Path) -> None:
     rows = metrics(folder)
     assert [r["epoch"] for r in rows] == [1.0, 2.0]  # smoke: 2 epochs, each logged once, not once per rank
     assert proc.stderr.count("completed test_acc=") == 1
+
+
+def test_run_status_is_stored_as_its_plain_string() -> None:
+    """RunStatus members write and print as the strings summary.json, outcomes.jsonl and the CSVs always
+    held (a plain ``(str, Enum)`` would print ``RunStatus.FAILED`` in messages and the sweep table)."""
+    import json
+
+    from optrepro.status import RunStatus
+
+    assert json.dumps({"status": RunStatus.DIVERGED}) == '{"status": "diverged"}'
+    assert f"{RunStatus.FAILED} {RunStatus.ERROR:>6}" == "failed  error"
+    assert RunStatus("completed") is RunStatus.COMPLETED and RunStatus.SKIPPED == "skipped"

@@ -42,11 +42,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from optrepro.errors import UserError
+from optrepro.status import SUMMARY_STATUSES
 
 #: Top-level keys that do not change what a run computes, so they do not enter its identity.
 NON_IDENTITY_KEYS = ("results_dir", "wandb", "checkpoint", "device", "progress", "hydra", "sweep")
-
-STATUSES = ("completed", "diverged", "failed")
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -298,7 +297,7 @@ class RunDir:
             summary = json.loads(read_bytes(self.summary_path).decode("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DamagedFileError(f"is unreadable ({type(exc).__name__})") from None
-        if not isinstance(summary, dict) or summary.get("status") not in STATUSES:
+        if not isinstance(summary, dict) or summary.get("status") not in SUMMARY_STATUSES:
             raise DamagedFileError("is not a run summary")
         if not _checksum_ok(summary):
             raise DamagedFileError("fails its checksum (its content changed)")
@@ -449,8 +448,8 @@ class RunDir:
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         status = summary.get("status")
-        if status not in STATUSES:
-            raise ValueError(f"summary status must be one of {STATUSES}, got {status!r}")
+        if status not in SUMMARY_STATUSES:
+            raise ValueError(f"summary status must be one of {tuple(map(str, SUMMARY_STATUSES))}, got {status!r}")
         if not self.writer:
             return
         summary = {**summary, "metrics_sha256": _sha256(self._metrics_bytes())}

@@ -23,6 +23,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from optrepro.status import RunStatus
+
 OUTCOMES_FILE = "outcomes.jsonl"
 
 
@@ -107,14 +109,14 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
     counts: Counter[str] = Counter()
     for row in rows:
         status = row["status"]
-        if status == "completed" and row.get("resumed"):
+        if status == RunStatus.COMPLETED and row.get("resumed"):
             status = "resumed"
         counts[status] += 1
-    order = ("completed", "resumed", "skipped", "diverged", "failed", "error")
+    order = (RunStatus.COMPLETED, "resumed", RunStatus.SKIPPED, RunStatus.DIVERGED, RunStatus.FAILED, RunStatus.ERROR)
     head = ", ".join(f"{counts[s]} {s}" for s in order if counts[s]) or "no jobs"
     lines = [f"sweep: {len(rows)} jobs: {head}"]
     for row in rows:
-        if row["status"] in ("failed", "error", "diverged"):
+        if row["status"] in (RunStatus.FAILED, RunStatus.ERROR, RunStatus.DIVERGED):
             where = Path(row["run_dir"]).name if row.get("run_dir") else f"job {row.get('job')}"
             lines.append(f"  {row['status']:>8}  {where}: {row.get('reason')}")
     return "\n".join(lines)
@@ -132,7 +134,7 @@ class SweepSummary(Callback):
             row = {"status": value.status, "run_dir": value.run_dir, "reason": value.reason,
                    "resumed": value.resumed}
         else:  # the job raised past optrepro.train.run (should not happen; recorded all the same)
-            row = {"status": "failed", "run_dir": None, "reason": repr(value)[:300], "resumed": False}
+            row = {"status": RunStatus.FAILED, "run_dir": None, "reason": repr(value)[:300], "resumed": False}
         row["job"] = hydra_cfg.job.num
         record_outcome(Path(hydra_cfg.sweep.dir), row)
 

@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from optrepro.runs import optimizer_label
+from optrepro.status import RunStatus
 
 
 def flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -92,7 +93,7 @@ class Tracker:
             for key, value in flatten(summary).items():
                 if isinstance(value, (int, float, str)) or value is None:
                     self.run.summary[key] = value
-            self.run.finish(exit_code=0 if summary.get("status") != "failed" else 1)
+            self.run.finish(exit_code=0 if summary.get("status") != RunStatus.FAILED else 1)
         except Exception as exc:  # noqa: BLE001
             self._give_up("finish", exc)
         self.run = None

@@ -13,9 +13,10 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from omegaconf import DictConfig, open_dict
@@ -32,15 +33,26 @@ from optrepro.config import (
 from optrepro.distributed import env_rank as rank  # only rank 0 writes results
 from optrepro.errors import UserError
 from optrepro.runs import RunDir, check_writable, config_hash, optimizer_label, remove_empty_dirs, run_name
+from optrepro.status import FINAL_STATUSES, RunStatus
 
-SKIP_STATUSES = ("completed", "diverged")  # a failed run is retried on relaunch
+if TYPE_CHECKING:
+    from optrepro.tasks.base import Task
+    from optrepro.optim.diagnostics import TaskProbe
+    from optrepro.tracking import Tracker
+
+#: Reading the divergence flag (a device tensor) makes the host wait for the accelerator to finish
+#: every queued kernel, so on a GPU it is read only every this many steps and at each eval point; the
+#: step it names is exact all the same (the flag holds the first bad step). On CPU it is free: every step.
+DIVERGENCE_CHECK_EVERY = 50
+#: the errno of "cannot store results": not a result of the run, so not recorded as a failure
+NO_SPACE = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
 
 
 @dataclass
 class Outcome:
     """What became of one job; a sweep prints a table of these."""
 
-    status: str  # completed | diverged | failed | skipped | error
+    status: RunStatus
     run_dir: str | None = None
     reason: str | None = None
     resumed: bool = False
@@ -65,14 +77,14 @@ def run(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str] | Non
             created = check_writable(Path(cfg.results_dir))
     except UserError as exc:
         say(f"error: {exc}")
-        return Outcome("error", reason=str(exc))
+        return Outcome(RunStatus.ERROR, reason=str(exc))
     run_dir = RunDir(Path(cfg.results_dir) / run_name(cfg), writer=writer)
     try:
         run_dir.verify(cfg)
         previous = run_dir.finished_summary()
-        if previous is not None and previous.get("status") in SKIP_STATUSES:
+        if previous is not None and previous.get("status") in FINAL_STATUSES:
             say(f"{run_dir.path.name}: already {previous['status']} ({run_dir.path}); nothing to do")
-            return Outcome("skipped", str(run_dir.path), previous.get("reason"))
+            return Outcome(RunStatus.SKIPPED, str(run_dir.path), previous.get("reason"))
         if previous is not None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             if writer:
@@ -82,13 +94,13 @@ def run(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str] | Non
             return train(cfg, run_dir)
     except UserError as exc:
         say(f"error: {exc}")
-        return Outcome("error", str(run_dir.path), str(exc))
+        return Outcome(RunStatus.ERROR, str(run_dir.path), str(exc))
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):
+        if exc.errno not in NO_SPACE:
             raise
         message = f"cannot write to {run_dir.path} ({os.strerror(exc.errno)}); free space and relaunch"
         say(f"error: {message}")
-        return Outcome("error", str(run_dir.path), message)
+        return Outcome(RunStatus.ERROR, str(run_dir.path), message)
     finally:
         if writer:
             remove_empty_dirs([run_dir.path, *created])
@@ -104,155 +116,247 @@ def prepare_config(cfg: DictConfig, cli_overrides: list[str], choices: dict[str,
     return cfg
 
 
-
-
+# ---------------------------------------------------------------------------------- the loop
 def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
-    """The training loop. Writes metrics at eval points, checkpoints, and summary.json last."""
+    """Set up, resume, run the loop, finish: metrics at eval points, checkpoints, summary.json last."""
     from optrepro.optim import describe
+    from optrepro.tracking import Tracker
+
+    task, probe = setup_run(cfg, run_dir)
+    checkpoint = resume(task, run_dir)
+    factors = describe(cfg.optimizer)
+    tracker = Tracker(cfg, run_dir.path, config_hash(cfg), factors) if run_dir.writer else Tracker.disabled()
+    state = LoopState.begin(checkpoint, task.ctx.device)
+    with (_progress_bar(cfg, run_dir.path.name, task.total_steps, task.step) as progress,
+          failures_recorded(state, run_dir, stage="train")):
+        train_loop(task, probe, state, run_dir, tracker, progress, every=int(cfg.checkpoint.every_steps))
+    return finish(cfg, task, state, run_dir, tracker, factors)
+
+
+def train_loop(task: Task, probe: TaskProbe, state: LoopState, run_dir: RunDir, tracker: Tracker, progress: Any,
+               every: int) -> None:
+    """Step until the task is done or diverges; evaluate, record and checkpoint at its eval points."""
+    while not task.done():
+        logs = task.train_step()
+        state.add_loss(logs["loss"], task.step)
+        progress.update(1)
+        evaluating = task.eval_due() or task.done()
+        if check_divergence(state, task.step, evaluating):
+            break
+        if evaluating:
+            metrics = task.evaluate()
+            row = eval_row(task, state, metrics, probe)
+            record_eval(task, state, row, metrics, run_dir, tracker, progress)
+            save_checkpoint(task, state, run_dir)
+        elif every and task.step % every == 0:
+            save_checkpoint(task, state, run_dir)
+
+
+@dataclass
+class LoopState:
+    """What the loop carries from step to step (all but the clock and the status go into checkpoints)."""
+
+    best: dict[str, Any] | None
+    last_eval: dict[str, Any]
+    loss_sum: torch.Tensor  # running sum of the training loss since the last eval point, on the device
+    loss_count: int
+    first_bad: torch.Tensor  # first step with a non-finite loss, -1 while there is none, on the device
+    start: float  # time.perf_counter() at which this run (counting its time before a resume) started
+    resumed: bool
+    status: RunStatus = RunStatus.COMPLETED
+    reason: str | None = None
+    diverged_step: int | None = None
+
+    @classmethod
+    def begin(cls, checkpoint: dict[str, Any] | None, device: torch.device) -> LoopState:
+        """A fresh state, or the one the checkpoint saved; the wall clock goes on from the checkpoint's."""
+        saved = checkpoint or {}
+        elapsed = float(checkpoint["wall_time"]) if checkpoint else 0.0
+        return cls(best=saved.get("best"), last_eval=saved.get("last_eval", {}),
+                   loss_sum=torch.tensor(float(saved.get("loss_sum", 0.0)), dtype=torch.float64, device=device),
+                   loss_count=int(saved.get("loss_count", 0)),
+                   first_bad=torch.full((), -1, dtype=torch.int64, device=device),
+                   start=time.perf_counter() - elapsed, resumed=checkpoint is not None)
+
+    def wall(self) -> float:
+        return time.perf_counter() - self.start
+
+    def add_loss(self, loss: Any, step: int) -> None:
+        """Fold one step's loss into the running mean without a host sync (a NaN is flagged, not summed)."""
+        loss = torch.as_tensor(loss, device=self.loss_sum.device).detach().to(torch.float64)
+        finite = torch.isfinite(loss)
+        self.first_bad = torch.where((self.first_bad < 0) & ~finite, step, self.first_bad)
+        self.loss_sum += torch.where(finite, loss, 0.0)
+        self.loss_count += 1
+
+    def mean_loss(self) -> float:
+        return float(self.loss_sum.item()) / max(self.loss_count, 1)
+
+    def fail(self, reason: str) -> None:
+        self.status, self.reason = RunStatus.FAILED, reason
+
+
+def setup_run(cfg: DictConfig, run_dir: RunDir) -> tuple[Task, TaskProbe]:
+    """Refuse what cannot run, take the device (one GPU per process under torchrun), seed, build the
+    task (a missing dataset raises UserError before anything is written), turn on the optimizer
+    diagnostics (before any checkpoint is loaded: it restores their sample), create the run folder."""
     from optrepro.optim import diagnostics as optimizer_diagnostics
     from optrepro.tasks import RunContext, build_task, task_class
-    from optrepro.tasks.base import rng_state, seed_everything, set_rng_state
-    from optrepro.tracking import Tracker
+    from optrepro.tasks.base import seed_everything
 
     refusal = distributed.refuse_reason(str(cfg.task.kind), task_class(str(cfg.task.kind)))
     if refusal:  # before any process group; every rank finds the same reason, rank 0 says it
         if rank() > 0:
             raise SystemExit(2)  # the exit status of a user error, without a second copy of the line
         raise UserError(refusal)
-    dist, device = distributed.setup(resolve_device(str(cfg.device)))  # torchrun: one GPU per process
+    dist, device = distributed.setup(resolve_device(str(cfg.device)))
     precision = resolve_precision(str(cfg.precision), device)
     seed_everything(int(cfg.seed))
     ctx = RunContext(cfg=cfg, device=device, precision=precision, seed=int(cfg.seed), run_dir=run_dir.path,
                      dist=dist)
-    task = build_task(cfg.task, ctx)  # a missing dataset raises UserError before anything is written
-    probe = optimizer_diagnostics.attach(task, cfg.get("diagnostics"), int(cfg.seed))  # before resuming
+    task = build_task(cfg.task, ctx)
+    probe = optimizer_diagnostics.attach(task, cfg.get("diagnostics"), int(cfg.seed))
     run_dir.create(cfg, device)
-    state = run_dir.load_checkpoint() if run_dir.writer else None  # rank 0 verifies; sets aside what is bad
+    return task, probe
+
+
+def resume(task: Task, run_dir: RunDir) -> dict[str, Any] | None:
+    """Load the last sound checkpoint into the task and the RNGs; None (and no stale rows) if there is none."""
+    from optrepro.tasks.base import set_rng_state
+
+    checkpoint = run_dir.load_checkpoint() if run_dir.writer else None  # rank 0 verifies; sets aside what is bad
     distributed.barrier()  # data parallel: every other rank reads the checkpoint rank 0 has settled
     if not run_dir.writer:
-        state = run_dir.load_checkpoint()
-    best: dict[str, Any] | None = None
-    last_eval: dict[str, Any] = {}
-    elapsed = 0.0
-    if state is not None:
-        task.load_state_dict(state["task"])
-        set_rng_state(state["rng"])
-        best, last_eval, elapsed = state.get("best"), state.get("last_eval", {}), float(state["wall_time"])
+        checkpoint = run_dir.load_checkpoint()
+    if checkpoint is not None:
+        task.load_state_dict(checkpoint["task"])
+        set_rng_state(checkpoint["rng"])
         say(f"{run_dir.path.name}: resuming from step {task.step}")
     elif run_dir.writer and os.path.lexists(run_dir.metrics_path):
         run_dir.metrics_path.unlink()  # no sound checkpoint: start clean (its rows are recomputed)
+    return checkpoint
 
-    factors = describe(cfg.optimizer)
-    tracker = Tracker(cfg, run_dir.path, config_hash(cfg), factors) if run_dir.writer else Tracker.disabled()
-    every = int(cfg.checkpoint.every_steps)
-    # running mean of the training loss since the last eval point (part of the checkpoint)
-    loss_sum = torch.tensor(float(state.get("loss_sum", 0.0)) if state else 0.0, dtype=torch.float64,
-                            device=device)
-    loss_count = int(state.get("loss_count", 0)) if state else 0
-    first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-    status, reason, diverged_step = "completed", None, None
-    start = time.perf_counter() - elapsed
 
-    def wall() -> float:
-        return time.perf_counter() - start
+def check_divergence(state: LoopState, step: int, evaluating: bool) -> bool:
+    """True, with the state marked diverged, once a non-finite training loss has been seen."""
+    on_cpu = state.first_bad.device.type == "cpu"
+    if not (evaluating or on_cpu or step % DIVERGENCE_CHECK_EVERY == 0):
+        return False
+    bad_at = int(state.first_bad.item())
+    if bad_at < 0:
+        return False
+    state.status, state.diverged_step = RunStatus.DIVERGED, bad_at
+    state.reason = f"non-finite training loss at step {bad_at}"
+    return True
 
-    def checkpoint() -> None:
-        run_dir.save_checkpoint(
-            {"task": task.state_dict(), "rng": rng_state(), "wall_time": wall(), "best": best,
-             "last_eval": last_eval, "step": task.step, "loss_sum": loss_sum.item(), "loss_count": loss_count}
-        )
 
-    progress = _progress_bar(cfg, run_dir.path.name, task.total_steps, task.step)
+def eval_row(task: Task, state: LoopState, metrics: dict[str, Any], probe: TaskProbe) -> dict[str, Any]:
+    """The one place a metrics.jsonl row is assembled: the task's metrics, then the optimizer
+    diagnostics (``opt/*``, present only when they are on)."""
+    return {"step": task.step, "epoch": task.epoch, "wall_time": state.wall(), "train_loss": state.mean_loss(),
+            "lr": task.current_lr(), **metrics, **probe.row()}
+
+
+def record_eval(task: Task, state: LoopState, row: dict[str, Any], metrics: dict[str, Any], run_dir: RunDir,
+                tracker: Tracker, progress: Any) -> None:
+    """Write the row (metrics.jsonl, wandb), restart the running loss, keep the best, show it."""
+    state.loss_sum.zero_()
+    state.loss_count = 0
+    run_dir.append_metrics(row)
+    tracker.log(row, task.step)
+    state.last_eval = row
+    value = metrics.get(task.metric)
+    if task.track_best and value is not None and math.isfinite(value) and _better(value, state.best, task.mode):
+        state.best = {"value": value, "step": task.step, "epoch": task.epoch}
+    progress.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k == task.metric or k.endswith("loss")})
+
+
+def save_checkpoint(task: Task, state: LoopState, run_dir: RunDir) -> None:
+    """Everything a relaunch needs to go on as if uninterrupted (RunDir writes it atomically)."""
+    from optrepro.tasks.base import rng_state
+
+    run_dir.save_checkpoint(
+        {"task": task.state_dict(), "rng": rng_state(), "wall_time": state.wall(), "best": state.best,
+         "last_eval": state.last_eval, "step": task.step, "loss_sum": state.loss_sum.item(),
+         "loss_count": state.loss_count}
+    )
+
+
+@contextlib.contextmanager
+def failures_recorded(state: LoopState, run_dir: RunDir, stage: str) -> Iterator[None]:
+    """The run's exception policy, in one place.
+
+    - Ctrl-C and SystemExit pass on: interrupted, not failed; the checkpoint lets a relaunch resume.
+    - A full or read-only disk while training is no result either: a one-line UserError.
+    - Any other exception is a result: status failed, a one-line reason, the traceback in error.log.
+    """
     try:
-        while not task.done():
-            logs = task.train_step()
-            loss = torch.as_tensor(logs["loss"], device=device).detach().to(torch.float64)
-            finite = torch.isfinite(loss)
-            first_bad = torch.where((first_bad < 0) & ~finite, task.step, first_bad)
-            loss_sum += torch.where(finite, loss, 0.0)
-            loss_count += 1
-            progress.update(1)
-            evaluating = task.eval_due() or task.done()
-            if evaluating or device.type == "cpu" or task.step % 50 == 0:
-                bad_at = int(first_bad.item())
-                if bad_at >= 0:
-                    status, diverged_step = "diverged", bad_at
-                    reason = f"non-finite training loss at step {bad_at}"
-                    break
-            if evaluating:
-                metrics = task.evaluate()
-                row = {"step": task.step, "epoch": task.epoch, "wall_time": wall(),
-                       "train_loss": float(loss_sum.item()) / max(loss_count, 1), "lr": task.current_lr(),
-                       **metrics, **probe.row()}
-                loss_sum.zero_()
-                loss_count = 0
-                run_dir.append_metrics(row)
-                tracker.log(row, task.step)
-                last_eval = row
-                value = metrics.get(task.metric)
-                if task.track_best and value is not None and math.isfinite(value) and _better(value, best, task.mode):
-                    best = {"value": value, "step": task.step, "epoch": task.epoch}
-                progress.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()
-                                      if k == task.metric or k.endswith("loss")})
-                checkpoint()
-            elif every and task.step % every == 0:
-                checkpoint()
+        yield
     except (KeyboardInterrupt, SystemExit):
-        progress.close()
-        raise  # interrupted, not failed: the checkpoint lets a relaunch resume
-    except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT):  # cannot store results: not a result
-            progress.close()
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed job is a recorded result, not a crash
+        if stage == "train" and isinstance(exc, OSError) and exc.errno in NO_SPACE:
             raise UserError(f"cannot write to {run_dir.path} ({os.strerror(exc.errno)}); free space and "
                             "relaunch: the run resumes from its last checkpoint") from None
-        status, reason = "failed", f"{type(exc).__name__}: {exc}"
+        state.fail(_failure_reason(exc, stage))
         run_dir.write_error_log(traceback.format_exc())
-    except Exception as exc:  # noqa: BLE001 - a failed job is a recorded result, not a crash
-        message = str(exc).strip().splitlines()
-        status, reason = "failed", f"{type(exc).__name__}: {message[0] if message else ''}"
-        run_dir.write_error_log(traceback.format_exc())
-    progress.close()
 
+
+def _failure_reason(exc: Exception, stage: str) -> str:
+    if stage != "train":
+        return f"{stage}: {type(exc).__name__}: {exc}"
+    text = str(exc)
+    if not isinstance(exc, OSError):  # a step's error can run to many lines (CUDA's do): the first names it
+        lines = text.strip().splitlines()
+        text = lines[0] if lines else ""
+    return f"{type(exc).__name__}: {text}"
+
+
+def finish(cfg: DictConfig, task: Task, state: LoopState, run_dir: RunDir, tracker: Tracker,
+           factors: dict[str, Any]) -> Outcome:
+    """Let the task write its artifacts, then summary.json (last: it marks the run done), and say so."""
     extras: dict[str, Any] = {}
-    if status != "failed" and run_dir.writer:  # artifacts are written by rank 0 only
+    if state.status != RunStatus.FAILED and run_dir.writer:  # artifacts are written by rank 0 only
         run_dir.set_aside_symlinks()  # an artifact is never written through a link
-        try:
+        with failures_recorded(state, run_dir, stage="finalize"):
             extras = task.finalize(run_dir.path)
-        except Exception as exc:  # noqa: BLE001
-            status, reason = "failed", f"finalize: {type(exc).__name__}: {exc}"
-            run_dir.write_error_log(traceback.format_exc())
-    summary = {
-        "status": status,
-        "reason": reason,
+    summary = run_summary(cfg, task, state, run_dir, factors, extras)
+    distributed.barrier()
+    run_dir.write_summary(summary)
+    tracker.finish(summary)
+    distributed.teardown()
+    if not run_dir.writer:
+        return Outcome(state.status, str(run_dir.path), state.reason)
+    shown = state.last_eval.get(task.metric)
+    shown_text = f" {task.metric}={shown:.4g}" if isinstance(shown, (int, float)) else ""
+    reason_text = f" ({state.reason})" if state.reason else ""
+    say(f"{run_dir.path.name}: {state.status}{shown_text}{reason_text} -> {run_dir.path}")
+    return Outcome(state.status, str(run_dir.path), state.reason, resumed=state.resumed)
+
+
+def run_summary(cfg: DictConfig, task: Task, state: LoopState, run_dir: RunDir, factors: dict[str, Any],
+                extras: dict[str, Any]) -> dict[str, Any]:
+    """summary.json: how the run ended, its last and best evaluations, and what it ran on."""
+    return {
+        "status": state.status,
+        "reason": state.reason,
         "run": run_dir.path.name,
         "task": str(cfg.task.name),
         "optimizer": optimizer_label(cfg),
         "seed": int(cfg.seed),
         "metric": task.metric,
         "mode": task.mode,
-        "final": last_eval,
-        "best": best,
+        "final": state.last_eval,
+        "best": state.best,
         "steps": task.step,
         "epochs": task.epoch,
-        "wall_time": wall(),
-        "diverged_step": diverged_step,
+        "wall_time": state.wall(),
+        "diverged_step": state.diverged_step,
         "factors": factors,
-        "device": str(device),
-        "precision": precision,
+        "device": str(task.ctx.device),
+        "precision": task.ctx.precision,
         **extras,
     }
-    distributed.barrier()
-    run_dir.write_summary(summary)
-    tracker.finish(summary)
-    distributed.teardown()
-    shown = last_eval.get(task.metric)
-    shown_text = f" {task.metric}={shown:.4g}" if isinstance(shown, (int, float)) else ""
-    if not run_dir.writer:
-        return Outcome(status, str(run_dir.path), reason)
-    say(f"{run_dir.path.name}: {status}{shown_text}{f' ({reason})' if reason else ''} -> {run_dir.path}")
-    return Outcome(status, str(run_dir.path), reason, resumed=state is not None)
-
-
 
 
 def _better(value: float, best: dict[str, Any] | None, mode: str) -> bool:
@@ -283,8 +387,8 @@ def _hydra_job(cfg: DictConfig) -> Outcome:
             cfg.device = device
         job = run_isolated if launcher_jobs() > 1 else run  # parallel: a killed job must not kill the worker
         outcome = job(cfg, overrides, choices)
-    if hydra_cfg.mode != RunMode.MULTIRUN and outcome.status in ("failed", "error"):
-        sys.exit(1 if outcome.status == "failed" else 2)
+    if hydra_cfg.mode != RunMode.MULTIRUN and outcome.status in (RunStatus.FAILED, RunStatus.ERROR):
+        sys.exit(1 if outcome.status == RunStatus.FAILED else 2)
     return outcome
 
 
@@ -316,7 +420,7 @@ def run_isolated(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, s
         where = str(Path(resolved.results_dir) / run_name(resolved))
     reason = f"process {why} (out of memory?); a relaunch resumes it from its last checkpoint"
     say(f"{Path(where).name if where else 'job'}: failed ({reason})")
-    return Outcome("failed", where, reason)
+    return Outcome(RunStatus.FAILED, where, reason)
 
 
 def _child_run(send: Any, cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str]) -> None:

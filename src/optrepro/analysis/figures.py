@@ -20,6 +20,7 @@ from matplotlib.ticker import LogLocator, NullLocator  # noqa: E402
 
 from optrepro.analysis.load import RunsData, format_value, short_key  # noqa: E402
 from optrepro.analysis.tables import CORNER_TITLES, ablation_runs, main_setting, safe_name  # noqa: E402
+from optrepro.status import RunStatus  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -48,7 +49,7 @@ def _color(i: int) -> str:
 
 
 def _counted(runs: pd.DataFrame, value_kind: str) -> pd.DataFrame:
-    return runs[(runs.status == "completed") & np.isfinite(runs[value_kind].astype(float))]
+    return runs[(runs.status == RunStatus.COMPLETED) & np.isfinite(runs[value_kind].astype(float))]
 
 
 def _maybe_log_y(ax: plt.Axes, values: np.ndarray, mode: str) -> None:
@@ -160,7 +161,7 @@ def learning_curves(data: RunsData, out_dir: Path) -> dict[str, Path]:
     for task, frame in data.runs.groupby("task", sort=True):
         task = str(task)
         metric = str(frame.metric.iloc[0])
-        done = frame[frame.status == "completed"]
+        done = frame[frame.status == RunStatus.COMPLETED]
         selected: list[tuple[str, list[str]]] = []
         for optimizer, sub in done.groupby("optimizer", sort=True):
             setting = main_setting(sub)
@@ -213,7 +214,7 @@ def _artifact(data: RunsData, run: str, key: str) -> Path | None:
 def _representatives(frame: pd.DataFrame) -> list[pd.Series]:
     """One completed-or-diverged run per optimizer: its main setting, lowest seed."""
     out = []
-    for _, sub in frame[frame.status != "failed"].groupby("optimizer", sort=True):
+    for _, sub in frame[frame.status != RunStatus.FAILED].groupby("optimizer", sort=True):
         setting = main_setting(sub)
         out.append(sub[sub.setting == setting].sort_values(["seed", "run"]).iloc[0])
     return out

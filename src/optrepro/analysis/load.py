@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from optrepro.status import RunStatus
+
 try:
     from yaml import CSafeLoader as _Loader
 except ImportError:  # pragma: no cover - libyaml missing
@@ -110,7 +112,7 @@ class RunsData:
 
     def counted(self) -> pd.DataFrame:
         """Runs whose metric enters a mean: completed with a finite final value."""
-        return self.runs[(self.runs.status == "completed") & np.isfinite(self.runs.final.astype(float))]
+        return self.runs[(self.runs.status == RunStatus.COMPLETED) & np.isfinite(self.runs.final.astype(float))]
 
 
 # ------------------------------------------------------------------------------------- reading

@@ -15,6 +15,7 @@ from optrepro.analysis import diagnostics as optimizer_diagnostics
 from optrepro.analysis.load import RunsData
 from optrepro.analysis.stats import LEVEL, METHOD
 from optrepro.analysis.tables import CI_HEADER, Ablation, Comparison, markdown
+from optrepro.status import RunStatus
 
 
 @dataclass
@@ -81,18 +82,18 @@ def _missing(data: RunsData, published: pd.DataFrame, config_dir: Path | None) -
         inc["last_step"] = inc.last_step.map(lambda v: "—" if not math.isfinite(v) else str(int(v)))
         lines.append(inc[["run", "task", "optimizer", "seed", "state", "last_step"]].to_markdown(index=False))
         lines.append("")
-    failed = data.runs[data.runs.status == "failed"]
+    failed = data.runs[data.runs.status == RunStatus.FAILED]
     if not failed.empty:
         lines.append(f"- {len(failed)} failed run(s) (excluded from every mean):\n")
         lines.append(failed[["run", "task", "optimizer", "seed", "reason"]].fillna("—").to_markdown(index=False))
         lines.append("")
-    diverged = data.runs[data.runs.status == "diverged"]
+    diverged = data.runs[data.runs.status == RunStatus.DIVERGED]
     if not diverged.empty:
         lines.append(f"- {len(diverged)} diverged run(s) (counted in the `diverged` column, excluded from means):\n")
         div = diverged[["run", "task", "optimizer", "seed", "reason"]].fillna("—")
         lines.append(div.to_markdown(index=False))
         lines.append("")
-    nan_runs = data.runs[(data.runs.status == "completed") & ~data.runs.final.astype(float).map(math.isfinite)]
+    nan_runs = data.runs[(data.runs.status == RunStatus.COMPLETED) & ~data.runs.final.astype(float).map(math.isfinite)]
     if not nan_runs.empty:
         lines.append(
             f"- {len(nan_runs)} completed run(s) with a non-finite or missing final metric: {', '.join(nan_runs.run)}."

@@ -28,6 +28,7 @@ from optrepro.analysis.stats import (
     improvement,
     mean_interval,
 )
+from optrepro.status import RunStatus
 
 DASH = "—"
 VALUE_KINDS = ("final", "best")
@@ -201,15 +202,15 @@ class Comparison:
 
 
 def _group_estimates(frame: pd.DataFrame, value_kind: str) -> dict[str, Any]:
-    completed = frame[frame.status == "completed"]
+    completed = frame[frame.status == RunStatus.COMPLETED]
     values = completed[value_kind].astype(float).to_numpy()
     est = mean_interval(values)
     best = mean_interval(completed["best"].astype(float).to_numpy())
     return {
         "runs": len(frame),
         "n": est.n,
-        "diverged": int((frame.status == "diverged").sum()),
-        "failed": int((frame.status == "failed").sum()),
+        "diverged": int((frame.status == RunStatus.DIVERGED).sum()),
+        "failed": int((frame.status == RunStatus.FAILED).sum()),
         "nan": int((~np.isfinite(values)).sum()),
         "est": est,
         "best_est": best,
@@ -308,7 +309,7 @@ def main_setting(frame: pd.DataFrame) -> str | None:
     """The setting of one optimizer config with the most counted runs (ties: first label)."""
     if frame.empty:
         return None
-    counted = frame[(frame.status == "completed") & np.isfinite(frame.final.astype(float))]
+    counted = frame[(frame.status == RunStatus.COMPLETED) & np.isfinite(frame.final.astype(float))]
     counts = counted.groupby("setting").size() if len(counted) else frame.groupby("setting").size() * 0
     counts = counts.reindex(sorted(frame.setting.unique()), fill_value=0)
     return str(counts.sort_values(ascending=False, kind="stable").index[0])
@@ -347,7 +348,7 @@ def paper_views(
                 hit = pub[(pub.optimizer == opt) & (pub.task == task) & (pub.which == which)]
                 kind = which if which in VALUE_KINDS else value_kind
                 ours, setting = ours_for(data.runs, task, opt)
-                completed = ours[ours.status == "completed"]
+                completed = ours[ours.status == RunStatus.COMPLETED]
                 est = mean_interval(completed[kind].astype(float).to_numpy()) if len(ours) else mean_interval([])
                 pub_value = float(hit.value.iloc[0]) if len(hit) else math.nan
                 pub_std = float(hit["std"].iloc[0]) if len(hit) else math.nan
@@ -367,7 +368,7 @@ def paper_views(
                         "ours_mean": est.mean,
                         "ours_std": est.std,
                         "ours_n": est.n,
-                        "ours_diverged": int((ours.status == "diverged").sum()) if len(ours) else 0,
+                        "ours_diverged": int((ours.status == RunStatus.DIVERGED).sum()) if len(ours) else 0,
                         "diff": est.mean - pub_value,
                     }
                 )
@@ -454,7 +455,7 @@ def pair_table(frame: pd.DataFrame, value_kind: str) -> pd.DataFrame:
     """Completed corner runs as one row per pair unit (seed, eps, lr) and one column per corner, plus each
     outside corner's run at the inside corners' floor (``*_matched``, same seed and lr) and its ``matched_eps``."""
     columns = [*CORNERS.values(), *MATCHED.values(), "matched_eps"]
-    done = frame[frame.status == "completed"]
+    done = frame[frame.status == RunStatus.COMPLETED]
     if done.empty:
         return pd.DataFrame(columns=columns)
     keyed = done.assign(_eps=done.eps.fillna(-1.0), _lr=done.lr.fillna(-1.0))
@@ -566,7 +567,7 @@ def ablation_tables(data: RunsData, value_kind: str = "final", alpha: float = AL
             sub = pooled if scope == "all" else frame[frame.eps == scope]
             for corner in CORNERS.values():
                 runs_c = sub[sub.corner == corner]
-                est = mean_interval(runs_c[runs_c.status == "completed"][value_kind].astype(float).to_numpy())
+                est = mean_interval(runs_c[runs_c.status == RunStatus.COMPLETED][value_kind].astype(float).to_numpy())
                 corner_rows.append(
                     {
                         "task": task,
@@ -578,7 +579,7 @@ def ablation_tables(data: RunsData, value_kind: str = "final", alpha: float = AL
                         "ci_lo": est.lo,
                         "ci_hi": est.hi,
                         "ci_method": est.method if est.has_interval else "",
-                        "diverged": int((runs_c.status == "diverged").sum()),
+                        "diverged": int((runs_c.status == RunStatus.DIVERGED).sum()),
                         "_est": est,
                     }
                 )
