@@ -36,8 +36,8 @@ from optrepro.runs import RunDir, check_writable, config_hash, optimizer_label, 
 from optrepro.status import FINAL_STATUSES, RunStatus
 
 if TYPE_CHECKING:
-    from optrepro.tasks.base import Task
     from optrepro.optim.diagnostics import TaskProbe
+    from optrepro.tasks.base import Task
     from optrepro.tracking import Tracker
 
 #: Reading the divergence flag (a device tensor) makes the host wait for the accelerator to finish
