@@ -63,7 +63,6 @@ def write_run(
             "eps": eps,
             "betas": [0.9, 0.999],
             "weight_decay": 0.0,
-            "recipe_keys": ["adaptive"],
         },
         "profile": {"name": "smoke"},
         "seed": seed,

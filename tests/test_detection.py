@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import compose
-from optrepro.config import resolve_config
+from optrepro.config import resolve_interpolations
 from optrepro.data.synthetic_det import make_synthetic_detections, shape_mask
 from optrepro.data.voc import VOC_CLASSES, VOCDetectionData, write_fake_voc
 from optrepro.errors import DataMissingError, UserError
@@ -250,7 +250,7 @@ def test_hflip_moves_boxes_with_the_image() -> None:
 def make_task(overrides: list[str], task: str = "synthetic_det", optimizer: str = "eadam") -> DetectionTask:
     ov = [f"task={task}", f"optimizer={optimizer}", "profile=smoke", *overrides]
     cfg, _ = compose(ov)
-    cfg = resolve_config(cfg, ov)
+    cfg = resolve_interpolations(cfg)
     seed_everything(0)
     built = build_task(cfg.task, RunContext(cfg=cfg, device=torch.device("cpu"), precision="fp32", seed=0))
     assert isinstance(built, DetectionTask)
@@ -268,7 +268,7 @@ def test_recipe_and_preset_are_eadams() -> None:
     for optimizer in ("adam", "radam", "adabelief", "eadam"):
         ov = ["experiment=eadam_table4", f"optimizer={optimizer}"]
         cfg, choices = compose(ov)
-        resolved = resolve_config(cfg, ov)
+        resolved = resolve_interpolations(cfg)
         assert choices["task"] == "voc_fasterrcnn" and resolved.task.name == "voc_fasterrcnn_fpn"
         o = resolved.optimizer
         assert (o.lr, o.weight_decay, o.eps) == (1e-4, 1e-4, 1e-8), optimizer

@@ -19,7 +19,6 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import run_folders, run_inprocess
-from optrepro.config import CONFIG_DIR
 
 # one worker for every kind: the loop's set-up (distributed.setup -> RunContext.dist), a few steps,
 # one evaluation, the parameters
@@ -48,13 +47,9 @@ WORKER = textwrap.dedent(
 
 def _config(tmp_path: Path, task: str, overrides: dict[str, Any],
             optimizer: dict[str, Any] | None = None) -> Path:
-    task_cfg = OmegaConf.load(CONFIG_DIR / "task" / f"{task}.yaml")
-    if "defaults" in task_cfg:  # textlm_lstm1 extends ptb_lstm1
-        base = OmegaConf.load(CONFIG_DIR / "task" / f"{task_cfg.defaults[0]}.yaml")
-        task_cfg = OmegaConf.merge(base, {k: v for k, v in task_cfg.items() if k != "defaults"})
-    for key in ("recipe", "profiles", "defaults"):
-        task_cfg.pop(key, None)
-    task_cfg = OmegaConf.merge(task_cfg, overrides)
+    from conftest import composed_task
+
+    task_cfg = OmegaConf.merge(composed_task(task), overrides)
     path = tmp_path / "run.yaml"
     OmegaConf.save(OmegaConf.create({"optimizer": optimizer or {"name": "adam", "lr": 1e-3}, "task": task_cfg}), path)
     return path

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import compose
-from optrepro.config import resolve_config
+from optrepro.config import resolve_interpolations
 from optrepro.data.ptb import download_ptb, load_ptb, write_fake_ptb
 from optrepro.data.textcorpus import (
     EOS,
@@ -182,7 +182,7 @@ def make_task(tmp_path: Path, overrides: list[str], optimizer: str = "adam") -> 
         write_fake_ptb(root, lines={"train": 300, "valid": 40, "test": 40}, vocab_size=40, seed=0)
     ov = ["task=ptb_lstm1", f"optimizer={optimizer}", "profile=smoke", f"task.data.root={root}", *overrides]
     cfg, _ = compose(ov)
-    cfg = resolve_config(cfg, ov)
+    cfg = resolve_interpolations(cfg)
     seed_everything(0)
     ctx = RunContext(cfg=cfg, device=torch.device("cpu"), precision="fp32", seed=0)
     task = build_task(cfg.task, ctx)
@@ -274,7 +274,7 @@ def textlm_smoke_task(tmp_path: Path) -> LanguageModelTask:
     ov = ["task=textlm_lstm1", "optimizer=adabelief", "profile=smoke", "task.epochs=2",
           f"task.data.root={tmp_path / 'pydoc'}"]
     cfg, _ = compose(ov)
-    cfg = resolve_config(cfg, ov)
+    cfg = resolve_interpolations(cfg)
     seed_everything(0)
     task = build_task(cfg.task, RunContext(cfg=cfg, device=torch.device("cpu"), precision="fp32", seed=0))
     assert isinstance(task, LanguageModelTask)

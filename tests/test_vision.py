@@ -64,7 +64,7 @@ def test_every_task_trains_on_fake_data_through_the_real_loaders(task: str, data
     if task == "imagenet_resnet18":
         assert "test_acc5" in rows[-1] and rows[-1]["test_acc5"] >= rows[-1]["test_acc"]
     saved = OmegaConf.load(folder / "config.yaml")
-    assert "recipe" not in saved.task and "profiles" not in saved.task
+    assert "family" not in saved.task and "recipe_key" not in saved.optimizer
     assert saved.optimizer.lr == (0.05 if task == "digits_cnn" else 0.1) and saved.optimizer.momentum == 0.9
 
 
@@ -72,7 +72,7 @@ def resolved(overrides: list[str]) -> dict:
     from optrepro.train import prepare_config
 
     cfg, choices = compose(overrides)
-    return OmegaConf.to_container(prepare_config(cfg, overrides, choices))  # type: ignore[return-value]
+    return OmegaConf.to_container(prepare_config(cfg))  # type: ignore[return-value]
 
 
 def test_recipe_task_defaults_per_optimizer() -> None:

@@ -66,7 +66,7 @@ def measure_step_seconds(task: str, steps: int = 10, warmup: int = 3) -> tuple[f
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from optrepro.config import CONFIG_DIR, resolve_config, resolve_device, resolve_precision
+    from optrepro.config import CONFIG_DIR, resolve_device, resolve_interpolations
     from optrepro.errors import UserError
     from optrepro.tasks import RunContext, build_task
     from optrepro.tasks.base import time_steps
@@ -75,12 +75,12 @@ def measure_step_seconds(task: str, steps: int = 10, warmup: int = 3) -> tuple[f
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = resolve_config(compose(config_name="train", overrides=overrides), overrides)
+            cfg = resolve_interpolations(compose(config_name="train", overrides=overrides))
     finally:
         GlobalHydra.instance().clear()
     device = resolve_device("auto")
     try:
-        task_obj = build_task(cfg.task, RunContext(cfg, device, resolve_precision("auto", device), 0))
+        task_obj = build_task(cfg.task, RunContext(cfg, device, str(cfg.precision), 0))
     except UserError as exc:
         return str(exc)
     seconds, _ = time_steps(task_obj.train_step, steps, warmup, device)

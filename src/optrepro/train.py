@@ -1,6 +1,6 @@
 """Training entry point: ``python -m optrepro.train task=<task> optimizer=<opt> seed=<n> [profile=smoke]``.
 
-compose (Hydra) -> resolve recipe/profile layers -> validate -> run folder -> train loop -> summary.
+compose (Hydra: recipes, profiles and experiments are configs) -> validate -> run folder -> train loop -> summary.
 The loop below is the whole of training; tasks only supply steps and evaluations.
 """
 
@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from optrepro import distributed
 from optrepro.config import (
     CONFIG_DIR,
     preflight,
-    resolve_config,
     resolve_device,
     resolve_precision,
+    resolve_interpolations,
     validate_config,
 )
 from optrepro.distributed import env_rank as rank  # only rank 0 writes results
@@ -50,11 +50,15 @@ def say(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- one run
-def run(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str] | None = None) -> Outcome:
-    """Resolve, validate and train one config; never raises for a single job's failure."""
+def run(cfg: DictConfig, cli_overrides: list[str] | None = None, choices: dict[str, str] | None = None) -> Outcome:
+    """Validate and train one composed config; never raises for a single job's failure.
+
+    ``cli_overrides`` and ``choices`` are not needed any more (the composed config is complete; the
+    optimizer yaml records its own ``config_name``); accepted so existing callers keep working.
+    """
     writer = rank() == 0
     try:
-        cfg = prepare_config(cfg, cli_overrides, choices or {})
+        cfg = prepare_config(cfg)
         if writer:
             check_writable(Path(cfg.results_dir))
     except UserError as exc:
@@ -87,12 +91,9 @@ def run(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str] | Non
             _remove_if_empty(run_dir.path)
 
 
-def prepare_config(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str]) -> DictConfig:
-    """Record which optimizer config was chosen, apply the layers, and validate."""
-    with open_dict(cfg):
-        if "optimizer" in choices:
-            cfg.optimizer.config_name = choices["optimizer"]
-    cfg = resolve_config(cfg, cli_overrides)
+def prepare_config(cfg: DictConfig) -> DictConfig:
+    """The composed config with interpolations resolved, validated; nothing else changes."""
+    cfg = resolve_interpolations(cfg)
     validate_config(cfg)
     return cfg
 

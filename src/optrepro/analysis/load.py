@@ -27,7 +27,7 @@ except ImportError:  # pragma: no cover - libyaml missing
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 #: Optimizer config keys that name the config rather than set a hyperparameter.
-_OPT_SKIP = ("name", "config_name", "recipe_keys")
+_OPT_SKIP = ("name", "config_name")
 #: Task config keys that name the task.
 _TASK_SKIP = ("name", "kind")
 #: Top-level config keys that do not change what a run computes (mirrors runs.NON_IDENTITY_KEYS).
