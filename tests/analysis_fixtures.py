@@ -65,6 +65,7 @@ def write_run(
             "weight_decay": 0.0,
         },
         "profile": {"name": "smoke"},
+        "config_layout": 2,
         "seed": seed,
         "results_dir": str(root),
         "device": "cpu",

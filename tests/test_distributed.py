@@ -98,7 +98,7 @@ def test_language_model_two_gloo_processes_match_one(tmp_path: Path) -> None:
 @pytest.mark.slow  # three fresh Python processes (~15-40 s on the 2-core build machine)
 def test_translation_two_gloo_processes_match_one(tmp_path: Path) -> None:
     cfg_path = _config(tmp_path, "synthetic_mt", {
-        "synthetic": {"train_size": 300, "valid_size": 16, "test_size": 16},
+        "data": {"train_size": 300, "valid_size": 16, "test_size": 16},
         "model": {"dropout": 0.0}, "max_tokens": 512, "warmup_updates": 2, "valid_bleu_subset": 8,
         "beam": 2, "epochs": 1,
     }, optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9})

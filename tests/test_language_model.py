@@ -212,7 +212,7 @@ def test_variable_bptt_draws(tmp_path: Path) -> None:
 
 
 def test_training_steps_lower_the_loss_and_follow_the_schedule(tmp_path: Path) -> None:
-    task = make_task(tmp_path, ["task.epochs=6", "task.lr_decay_epochs=[5]", "task.bptt=20",
+    task = make_task(tmp_path, ["task.epochs=6", "task.lr_milestones=[5]", "task.bptt=20",
                                 "optimizer.lr=0.01"])
     before = task.split_loss("valid")
     lrs, rows = [], []
@@ -224,7 +224,7 @@ def test_training_steps_lower_the_loss_and_follow_the_schedule(tmp_path: Path) -
             rows.append(task.evaluate())
             lrs.append(task.optimizer.param_groups[0]["lr"])
     assert len(rows) == 6 and task.epoch == 6.0
-    assert lrs[:4] == [0.01] * 4 and lrs[4:] == [pytest.approx(0.001)] * 2  # divided after epoch 5
+    assert lrs[:4] == [0.01] * 4 and lrs[4:] == [pytest.approx(0.001)] * 2  # from 0-based epoch 5 (the 6th)
     assert rows[-1]["valid_loss"] < before - 0.3
     for row in rows:
         assert {"valid_ppl", "test_ppl", "valid_loss", "test_ppl_at_best_valid", "best_test_ppl"} <= set(row)

@@ -1,4 +1,4 @@
-"""The training entry point and the run-folder contract (DESIGN.md section 2), on the toy2d task."""
+"""The training entry point and the run-folder contract (README, "Single runs"), on the toy2d task."""
 
 from __future__ import annotations
 

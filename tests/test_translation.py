@@ -107,9 +107,9 @@ def test_missing_data_is_one_line_error(tmp_path: Path) -> None:
     from optrepro.data.translation import load_text
     from optrepro.errors import DataMissingError
 
-    cfg = OmegaConf.create({"dataset": "iwslt14", "data_dir": str(tmp_path / "none"),
-                            "raw": str(tmp_path / "x.tgz"),
-                            "src_lang": "de", "tgt_lang": "en", "bpe_merges": 10})
+    cfg = OmegaConf.create({"data": {"name": "iwslt14", "root": str(tmp_path / "none"),
+                                     "raw": str(tmp_path / "x.tgz"), "bpe_merges": 10},
+                            "src_lang": "de", "tgt_lang": "en"})
     with pytest.raises(DataMissingError) as info:
         load_text(cfg)
     assert "\n" not in str(info.value) and "python -m optrepro.data.iwslt14" in str(info.value)
@@ -323,7 +323,7 @@ def _task(overrides: dict | None = None, opt: dict | None = None, seed: int = 0)
     from optrepro.tasks.translation import TranslationTask
 
     t = composed_task("synthetic_mt")
-    t.synthetic.update({"train_size": 200, "valid_size": 20, "test_size": 20})
+    t.data.update({"train_size": 200, "valid_size": 20, "test_size": 20})
     t.update({"max_tokens": 256, "warmup_updates": 5, "epochs": 3, "average_last": 2, "valid_bleu_subset": 8,
               "model": {**t.model, "d_model": 32, "ffn_dim": 64}})
     for k, v in (overrides or {}).items():
@@ -477,7 +477,8 @@ def test_iwslt14_task_prepares_from_the_raw_archive(tmp_path: Path) -> None:
     from conftest import composed_task
 
     t = composed_task("iwslt14_transformer")
-    t.update({"data_dir": str(tmp_path / "prep"), "raw": str(raw), "bpe_merges": 30, "epochs": 1,
+    t.data.update({"root": str(tmp_path / "prep"), "raw": str(raw), "bpe_merges": 30})
+    t.update({"epochs": 1,
               "average_last": 1, "valid_bleu_subset": 2, "warmup_updates": 2, "max_tokens": 512,
               "model": {**t.model, "encoder_layers": 1, "decoder_layers": 1, "d_model": 32, "ffn_dim": 64}})
     cfg = OmegaConf.create({"optimizer": {"name": "adam", "lr": 1e-3}, "task": OmegaConf.to_container(t)})

@@ -46,7 +46,8 @@ def _task_cfg(path: Path) -> Path:
     from conftest import composed_task
 
     cfg = composed_task("digits_cnn")
-    cfg.update({"batch_size": 64, "epochs": 1, "train_subset": 256, "test_subset": 101})  # 101: uneven shards
+    cfg.update({"batch_size": 64, "epochs": 1})
+    cfg.data.update({"train_subset": 256, "test_subset": 101})  # 101: uneven shards
     OmegaConf.save(cfg, path)
     return path
 

@@ -91,8 +91,8 @@ def _overrides(root: Path, pipeline: str) -> list[str]:
         "task.data.num_workers=0",
         "task.epochs=2",
         "task.batch_size=4",
-        "task.train_subset=8",
-        "task.test_subset=4",
+        "task.data.train_subset=8",
+        "task.data.test_subset=4",
         "checkpoint.every_steps=3",
     ]  # checkpoints at 2 (epoch end), 3 (mid-epoch), 4
 

@@ -19,7 +19,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from optrepro.errors import UserError
 
-CONFIG_DIR = Path(os.environ.get("OPTREPRO_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+#: The config tree: the package's own configs/ (in a checkout a symlink to the top-level configs/, in an
+#: installed wheel a copy), or OPTREPRO_CONFIG_DIR.
+CONFIG_DIR = Path(os.environ.get("OPTREPRO_CONFIG_DIR", Path(__file__).resolve().parent / "configs"))
 GROUPS = ("task", "optimizer", "profile", "experiment")
 PRECISIONS = ("fp32", "bf16", "fp16")
 

@@ -24,8 +24,8 @@ from optrepro.config import (
     CONFIG_DIR,
     preflight,
     resolve_device,
-    resolve_precision,
     resolve_interpolations,
+    resolve_precision,
     validate_config,
 )
 from optrepro.distributed import env_rank as rank  # only rank 0 writes results

@@ -1,4 +1,4 @@
-"""Aggregate run folders into tables, figures and a report (DESIGN.md sections 2-4).
+"""Aggregate run folders into tables, figures and a report (README, "Analysis").
 
 ``load`` reads run folders into a runs table and a long curves table, ``stats`` holds the
 bootstrap intervals, ``tables`` the comparison / paper / ablation tables, ``figures`` the plots
