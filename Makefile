@@ -17,7 +17,7 @@ TABLE ?= all
 DRY_RUN ?=
 ARGS ?=
 
-.PHONY: help setup test test-all demo reproduce-table sweep-eps bench lint format wandb-sync clean
+.PHONY: help setup test test-all check-install demo reproduce-table sweep-eps bench lint format wandb-sync clean
 
 help:
 	@echo "make demo             the whole pipeline at CPU scale (no downloads), report in results/demo/"
@@ -25,6 +25,7 @@ help:
 	@echo "make reproduce-table  TABLE=<name> paper-scale sweep + analysis (GPU, downloads data)"
 	@echo "make sweep-eps        TASK=... OPTIMIZERS=... EPS=... SEEDS=... an eps sweep + its analysis"
 	@echo "make bench            optimizer and training-throughput benchmarks -> results/bench/"
+	@echo "make check-install    pip install . (not editable) into a scratch venv, train toy2d from elsewhere"
 	@echo "make lint             ruff"
 	@echo "make wandb-sync       upload offline wandb runs under results/"
 	@echo "make clean            remove caches (never results/)"
@@ -76,3 +77,6 @@ wandb-sync: setup
 clean:
 	rm -rf .pytest_cache .ruff_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+check-install: setup
+	$(BIN)/python -m pytest -q -m slow tests/test_install.py

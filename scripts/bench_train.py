@@ -71,8 +71,7 @@ def _cifar_task(args: argparse.Namespace, root: Path, pipeline: str, workers: in
     from optrepro.tasks.vision import ImageClassificationTask
 
     task_cfg = OmegaConf.load(REPO / "configs" / "task" / "cifar10_resnet18.yaml")
-    for key in ("recipe", "profiles"):
-        task_cfg.pop(key)
+    task_cfg.pop("defaults")  # the family marker: recipes and profiles are not used here
     task_cfg.name = "cifar10_bench"
     task_cfg.model.name = args.model
     task_cfg.batch_size = args.batch_size

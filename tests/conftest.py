@@ -52,6 +52,14 @@ def compose(overrides: Sequence[str] = ()) -> Any:
     return cfg, choices
 
 
+def composed_task(name: str, profile: str = "default") -> Any:
+    """``task=<name> profile=<profile>`` as Hydra composes it, interpolations resolved (a DictConfig)."""
+    from optrepro.config import resolve_interpolations
+
+    cfg, _ = compose([f"task={name}", f"profile={profile}"])
+    return resolve_interpolations(cfg).task
+
+
 def run_inprocess(overrides: Sequence[str], results_dir: Path) -> Any:
     """optrepro.train.run on a composed config: the job body without Hydra's process overhead."""
     from optrepro.train import run

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from conftest import compose
-from optrepro.config import resolve_config
+from optrepro.config import resolve_interpolations
 from optrepro.data.synthetic_det import make_synthetic_detections, shape_mask
 from optrepro.data.voc import VOC_CLASSES, VOCDetectionData, write_fake_voc
 from optrepro.errors import DataMissingError, UserError
@@ -250,7 +250,7 @@ def test_hflip_moves_boxes_with_the_image() -> None:
 def make_task(overrides: list[str], task: str = "synthetic_det", optimizer: str = "eadam") -> DetectionTask:
     ov = [f"task={task}", f"optimizer={optimizer}", "profile=smoke", *overrides]
     cfg, _ = compose(ov)
-    cfg = resolve_config(cfg, ov)
+    cfg = resolve_interpolations(cfg)
     seed_everything(0)
     built = build_task(cfg.task, RunContext(cfg=cfg, device=torch.device("cpu"), precision="fp32", seed=0))
     assert isinstance(built, DetectionTask)
@@ -268,14 +268,14 @@ def test_recipe_and_preset_are_eadams() -> None:
     for optimizer in ("adam", "radam", "adabelief", "eadam"):
         ov = ["experiment=eadam_table4", f"optimizer={optimizer}"]
         cfg, choices = compose(ov)
-        resolved = resolve_config(cfg, ov)
+        resolved = resolve_interpolations(cfg)
         assert choices["task"] == "voc_fasterrcnn" and resolved.task.name == "voc_fasterrcnn_fpn"
         o = resolved.optimizer
         assert (o.lr, o.weight_decay, o.eps) == (1e-4, 1e-4, 1e-8), optimizer
         if optimizer == "adabelief":
             assert not o.weight_decouple and not o.rectify
     t4 = resolved.task
-    assert (t4.batch_size, t4.epochs, list(t4.lr_decay_epochs), t4.model.min_size, t4.model.max_size) == (
+    assert (t4.batch_size, t4.epochs, list(t4.lr_milestones), t4.model.min_size, t4.model.max_size) == (
         2, 12, [9], 600, 1000)
     assert list(t4.data.train_sets) == ["2007-trainval", "2012-trainval"] and t4.data.test_set == "2007-test"
     from hydra import compose as hydra_compose
@@ -337,7 +337,7 @@ def test_resnet50_backbone_loads_a_weights_file(tmp_path: Path) -> None:
 def test_schedule_and_difficult_targets(tmp_path: Path) -> None:
     write_fake_voc(tmp_path / "voc", n_images=4)
     task = make_task([f"task.data.root={tmp_path / 'voc'}", "task.model.backbone=tiny", "task.model.min_size=96",
-                      "task.model.max_size=128", "task.epochs=3", "task.lr_decay_epochs=[2]",
+                      "task.model.max_size=128", "task.epochs=3", "task.lr_milestones=[2]",
                       "task.data.train_subset=null"], task="voc_fasterrcnn", optimizer="adam")
     assert len(task.train_data) == 8 and len(task.test_data) == 4  # 07 + 12 trainval; 07 test
     ann = task.train_data.annotation(0)

@@ -20,7 +20,6 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import run_folders, run_inprocess
-from optrepro.config import CONFIG_DIR
 
 # one worker for every kind: the loop's set-up (distributed.setup -> RunContext.dist), a few steps
 # (at most until the task is done), one evaluation, the parameters
@@ -51,13 +50,9 @@ WORKER = textwrap.dedent(
 
 def _config(tmp_path: Path, task: str, overrides: dict[str, Any],
             optimizer: dict[str, Any] | None = None) -> Path:
-    task_cfg = OmegaConf.load(CONFIG_DIR / "task" / f"{task}.yaml")
-    if "defaults" in task_cfg:  # textlm_lstm1 extends ptb_lstm1
-        base = OmegaConf.load(CONFIG_DIR / "task" / f"{task_cfg.defaults[0]}.yaml")
-        task_cfg = OmegaConf.merge(base, {k: v for k, v in task_cfg.items() if k != "defaults"})
-    for key in ("recipe", "profiles", "defaults"):
-        task_cfg.pop(key, None)
-    task_cfg = OmegaConf.merge(task_cfg, overrides)
+    from conftest import composed_task
+
+    task_cfg = OmegaConf.merge(composed_task(task), overrides)
     path = tmp_path / "run.yaml"
     OmegaConf.save(OmegaConf.create({"optimizer": optimizer or {"name": "adam", "lr": 1e-3}, "task": task_cfg}), path)
     return path
@@ -109,7 +104,7 @@ def test_language_model_two_gloo_processes_match_one(tmp_path: Path) -> None:
 @pytest.mark.slow  # three fresh Python processes (~15-40 s on the 2-core build machine)
 def test_translation_two_gloo_processes_match_one(tmp_path: Path) -> None:
     cfg_path = _config(tmp_path, "synthetic_mt", {
-        "synthetic": {"train_size": 300, "valid_size": 16, "test_size": 16},
+        "data": {"train_size": 300, "valid_size": 16, "test_size": 16},
         "model": {"dropout": 0.0}, "max_tokens": 512, "warmup_updates": 2, "valid_bleu_subset": 8,
         "beam": 2, "epochs": 1,
     }, optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9})

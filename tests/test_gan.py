@@ -126,14 +126,10 @@ def test_cifar_gan_smoke_run_on_fake_cifar(task: str, fake_root: Path, tmp_path:
 
 
 def _task(name: str, root: Path, extra: dict | None = None, seed: int = 0) -> GANTask:
-    cfg = OmegaConf.load(REPO / "configs" / "task" / f"{name}.yaml")
-    if "defaults" in cfg:
-        base = OmegaConf.load(REPO / "configs" / "task" / "cifar10_dcgan.yaml")
-        cfg = OmegaConf.merge(base, {k: v for k, v in cfg.items() if k != "defaults"})
-    cfg = OmegaConf.merge(cfg, cfg.profiles.smoke, {"data": {"root": str(root), "verify_checksums": False}},
+    from conftest import composed_task
+
+    cfg = OmegaConf.merge(composed_task(name, "smoke"), {"data": {"root": str(root), "verify_checksums": False}},
                           extra or {})
-    cfg.pop("recipe")
-    cfg.pop("profiles")
     full = OmegaConf.create({"task": cfg, "optimizer": {"name": "adam", "lr": 2e-4, "betas": [0.5, 0.999]}})
     seed_everything(seed)
     return GANTask(full.task, RunContext(cfg=full, device=torch.device("cpu"), precision="fp32", seed=seed))
@@ -229,7 +225,7 @@ def test_bad_gan_config_values_name_the_key(fake_root: Path, tmp_path: Path) -> 
 @pytest.mark.parametrize("experiment", ["adabelief_gan", "adabelief_sngan"])
 def test_experiment_presets_resolve_for_every_swept_optimizer(experiment: str) -> None:
     from conftest import compose
-    from optrepro.config import resolve_config
+    from optrepro.config import resolve_interpolations
     from optrepro.optim import build_optimizer
 
     preset = OmegaConf.load(REPO / "configs" / "experiment" / f"{experiment}.yaml")
@@ -240,7 +236,7 @@ def test_experiment_presets_resolve_for_every_swept_optimizer(experiment: str) -
         for opt in optimizers:
             overrides = [f"experiment={experiment}", f"task={task}", f"optimizer={opt}"]
             cfg, _ = compose(overrides)
-            cfg = resolve_config(cfg, overrides)
+            cfg = resolve_interpolations(cfg)
             assert cfg.task.name == task
             build_optimizer([torch.nn.Parameter(torch.zeros(2))], cfg.optimizer)
             assert cfg.optimizer.lr == 2e-4, (task, opt)

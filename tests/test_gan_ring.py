@@ -11,17 +11,16 @@ import scipy.linalg
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, metrics, run_folders, run_inprocess, summary
+from conftest import metrics, run_folders, run_inprocess, summary
 from optrepro.metrics.fid import frechet_distance
 from optrepro.tasks.base import RunContext, seed_everything
 from optrepro.tasks.ring_gan import RingGANTask, mode_metrics, ring_modes, ring_moments, sample_ring
 
 
 def _task(seed: int = 0, **overrides: object) -> RingGANTask:
-    cfg = OmegaConf.load(REPO / "configs" / "task" / "ring_gan.yaml")
-    cfg.pop("recipe")
-    cfg.pop("profiles")
-    cfg = OmegaConf.merge(cfg, overrides)
+    from conftest import composed_task
+
+    cfg = OmegaConf.merge(composed_task("ring_gan"), overrides)
     full = OmegaConf.create({"task": cfg, "optimizer": {"name": "adam", "lr": 1e-3, "betas": [0.5, 0.999]}})
     seed_everything(seed)
     return RingGANTask(full.task, RunContext(cfg=full, device=torch.device("cpu"), precision="fp32", seed=seed))

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import compose
-from optrepro.config import resolve_config
+from optrepro.config import resolve_interpolations
 from optrepro.data.ptb import download_ptb, load_ptb, write_fake_ptb
 from optrepro.data.textcorpus import (
     EOS,
@@ -182,7 +182,7 @@ def make_task(tmp_path: Path, overrides: list[str], optimizer: str = "adam") -> 
         write_fake_ptb(root, lines={"train": 300, "valid": 40, "test": 40}, vocab_size=40, seed=0)
     ov = ["task=ptb_lstm1", f"optimizer={optimizer}", "profile=smoke", f"task.data.root={root}", *overrides]
     cfg, _ = compose(ov)
-    cfg = resolve_config(cfg, ov)
+    cfg = resolve_interpolations(cfg)
     seed_everything(0)
     ctx = RunContext(cfg=cfg, device=torch.device("cpu"), precision="fp32", seed=0)
     task = build_task(cfg.task, ctx)
@@ -212,7 +212,7 @@ def test_variable_bptt_draws(tmp_path: Path) -> None:
 
 
 def test_training_steps_lower_the_loss_and_follow_the_schedule(tmp_path: Path) -> None:
-    task = make_task(tmp_path, ["task.epochs=6", "task.lr_decay_epochs=[5]", "task.bptt=20",
+    task = make_task(tmp_path, ["task.epochs=6", "task.lr_milestones=[5]", "task.bptt=20",
                                 "optimizer.lr=0.01"])
     before = task.split_loss("valid")
     lrs, rows = [], []
@@ -224,7 +224,7 @@ def test_training_steps_lower_the_loss_and_follow_the_schedule(tmp_path: Path) -
             rows.append(task.evaluate())
             lrs.append(task.optimizer.param_groups[0]["lr"])
     assert len(rows) == 6 and task.epoch == 6.0
-    assert lrs[:4] == [0.01] * 4 and lrs[4:] == [pytest.approx(0.001)] * 2  # divided after epoch 5
+    assert lrs[:4] == [0.01] * 4 and lrs[4:] == [pytest.approx(0.001)] * 2  # from 0-based epoch 5 (the 6th)
     assert rows[-1]["valid_loss"] < before - 0.3
     for row in rows:
         assert {"valid_ppl", "test_ppl", "valid_loss", "test_ppl_at_best_valid", "best_test_ppl"} <= set(row)
@@ -274,7 +274,7 @@ def textlm_smoke_task(tmp_path: Path) -> LanguageModelTask:
     ov = ["task=textlm_lstm1", "optimizer=adabelief", "profile=smoke", "task.epochs=2",
           f"task.data.root={tmp_path / 'pydoc'}"]
     cfg, _ = compose(ov)
-    cfg = resolve_config(cfg, ov)
+    cfg = resolve_interpolations(cfg)
     seed_everything(0)
     task = build_task(cfg.task, RunContext(cfg=cfg, device=torch.device("cpu"), precision="fp32", seed=0))
     assert isinstance(task, LanguageModelTask)

@@ -25,18 +25,19 @@ from optrepro.data.ptb import write_fake_ptb
 )
 def test_recipes_per_depth_and_cli_wins(task: str, optimizer: str, extra: list[str],
                                         expected: dict[str, float]) -> None:
-    from optrepro.config import resolve_config
+    from optrepro.config import resolve_interpolations
 
     overrides = [f"task={task}", f"optimizer={optimizer}", *extra]
     cfg, _ = compose(overrides)
-    resolved = resolve_config(cfg, overrides)
+    resolved = resolve_interpolations(cfg)
     assert {k: resolved.optimizer[k] for k in expected} == expected
 
 
 def test_eadam_table3_preset_is_the_paper_grid() -> None:
     cfg, choices = compose(["experiment=eadam_table3"])
     assert choices["task"] == "ptb_lstm1" and choices["optimizer"] == "adam"
-    assert cfg.task.recipe.eadam.eps == 1e-8
+    eadam, _ = compose(["experiment=eadam_table3", "optimizer=eadam"])
+    assert eadam.optimizer.eps == 1e-8 and eadam.optimizer.weight_decay == 1.2e-6
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra

@@ -1,4 +1,4 @@
-"""The training entry point and the run-folder contract (DESIGN.md section 2), on the toy2d task."""
+"""The training entry point and the run-folder contract (README, "Single runs"), on the toy2d task."""
 
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ def test_run_folder_contract(tmp_path: Path) -> None:
     assert s["best"]["value"] == min(r["loss"] for r in rows)
     env = json.loads((folder / "env.json").read_text())
     assert env["torch"] == torch.__version__ and "git_sha" in env and env["device"] == "cpu"
-    # the resolved config shows the recipe values actually used and no longer carries the tables
+    # the saved config shows the recipe values actually used; the family marker adds no key
     saved = OmegaConf.load(folder / "config.yaml")
-    assert "recipe" not in saved.task and "profiles" not in saved.task
+    assert "family" not in saved.task and "recipe_key" not in saved.optimizer
     assert saved.optimizer.lr == 0.01  # toy2d recipe for adaptive methods
     assert saved.task.steps == 100 and saved.task.name == "toy2d_l1"
     trajectory = (folder / "trajectory.csv").read_text().splitlines()

@@ -107,9 +107,9 @@ def test_missing_data_is_one_line_error(tmp_path: Path) -> None:
     from optrepro.data.translation import load_text
     from optrepro.errors import DataMissingError
 
-    cfg = OmegaConf.create({"dataset": "iwslt14", "data_dir": str(tmp_path / "none"),
-                            "raw": str(tmp_path / "x.tgz"),
-                            "src_lang": "de", "tgt_lang": "en", "bpe_merges": 10})
+    cfg = OmegaConf.create({"data": {"name": "iwslt14", "root": str(tmp_path / "none"),
+                                     "raw": str(tmp_path / "x.tgz"), "bpe_merges": 10},
+                            "src_lang": "de", "tgt_lang": "en"})
     with pytest.raises(DataMissingError) as info:
         load_text(cfg)
     assert "\n" not in str(info.value) and "python -m optrepro.data.iwslt14" in str(info.value)
@@ -318,13 +318,12 @@ def test_synthetic_data_follows_its_rule() -> None:
 
 # ------------------------------------------------------------------------------- the task
 def _task(overrides: dict | None = None, opt: dict | None = None, seed: int = 0):
+    from conftest import composed_task
     from optrepro.tasks.base import RunContext
     from optrepro.tasks.translation import TranslationTask
 
-    t = OmegaConf.load(REPO / "configs" / "task" / "synthetic_mt.yaml")
-    t.pop("recipe")
-    t.pop("profiles")
-    t.synthetic.update({"train_size": 200, "valid_size": 20, "test_size": 20})
+    t = composed_task("synthetic_mt")
+    t.data.update({"train_size": 200, "valid_size": 20, "test_size": 20})
     t.update({"max_tokens": 256, "warmup_updates": 5, "epochs": 3, "average_last": 2, "valid_bleu_subset": 8,
               "model": {**t.model, "d_model": 32, "ffn_dim": 64}})
     for k, v in (overrides or {}).items():
@@ -432,14 +431,14 @@ def test_smoke_run_through_the_training_loop(tmp_path: Path) -> None:
 
 def test_recipes_and_experiment_compose() -> None:
     from conftest import compose
-    from optrepro.config import resolve_config
+    from optrepro.config import resolve_interpolations
 
     cfg, _ = compose(["task=iwslt14_transformer", "optimizer=adabelief"])
-    cfg = resolve_config(cfg, ["task=iwslt14_transformer", "optimizer=adabelief"])
+    cfg = resolve_interpolations(cfg)
     assert cfg.optimizer.eps == 1e-16 and list(cfg.optimizer.betas) == [0.9, 0.999]
     assert cfg.optimizer.lr == 5e-4 and cfg.optimizer.weight_decay == 1e-4 and cfg.optimizer.weight_decouple
     cfg, _ = compose(["task=iwslt14_transformer", "optimizer=adam"])
-    cfg = resolve_config(cfg, ["task=iwslt14_transformer", "optimizer=adam"])
+    cfg = resolve_interpolations(cfg)
     assert list(cfg.optimizer.betas) == [0.9, 0.98] and cfg.optimizer.decoupled_weight_decay
     assert cfg.task.model.d_model == 512 and cfg.task.max_tokens == 4096 and cfg.task.warmup_updates == 4000
     from hydra import compose as hydra_compose
@@ -475,10 +474,11 @@ def test_iwslt14_task_prepares_from_the_raw_archive(tmp_path: Path) -> None:
 
     train, test = _fake_corpus()
     raw = iwslt14.write_fake_raw(tmp_path / "de-en.tgz", train, test)
-    t = OmegaConf.load(REPO / "configs" / "task" / "iwslt14_transformer.yaml")
-    t.pop("recipe")
-    t.pop("profiles")
-    t.update({"data_dir": str(tmp_path / "prep"), "raw": str(raw), "bpe_merges": 30, "epochs": 1,
+    from conftest import composed_task
+
+    t = composed_task("iwslt14_transformer")
+    t.data.update({"root": str(tmp_path / "prep"), "raw": str(raw), "bpe_merges": 30})
+    t.update({"epochs": 1,
               "average_last": 1, "valid_bleu_subset": 2, "warmup_updates": 2, "max_tokens": 512,
               "model": {**t.model, "encoder_layers": 1, "decoder_layers": 1, "d_model": 32, "ffn_dim": 64}})
     cfg = OmegaConf.create({"optimizer": {"name": "adam", "lr": 1e-3}, "task": OmegaConf.to_container(t)})

@@ -35,8 +35,8 @@ def smoke_overrides(task: str, root: Path) -> list[str]:
             "profile=smoke",
             f"task.data.root={root / 'imagenet'}",
             "task.batch_size=4",
-            "task.train_subset=8",
-            "task.test_subset=6",
+            "task.data.train_subset=8",
+            "task.data.test_subset=6",
         ]
     return [
         f"task={task}",
@@ -44,8 +44,8 @@ def smoke_overrides(task: str, root: Path) -> list[str]:
         f"task.data.root={root}",
         "task.data.verify_checksums=false",
         "task.batch_size=2",
-        "task.train_subset=4",
-        "task.test_subset=4",
+        "task.data.train_subset=4",
+        "task.data.test_subset=4",
     ]
 
 
@@ -64,7 +64,7 @@ def test_every_task_trains_on_fake_data_through_the_real_loaders(task: str, data
     if task == "imagenet_resnet18":
         assert "test_acc5" in rows[-1] and rows[-1]["test_acc5"] >= rows[-1]["test_acc"]
     saved = OmegaConf.load(folder / "config.yaml")
-    assert "recipe" not in saved.task and "profiles" not in saved.task
+    assert "family" not in saved.task and "recipe_key" not in saved.optimizer
     assert saved.optimizer.lr == (0.05 if task == "digits_cnn" else 0.1) and saved.optimizer.momentum == 0.9
 
 
@@ -72,7 +72,7 @@ def resolved(overrides: list[str]) -> dict:
     from optrepro.train import prepare_config
 
     cfg, choices = compose(overrides)
-    return OmegaConf.to_container(prepare_config(cfg, overrides, choices))  # type: ignore[return-value]
+    return OmegaConf.to_container(prepare_config(cfg))  # type: ignore[return-value]
 
 
 def test_recipe_task_defaults_per_optimizer() -> None:
@@ -113,7 +113,7 @@ def test_recipe_leaves_optimizer_defaults_and_cli_wins() -> None:
     assert (belief["eps"], belief["weight_decay"]) == (1e-16, 5e-4)
     # the smoke profile shrinks the task, the command line beats the profile
     task = resolved(["task=cifar10_resnet18", "profile=smoke", "task.epochs=3"])["task"]
-    assert (task["epochs"], task["batch_size"], task["train_subset"]) == (3, 32, 128)
+    assert (task["epochs"], task["batch_size"], task["data"]["train_subset"]) == (3, 32, 128)
     paper = resolved(["task=cifar100_densenet121"])["task"]
     assert (paper["epochs"], paper["batch_size"], paper["lr_milestones"], paper["lr_gamma"]) == (200, 128, [150], 0.1)
     assert (paper["name"], paper["num_classes"], paper["model"]["name"]) == ("cifar100_densenet121", 100, "densenet121")
@@ -157,8 +157,8 @@ def test_experiment_multirun_two_jobs(experiment: str, data_root: Path, tmp_path
         args = [
             f"task.data.root={data_root / 'imagenet'}",
             "task.batch_size=4",
-            "task.train_subset=4",
-            "task.test_subset=3",
+            "task.data.train_subset=4",
+            "task.data.test_subset=3",
         ]  # the grid's own two jobs: adabelief, sgd
     else:
         args = [
@@ -167,8 +167,8 @@ def test_experiment_multirun_two_jobs(experiment: str, data_root: Path, tmp_path
             f"task.data.root={data_root}",
             "task.data.verify_checksums=false",
             "task.batch_size=4",
-            "task.train_subset=4",
-            "task.test_subset=4",
+            "task.data.train_subset=4",
+            "task.data.test_subset=4",
         ]
     proc = cli(
         ["-m", f"experiment={experiment}", "profile=smoke", *args, f"results_dir={tmp_path}", "progress=false"],

@@ -43,12 +43,11 @@ WORKER = textwrap.dedent(
 def _task_cfg(path: Path) -> Path:
     from omegaconf import OmegaConf
 
-    from optrepro.config import CONFIG_DIR
+    from conftest import composed_task
 
-    cfg = OmegaConf.load(CONFIG_DIR / "task" / "digits_cnn.yaml")
-    for key in ("recipe", "profiles"):
-        cfg.pop(key)
-    cfg.update({"batch_size": 64, "epochs": 1, "train_subset": 256, "test_subset": 101})  # 101: uneven shards
+    cfg = composed_task("digits_cnn")
+    cfg.update({"batch_size": 64, "epochs": 1})
+    cfg.data.update({"train_subset": 256, "test_subset": 101})  # 101: uneven shards
     OmegaConf.save(cfg, path)
     return path
 

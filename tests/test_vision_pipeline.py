@@ -91,8 +91,8 @@ def _overrides(root: Path, pipeline: str) -> list[str]:
         "task.data.num_workers=0",
         "task.epochs=2",
         "task.batch_size=4",
-        "task.train_subset=8",
-        "task.test_subset=4",
+        "task.data.train_subset=8",
+        "task.data.test_subset=4",
         "checkpoint.every_steps=3",
     ]  # checkpoints at 2 (epoch end), 3 (mid-epoch), 4
 
@@ -132,13 +132,11 @@ def test_resume_mid_epoch_is_exact(
 def test_dataloader_batches_do_not_depend_on_worker_count(fake_root: Path) -> None:
     from omegaconf import OmegaConf
 
-    from optrepro.config import CONFIG_DIR
+    from conftest import composed_task
     from optrepro.tasks.base import RunContext, seed_everything
 
     def batches(workers: int) -> list[torch.Tensor]:
-        task_cfg = OmegaConf.load(CONFIG_DIR / "task" / "cifar10_resnet18.yaml")
-        for key in ("recipe", "profiles"):
-            task_cfg.pop(key)
+        task_cfg = composed_task("cifar10_resnet18")
         task_cfg.data.update(
             {"root": str(fake_root), "verify_checksums": False, "pipeline": "dataloader", "num_workers": workers}
         )

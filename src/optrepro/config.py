@@ -1,14 +1,9 @@
-"""From composed Hydra config to the resolved config a run records, and one-line config errors.
+"""The composed Hydra config is the config that runs; this module checks it and words its errors.
 
-Precedence, lowest first (each layer only touches what the ones above it did not set):
-
-1. ``configs/optimizer/<name>.yaml``            the reference's own defaults
-2. ``task.recipe[key]`` for key in ``optimizer.recipe_keys``   the paper's per-optimizer settings
-3. ``task.profiles[profile.name]``              e.g. ``smoke`` shrinks epochs and data
-4. command-line overrides                       always win
-
-After resolution ``task.recipe`` and ``task.profiles`` are dropped: ``config.yaml`` shows the
-values actually used, and editing an unrelated recipe entry does not change a run's identity.
+Recipes, profiles and experiments are ordinary Hydra configs (configs/train.yaml's defaults list says
+the order: optimizer < recipe < profile < experiment < command line). Nothing here rewrites the
+composed config: :func:`resolve_interpolations` only resolves its interpolations, so ``--cfg job --resolve``,
+the run's ``config.yaml`` and its hash agree.
 """
 
 from __future__ import annotations
@@ -20,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from optrepro.errors import UserError
 
-CONFIG_DIR = Path(os.environ.get("OPTREPRO_CONFIG_DIR", Path(__file__).resolve().parents[2] / "configs"))
+#: The config tree: the package's own configs/ (in a checkout a symlink to the top-level configs/, in an
+#: installed wheel a copy), or OPTREPRO_CONFIG_DIR.
+CONFIG_DIR = Path(os.environ.get("OPTREPRO_CONFIG_DIR", Path(__file__).resolve().parent / "configs"))
 GROUPS = ("task", "optimizer", "profile", "experiment")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -44,11 +41,6 @@ def parse_overrides(overrides: Sequence[str]) -> list[Any]:
         return OverridesParser.create().parse_overrides(list(overrides))
     except Exception as exc:  # hydra's OverrideParseException is multi-line
         raise UserError(f"cannot parse the command line: {_first_line(exc)}") from None
-
-
-def overridden_keys(overrides: Sequence[str]) -> set[str]:
-    """Dotted keys set on the command line (``optimizer.eps=1e-16`` -> ``optimizer.eps``)."""
-    return {o.key_or_group for o in parse_overrides(overrides) if not o.key_or_group.startswith("hydra")}
 
 
 def expand_for_checking(overrides: Sequence[str]) -> list[list[str]]:
@@ -97,40 +89,12 @@ def check_group_choices(overrides: Sequence[str]) -> None:
 
 
 # ------------------------------------------------------------------------------ resolution
-def _set_unless_overridden(node: DictConfig, prefix: str, patch: Any, cli_keys: set[str]) -> None:
-    """Merge ``patch`` into ``node`` key by key, skipping keys the command line set."""
-    for key, value in patch.items():
-        dotted = f"{prefix}.{key}"
-        if dotted in cli_keys:
-            continue
-        if isinstance(value, DictConfig) and isinstance(node.get(key), DictConfig):
-            _set_unless_overridden(node[key], dotted, value, cli_keys)
-        else:
-            with open_dict(node):
-                node[key] = value
-
-
-def resolve_config(cfg: DictConfig, cli_overrides: Sequence[str]) -> DictConfig:
-    """Apply recipe and profile layers (module docstring) and return a new, resolved config."""
+def resolve_interpolations(cfg: DictConfig) -> DictConfig:
+    """The composed config with its interpolations resolved (``${.data.name}``, ``${oc.env:...}``)."""
     try:
-        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     except Exception as exc:  # noqa: BLE001 - omegaconf's interpolation errors are multi-line
         raise UserError(f"cannot resolve the config: {_first_line(exc)}") from None
-    cli_keys = overridden_keys(cli_overrides)
-    task, optimizer = cfg.task, cfg.optimizer
-    recipes = task.get("recipe") or {}
-    for key in optimizer.get("recipe_keys") or []:
-        patch = recipes.get(key)
-        if patch:
-            _set_unless_overridden(optimizer, "optimizer", patch, cli_keys)
-    profile_name = cfg.profile.name if "profile" in cfg else "default"
-    patch = (task.get("profiles") or {}).get(profile_name)
-    if patch:
-        _set_unless_overridden(task, "task", patch, cli_keys)
-    with open_dict(task):
-        task.pop("recipe", None)
-        task.pop("profiles", None)
-    return cfg
 
 
 # ------------------------------------------------------------------------------ validation
@@ -147,14 +111,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` is bf16 autocast on a GPU that supports it, fp32 elsewhere."""
+    """Check the precision and set the matching float32 matmul policy on GPUs.
+
+    fp32 turns TF32 off (cuBLAS matmuls and cuDNN convolutions) so a GPU computes in IEEE fp32, as the
+    reference runs did (their GPUs and PyTorch versions had no TF32). bf16 and fp16 are autocast
+    speed options, chosen explicitly; under them float32 ops left outside autocast may use TF32.
+    """
     if name not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got '{name}'")
-    if name != "auto":
-        return name
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return "bf16"
-    return "fp32"
+    if device.type == "cuda":
+        tf32 = name != "fp32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    return name
 
 
 def validate_config(cfg: DictConfig) -> None:
@@ -283,7 +252,7 @@ def preflight(argv: Iterable[str]) -> None:
                     raise
                 except Exception as exc:  # noqa: BLE001 - any compose error is a config error
                     raise UserError(_compose_message(exc)) from None
-                validate_config(resolve_config(cfg, combo))
+                validate_config(resolve_interpolations(cfg))
     finally:
         GlobalHydra.instance().clear()
 

@@ -21,3 +21,16 @@ def require_positive_int(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise UserError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_lr_milestones(milestones: Any, minimum: int = 0) -> None:
+    """``task.lr_milestones``: 0-based epochs from which lr is multiplied by ``task.lr_gamma``.
+
+    The one step-decay schedule of every task that decays (MultiStepLR's convention). A reference that
+    decays after 1-based epoch N (awd-lstm-lm's ``--when N``, mmdetection's ``step=[N]``) has milestone N:
+    the first epoch at the new lr is 0-based index N. Tasks that decay at an epoch's end take ``minimum=1``.
+    """
+    values = list(milestones or [])
+    if not all(isinstance(e, int) and not isinstance(e, bool) and e >= minimum for e in values):
+        raise UserError(f"task.lr_milestones must be a list of epoch numbers >= {minimum} (0-based epochs from "
+                        f"which lr is multiplied by lr_gamma), got {values!r}")

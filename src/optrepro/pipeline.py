@@ -44,19 +44,19 @@ def matched_outside_eps(task: str, eps_values: Sequence[float] = ()) -> str:
     """The outside ε equal to each inside ε's floor √(ε/(1−β2)) (optim.describe's effective_floor), as a sweep
     value list: the runs the analysis pairs with the inside corners for "placement at a matched floor".
 
-    β2 (and ε when ``eps_values`` is empty) come from the task's resolved ``ablation_eadam`` config, since a
+    β2 (and ε when ``eps_values`` is empty) come from the task's composed ``ablation_eadam`` config, since a
     task's recipe may set them (the Transformer recipes use β2 = 0.98: floor √(1e-8/0.02) = 7.1e-4).
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from optrepro.config import CONFIG_DIR, resolve_config
+    from optrepro.config import CONFIG_DIR
 
     overrides = [f"task={task}", "optimizer=ablation_eadam"]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            opt = resolve_config(compose(config_name="train", overrides=overrides), overrides).optimizer
+            opt = compose(config_name="train", overrides=overrides).optimizer
     finally:
         GlobalHydra.instance().clear()
     beta2 = float(opt.betas[1])
@@ -89,7 +89,7 @@ def measure_step_seconds(task: str, steps: int = 10, warmup: int = 3) -> tuple[f
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from optrepro.config import CONFIG_DIR, resolve_config, resolve_device, resolve_precision
+    from optrepro.config import CONFIG_DIR, resolve_device, resolve_interpolations
     from optrepro.errors import UserError
     from optrepro.tasks import RunContext, build_task
     from optrepro.tasks.base import time_steps
@@ -98,12 +98,12 @@ def measure_step_seconds(task: str, steps: int = 10, warmup: int = 3) -> tuple[f
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = resolve_config(compose(config_name="train", overrides=overrides), overrides)
+            cfg = resolve_interpolations(compose(config_name="train", overrides=overrides))
     finally:
         GlobalHydra.instance().clear()
     device = resolve_device("auto")
     try:
-        task_obj = build_task(cfg.task, RunContext(cfg, device, resolve_precision("auto", device), 0))
+        task_obj = build_task(cfg.task, RunContext(cfg, device, str(cfg.precision), 0))
     except UserError as exc:
         return str(exc)
     seconds, _ = time_steps(task_obj.train_step, steps, warmup, device)

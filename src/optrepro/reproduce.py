@@ -25,7 +25,7 @@ TABLES: dict[str, list[str]] = {
     "adabelief_sngan": ["adabelief_sngan"],
     "adabelief_transformer": ["adabelief_transformer"],
 }
-#: the 2x2 of DESIGN.md section 3 on every paper task
+#: the 2x2 ablation (README, "Optimizers") on every paper task
 ABLATION_TASKS = ("cifar10_resnet34", "cifar100_resnet34", "cifar10_vgg11", "cifar10_densenet121",
                   "ptb_lstm1", "ptb_lstm2", "ptb_lstm3", "cifar10_wgangp", "cifar10_sngan",
                   "iwslt14_transformer", "voc_fasterrcnn", "imagenet_resnet18")

@@ -1,6 +1,6 @@
 """The run store: one folder per resolved config, written so that no result is ever lost or corrupted.
 
-Layout of a run folder (DESIGN.md section 2)::
+Layout of a run folder (README, "Single runs")::
 
     <results_dir>/<task>_<optimizer>_s<seed>_<hash>/
         config.yaml     fully resolved config (written first)
@@ -42,10 +42,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from optrepro.errors import UserError
+from optrepro.identity import NON_IDENTITY_KEYS, config_hash, identity_config  # noqa: F401 - re-exported
 from optrepro.status import SUMMARY_STATUSES
-
-#: Top-level keys that do not change what a run computes, so they do not enter its identity.
-NON_IDENTITY_KEYS = ("results_dir", "wandb", "checkpoint", "device", "progress", "hydra", "sweep")
 
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -148,26 +146,7 @@ def _json_default(obj: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- identity
-#: Task data keys that change how fast data arrives, not what a run computes.
-NON_IDENTITY_DATA_KEYS = ("num_workers", "download")
-
-
-def identity_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """The part of a resolved config that defines what a run computes."""
-    container = cfg if isinstance(cfg, dict) else OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(container, dict)
-    identity = {k: v for k, v in container.items() if k not in NON_IDENTITY_KEYS}
-    data = (identity.get("task") or {}).get("data")
-    if isinstance(data, dict):
-        identity["task"] = {**identity["task"],
-                            "data": {k: v for k, v in data.items() if k not in NON_IDENTITY_DATA_KEYS}}
-    return identity
-
-
-def config_hash(cfg: DictConfig | Mapping[str, Any], length: int = 10) -> str:
-    """Content hash of the identity config: same numbers in, same folder out."""
-    canonical = json.dumps(identity_config(cfg), sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:length]
+# identity_config / config_hash: optrepro.identity, the one definition (also used by the analysis)
 
 
 def optimizer_label(cfg: DictConfig) -> str:

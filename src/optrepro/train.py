@@ -1,6 +1,6 @@
 """Training entry point: ``python -m optrepro.train task=<task> optimizer=<opt> seed=<n> [profile=smoke]``.
 
-compose (Hydra) -> resolve recipe/profile layers -> validate -> run folder -> train loop -> summary.
+compose (Hydra: recipes, profiles and experiments are configs) -> validate -> run folder -> train loop -> summary.
 The loop below is the whole of training; tasks only supply steps and evaluations.
 """
 
@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from optrepro import distributed
 from optrepro.config import (
     CONFIG_DIR,
     preflight,
-    resolve_config,
     resolve_device,
+    resolve_interpolations,
     resolve_precision,
     validate_config,
 )
@@ -63,16 +63,18 @@ def say(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- one run
-def run(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str] | None = None) -> Outcome:
-    """Resolve, validate and train one config; never raises for a single job's failure.
+def run(cfg: DictConfig, cli_overrides: list[str] | None = None, choices: dict[str, str] | None = None) -> Outcome:
+    """Validate and train one composed config; never raises for a single job's failure.
 
     Folders this call creates are removed again if it ends without writing into them, so an error
     leaves nothing on disk. Ctrl-C (KeyboardInterrupt) is passed on: ``main`` says how to resume.
+    ``cli_overrides`` and ``choices`` are not needed any more (the composed config is complete; the
+    optimizer yaml records its own ``config_name``); accepted so existing callers keep working.
     """
     writer = rank() == 0
     created: list[Path] = []
     try:
-        cfg = prepare_config(cfg, cli_overrides, choices or {})
+        cfg = prepare_config(cfg)
         if writer:
             created = check_writable(Path(cfg.results_dir))
     except UserError as exc:
@@ -106,12 +108,9 @@ def run(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str] | Non
             remove_empty_dirs([run_dir.path, *created])
 
 
-def prepare_config(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str]) -> DictConfig:
-    """Record which optimizer config was chosen, apply the layers, and validate."""
-    with open_dict(cfg):
-        if "optimizer" in choices:
-            cfg.optimizer.config_name = choices["optimizer"]
-    cfg = resolve_config(cfg, cli_overrides)
+def prepare_config(cfg: DictConfig) -> DictConfig:
+    """The composed config with interpolations resolved, validated; nothing else changes."""
+    cfg = resolve_interpolations(cfg)
     validate_config(cfg)
     return cfg
 
@@ -416,7 +415,7 @@ def run_isolated(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, s
     why = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
     where = None
     with contextlib.suppress(Exception):  # name the run folder if the config still resolves
-        resolved = prepare_config(cfg, cli_overrides, choices)
+        resolved = prepare_config(cfg)
         where = str(Path(resolved.results_dir) / run_name(resolved))
     reason = f"process {why} (out of memory?); a relaunch resumes it from its last checkpoint"
     say(f"{Path(where).name if where else 'job'}: failed ({reason})")

@@ -1,4 +1,4 @@
-"""Aggregate run folders into tables, figures and a report (DESIGN.md sections 2-4).
+"""Aggregate run folders into tables, figures and a report (README, "Analysis").
 
 ``load`` reads run folders into a runs table and a long curves table, ``stats`` holds the
 Student-t intervals, tests, Holm and detectable effects, ``tables`` the comparison / paper / ablation

@@ -114,7 +114,7 @@ def eps_sensitivity(data: RunsData, out_dir: Path, value_kind: str = "final") ->
 
 def ablation_floor(data: RunsData, out_dir: Path, value_kind: str = "final") -> dict[str, Path]:
     """The four ablation corners against the effective floor: coinciding placements mean only the
-    floor's size matters (DESIGN.md section 3)."""
+    floor's size matters (README, "Optimizers": the 2x2 ablation)."""
     paths: dict[str, Path] = {}
     abl = ablation_runs(data.runs)
     for task, frame in abl.groupby("task", sort=True):

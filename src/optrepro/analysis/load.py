@@ -1,11 +1,11 @@
 """Run folders -> a runs table (one row per run) and a long curves table (one row per logged value).
 
 A folder is a run when it holds ``config.yaml`` or ``summary.json``; it counts only when
-``summary.json`` exists and parses (DESIGN.md section 2: the run is complete only then). Folders
+``summary.json`` exists and parses (the run store's rule: the run is complete only then). Folders
 without it are listed in ``RunsData.incomplete`` and never enter a statistic; so are damaged ones
 (an unreadable or non-UTF-8 file, a garbled metrics row, a metrics.jsonl that no longer matches the
-digest its summary.json recorded, a symlink, a folder outside ``runs_dir``), with the reason in
-``state``. One bad folder never stops the analysis of the others.
+digest its summary.json recorded, a symlink, a folder outside ``runs_dir``) and folders of an older
+config layout, with the reason in ``state``. One bad folder never stops the analysis of the others.
 
 Runs are grouped into *settings*: within one task, runs of the same optimizer config whose
 hyperparameters differ (an eps sweep, another lr, another profile) are different rows of every
@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from optrepro.errors import UserError
+from optrepro.identity import CONFIG_LAYOUT, identity_config
 from optrepro.status import RunStatus
 
 try:
@@ -35,14 +37,12 @@ except ImportError:  # pragma: no cover - libyaml missing
     from yaml import SafeLoader as _Loader  # type: ignore[assignment]
 
 #: Optimizer config keys that name the config rather than set a hyperparameter.
-_OPT_SKIP = ("name", "config_name", "recipe_keys")
+_OPT_SKIP = ("name", "config_name")
 #: Task config keys that name the task.
 _TASK_SKIP = ("name", "kind")
-#: Top-level config keys that do not change what a run computes (mirrors runs.NON_IDENTITY_KEYS).
-_TOP_SKIP = ("task", "optimizer", "seed", "results_dir", "wandb", "checkpoint", "device", "progress", "hydra")
-
-#: Config leaves that locate data or tune loading without changing what is computed.
-_LOCATION_LEAVES = ("root", "data_root", "data_dir", "dir", "path", "num_workers", "download", "cache_dir")
+#: Top-level keys flattened on their own (``opt.*``, ``task.*``) or not a setting (the seed). What does not
+#: change what a run computes is dropped first, by the run identity (optrepro.identity).
+_TOP_SKIP = ("task", "optimizer", "seed", "config_layout")
 
 RUN_COLUMNS = [
     "run",
@@ -286,11 +286,11 @@ def _flatten(prefix: str, node: dict[str, Any], skip: tuple[str, ...] = ()) -> d
 def settings_of(cfg: dict[str, Any]) -> dict[str, Any]:
     """The hyperparameters of a run that can distinguish settings: ``opt.*``, ``task.*``, ``cfg.*``.
 
-    Leaves that only say where data lives or how it is loaded (``root``, ``num_workers``, ...) are
-    left out, so the same config run on two machines stays one setting.
+    Taken from the run's identity config (optrepro.identity, the definition the run hash uses):
+    where data lives or how it is loaded (``root``, ``num_workers``, ...) is left out, so the same
+    config run on two machines stays one setting, and anything that changes the hash separates settings.
     """
-    out = _settings_tree(cfg)
-    return {k: v for k, v in out.items() if k.rsplit(".", 1)[-1] not in _LOCATION_LEAVES}
+    return _settings_tree(identity_config(cfg))
 
 
 def _settings_tree(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -418,6 +418,15 @@ def _setting_labels(runs: pd.DataFrame, varying: dict[str, list[str]]) -> pd.Ser
 
 
 # ------------------------------------------------------------------------------------- entry
+def _check_layout(folder: Path, cfg: dict[str, Any]) -> None:
+    """Refuse run folders of another config layout: their keys and hashes mean other things."""
+    if cfg and cfg.get("config_layout") != CONFIG_LAYOUT:
+        raise UserError(
+            f"run folder {folder} was written with config layout {cfg.get('config_layout', 1)}, this code reads "
+            f"layout {CONFIG_LAYOUT} (other keys and run hashes); rerun it or move it out of the runs folder"
+        )
+
+
 def load_runs(runs_dir: Path | str) -> RunsData:
     """Read every run folder under ``runs_dir`` (recursively)."""
     runs_dir = Path(runs_dir)
@@ -429,6 +438,7 @@ def load_runs(runs_dir: Path | str) -> RunsData:
     for folder in find_run_dirs(runs_dir):
         try:
             cfg, summary, metrics = _check_run(folder, runs_dir)
+            _check_layout(folder, cfg)
             if summary is None:
                 incomplete.append(_incomplete_row(folder, runs_dir, cfg))
                 continue
@@ -436,6 +446,9 @@ def load_runs(runs_dir: Path | str) -> RunsData:
             row = _run_row(folder, runs_dir, cfg, summary, env)
             curve = _curve_frame(row, metrics) if metrics else None
             setting = settings_of(cfg)
+        except UserError as exc:  # another config layout: never mixed with these runs
+            incomplete.append(_incomplete_row(folder, runs_dir, {}, f"refused: {exc}"))
+            continue
         except Exception as exc:  # noqa: BLE001 - one bad folder is listed, never fatal to the analysis
             reason = str(exc) if isinstance(exc, DamagedRunError) else f"unreadable ({type(exc).__name__}: {exc})"
             incomplete.append(_incomplete_row(folder, runs_dir, _read_yaml(folder / "config.yaml"),

@@ -33,7 +33,7 @@ from optrepro.status import RunStatus
 DASH = "—"
 VALUE_KINDS = ("final", "best")
 
-#: (second_moment, eps_placement) -> corner key of the 2x2 ablation (DESIGN.md section 3)
+#: (second_moment, eps_placement) -> corner key of the 2x2 ablation (README, "Optimizers": the 2x2 ablation)
 CORNERS: dict[tuple[str, str], str] = {
     ("grad_sq", "outside"): "adam",
     ("grad_sq", "inside"): "eadam",

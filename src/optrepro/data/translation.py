@@ -130,23 +130,24 @@ class Split:
 
 def load_text(cfg: DictConfig) -> dict[str, tuple[list[str], list[str]]]:
     """{split: (source lines, target lines)} for the configured dataset."""
-    if cfg.dataset == "synthetic":
+    data = cfg.data
+    if data.name == "synthetic":
         from optrepro.data.synthetic_mt import make_splits
 
-        syn = cfg.synthetic
+        syn = data
         return make_splits(int(syn.train_size), int(syn.valid_size), int(syn.test_size), int(syn.seed))
     from optrepro.data import iwslt14
 
-    folder = Path(str(cfg.data_dir))
+    folder = Path(str(data.root))
     src, tgt = str(cfg.src_lang), str(cfg.tgt_lang)
     if not iwslt14.is_prepared(folder, src, tgt):
-        raw = Path(str(cfg.raw)) if cfg.get("raw") else None
+        raw = Path(str(data.raw)) if data.get("raw") else None
         if raw is None or not raw.exists():
             raise DataMissingError(
-                f"IWSLT14 not found: {folder} has no {{train,valid,test}}.{{{src},{tgt}}} and task.raw={raw} "
-                f"does not exist; download de-en.tgz ({iwslt14.URL.split()[0]}) to task.raw, or run "
+                f"IWSLT14 not found: {folder} has no {{train,valid,test}}.{{{src},{tgt}}} and task.data.raw={raw} "
+                f"does not exist; download de-en.tgz ({iwslt14.URL.split()[0]}) to task.data.raw, or run "
                 f"`python -m optrepro.data.iwslt14 --raw de-en.tgz --out {folder}`")
-        iwslt14.prepare(raw, folder, merges=int(cfg.bpe_merges), workers=int(cfg.get("prepare_workers", 1)))
+        iwslt14.prepare(raw, folder, merges=int(data.bpe_merges), workers=int(data.get("prepare_workers", 1)))
     return {split: iwslt14.load_prepared(folder, split, src, tgt) for split in ("train", "valid", "test")}
 
 

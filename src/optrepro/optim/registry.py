@@ -1,8 +1,8 @@
 """Config -> optimizer: the registry, ``build_optimizer`` and ``describe``.
 
 A config is one ``configs/optimizer/*.yaml`` after overrides: ``name`` (a REGISTRY key), constructor
-keyword arguments at the top level, and keys the builder ignores (``name``, ``recipe_keys``,
-``config_name`` -- which train.py adds --, anything starting with ``_``). Any other key must be a
+keyword arguments at the top level, and keys the builder ignores (``name``,
+``config_name``, anything starting with ``_``). Any other key must be a
 constructor argument: a typo is an error naming the key, not a silently ignored setting.
 """
 
@@ -36,7 +36,7 @@ REGISTRY: dict[str, type[torch.optim.Optimizer]] = {
     "ablation": AdamFamily,
 }
 
-IGNORED_KEYS = ("name", "recipe_keys", "config_name")
+IGNORED_KEYS = ("name", "config_name")
 ADAM_FAMILY = ("adam", "adamw", "radam", "eadam", "adabelief", "ablation")
 
 

@@ -56,7 +56,7 @@ class RunContext:
         return build_optimizer(params, self.cfg.optimizer)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        """Mixed precision for forward passes when the config asks for it (bf16 on GPU by default)."""
+        """Mixed precision for forward passes when the config asks for it (``precision=bf16|fp16``; fp32 by default)."""
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16

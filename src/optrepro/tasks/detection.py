@@ -4,8 +4,8 @@ CPU-sized synthetic demo.
 EAdam ran mmdetection 2.x's ``faster_rcnn_r50_fpn_1x_voc0712`` with each optimizer at lr 1e-4,
 weight decay 1e-4 (coupled, to all parameters), eps 1e-8, the VOC0712 set repeated 3x for 4
 "epochs" with the lr x0.1 after the 3rd, i.e. 12 passes with the decay after the 9th, no warmup.
-Here one epoch is one pass over the training images; ``lr_decay_epochs`` multiplies every group's
-lr by ``lr_decay`` when that many epochs are done (inside the step that finishes it).
+Here one epoch is one pass over the training images; every group's lr is multiplied by ``lr_gamma``
+from each 0-based epoch in ``lr_milestones`` on (inside the step that finishes the epoch before it).
 
 One ``train_step`` is one batch of ``batch_size`` images: images are decoded, flipped
 horizontally with probability ``flip_prob`` (boxes too) and handed with their boxes to the model,
@@ -21,8 +21,8 @@ reports VOC mAP@0.5 in percent: ``map50`` (area / all-point, VOC2010+) and ``map
 VOC2007 11-point metric, which mmdetection reports for VOC2007 test and so most likely EAdam's
 Table 4); ``task.metric`` picks the primary one. Difficult boxes: see :mod:`optrepro.data.voc`.
 
-Runs in fp32 unless ``task.amp=true``: under bf16 autocast torchvision decodes boxes in bf16
-(about 4 px resolution at 1000 px), which costs mAP.
+Runs in fp32 unless ``precision=bf16`` (the one precision switch of every task): under bf16
+autocast torchvision decodes boxes in bf16 (about 4 px resolution at 1000 px), which costs mAP.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from optrepro.errors import UserError, require_positive_int
+from optrepro.errors import UserError, check_lr_milestones, require_positive_int
 from optrepro.metrics.map import voc_map
 from optrepro.models.detection import BACKBONES, build_detector, check_backbone_weights
 from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed
@@ -49,7 +49,7 @@ class DetectionData:
 
     def __init__(self, cfg: DictConfig, train: bool) -> None:
         data = cfg.data
-        self.source = str(data.source)
+        self.source = str(data.name)
         self.train_difficult = bool(data.get("train_difficult", False))
         if self.source == "voc":
             from optrepro.data.voc import VOC_CLASSES, VOCDetectionData
@@ -112,9 +112,9 @@ class DetectionTask(Task):
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
         data = cfg.get("data")
-        source = None if data is None else data.get("source")
+        source = None if data is None else data.get("name")
         if source not in SOURCES:
-            raise UserError(f"task.data.source must be one of {', '.join(SOURCES)}, got {source!r}")
+            raise UserError(f"task.data.name must be one of {', '.join(SOURCES)}, got {source!r}")
         if source == "voc":
             from optrepro.data.voc import parse_split
 
@@ -151,9 +151,7 @@ class DetectionTask(Task):
         flip = cfg.get("flip_prob", 0.5)
         if not isinstance(flip, (int, float)) or not 0.0 <= float(flip) <= 1.0:
             raise UserError(f"task.flip_prob must be in [0, 1], got {flip!r}")
-        epochs = cfg.get("lr_decay_epochs") or []
-        if not all(isinstance(e, int) and e > 0 for e in epochs):
-            raise UserError(f"task.lr_decay_epochs must be a list of positive epoch numbers, got {list(epochs)!r}")
+        check_lr_milestones(cfg.get("lr_milestones"), minimum=1)
         check_backbone_weights(model)  # one-line DataMissingError naming the file
 
     # ------------------------------------------------------------------------ setup
@@ -174,9 +172,8 @@ class DetectionTask(Task):
         self.flip_prob = float(cfg.get("flip_prob", 0.5))
         self.epochs = int(cfg.epochs)
         self.eval_every = int(cfg.eval_every_epochs)
-        self.decay_epochs = {int(e) for e in (cfg.get("lr_decay_epochs") or [])}
-        self.lr_decay = float(cfg.get("lr_decay", 0.1))
-        self.amp = bool(cfg.get("amp", False))
+        self.milestones = {int(e) for e in (cfg.get("lr_milestones") or [])}
+        self.lr_gamma = float(cfg.get("lr_gamma", 0.1))
         self._epoch_ended = False
         self.last_per_class: dict[str, float] = {}
 
@@ -201,7 +198,7 @@ class DetectionTask(Task):
         return images, targets
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        return self.ctx.autocast() if self.amp else contextlib.nullcontext()
+        return self.ctx.autocast()
 
     def train_step(self) -> dict[str, Any]:
         self._epoch_ended = False
@@ -217,9 +214,9 @@ class DetectionTask(Task):
         self.step += 1
         if self.order.epoch_finished:
             done = self.order.epoch + 1
-            if done in self.decay_epochs:
+            if done in self.milestones:  # epoch index `done` (0-based) onwards runs decayed
                 for group in self.optimizer.param_groups:
-                    group["lr"] = group["lr"] * self.lr_decay
+                    group["lr"] = group["lr"] * self.lr_gamma
             self._epoch_ended = True
         return {"loss": loss.detach(), **{k: v.detach() for k, v in losses.items()}}
 

@@ -193,8 +193,9 @@ class GANTask(AdversarialTask):
         if cfg.get("arch") not in ARCHS:
             raise UserError(f"task.arch must be one of {', '.join(ARCHS)}, got {cfg.get('arch')!r}")
         validate_adversarial_config(cfg)
-        if cfg.get("dataset") not in ("cifar10", "cifar100"):
-            raise UserError(f"task.dataset must be cifar10 or cifar100, got {cfg.get('dataset')!r}")
+        name = (cfg.get("data") or {}).get("name")
+        if name not in ("cifar10", "cifar100"):
+            raise UserError(f"task.data.name must be cifar10 or cifar100, got {name!r}")
         for key in ("steps", "batch_size", "n_critic", "eval_every", "image_size", "nz", "ngf", "ndf"):
             require_positive_int(f"task.{key}", cfg.get(key))
         if cfg.arch == "dcgan":
@@ -227,13 +228,13 @@ class GANTask(AdversarialTask):
         self.nz = int(cfg.nz)
 
         data = cfg.data
-        images, labels = load_cifar(str(cfg.dataset), data.root, train=True, download=bool(data.download),
+        images, labels = load_cifar(str(cfg.data.name), data.root, train=True, download=bool(data.download),
                                     verify_checksums=bool(data.get("verify_checksums", True)))
         if images.shape[0] < self.batch_size:
             raise UserError(f"task.batch_size={self.batch_size} exceeds the {images.shape[0]} training images")
         self.images = images.to(self.device)
         self.labels = labels.to(self.device)
-        self.num_classes = (10 if cfg.dataset == "cifar10" else 100) if cfg.get("conditional") else 0
+        self.num_classes = (10 if cfg.data.name == "cifar10" else 100) if cfg.get("conditional") else 0
 
         if cfg.arch == "dcgan":
             self.G: nn.Module = nets.DCGANGenerator(self.nz, int(cfg.ngf))
@@ -342,7 +343,7 @@ class GANTask(AdversarialTask):
             from optrepro.data.cifar import load_cifar
 
             data = self.cfg.data
-            images, _ = load_cifar(str(self.cfg.dataset), data.root, train=False, download=bool(data.download),
+            images, _ = load_cifar(str(self.cfg.data.name), data.root, train=False, download=bool(data.download),
                                    verify_checksums=bool(data.get("verify_checksums", True)))
         n = self.fid_cfg.get("num_real")
         if n is not None and int(n) > images.shape[0]:
@@ -375,7 +376,7 @@ class GANTask(AdversarialTask):
         if name is not None:
             digest = hashlib.sha1(images.cpu().numpy().tobytes()).hexdigest()[:10]  # fake vs real data apart
             split = str(self.fid_cfg.get("real_split", "train"))
-            cache = real_stats_cache_path(self.cfg.data.root, f"{self.cfg.dataset}_{digest}", split,
+            cache = real_stats_cache_path(self.cfg.data.root, f"{self.cfg.data.name}_{digest}", split,
                                           images.shape[0], self.image_size, name)
         self._real_stats = load_or_compute_real_stats(
             cache, lambda: statistics_of(batches(), extractor, keep_logits=False))

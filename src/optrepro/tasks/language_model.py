@@ -14,7 +14,7 @@ One ``train_step`` is one BPTT window of the training stream, as in the referenc
 An epoch is one pass over the stream. At its end (inside the step that finishes it, so the
 checkpoint that follows the evaluation is consistent) the task evaluates valid and test
 perplexity, applies SGD's switch to averaged SGD on the non-monotonic trigger, and divides the lr
-at ``lr_decay_epochs`` -- in the reference's order. ``evaluate`` only reports what that produced.
+at ``lr_milestones`` -- in the reference's order. ``evaluate`` only reports what that produced.
 
 Perplexity = exp(mean cross entropy per target token, ``<eos>`` included) over the whole split,
 run in windows of ``bptt`` with the state carried, batch ``eval_batch_size`` (valid) and
@@ -49,7 +49,7 @@ from optrepro.data.textcorpus import (
     sha256_file,
     unigram_perplexity,
 )
-from optrepro.errors import UserError, require_positive_int
+from optrepro.errors import UserError, check_lr_milestones, require_positive_int
 from optrepro.models.awd_lstm import AWDLSTM, Hidden, detach_hidden
 from optrepro.tasks.base import RunContext, Task, derived_seed, seed_rank_stream, time_steps
 
@@ -60,7 +60,7 @@ def load_task_corpus(data: DictConfig) -> Corpus:
     """The corpus ``task.data`` names: PTB files under ``root`` (downloaded on request) or the
     pydoc corpus, written into ``root`` on first use."""
     root = Path(str(data.root)).expanduser()
-    if data.corpus == "ptb":
+    if data.name == "ptb":
         from optrepro.data.ptb import PTB_URL, load_ptb
 
         return load_ptb(root, download=bool(data.get("download", False)), url=str(data.get("url") or PTB_URL))
@@ -82,15 +82,15 @@ class LanguageModelTask(Task):
     @staticmethod
     def validate_config(cfg: DictConfig) -> None:
         data = cfg.get("data")
-        if data is None or data.get("corpus") not in CORPORA:
-            got = None if data is None else data.get("corpus")
-            raise UserError(f"task.data.corpus must be one of {', '.join(CORPORA)}, got {got!r}")
+        if data is None or data.get("name") not in CORPORA:
+            got = None if data is None else data.get("name")
+            raise UserError(f"task.data.name must be one of {', '.join(CORPORA)}, got {got!r}")
         if not data.get("root"):
             raise UserError("task.data.root must name the data folder")
         for key in ("train_tokens", "eval_tokens"):
             if data.get(key) is not None:
                 require_positive_int(f"task.data.{key}", data.get(key))
-        if data.corpus == "pydoc":
+        if data.name == "pydoc":
             require_positive_int("task.data.vocab_size", data.get("vocab_size", 2000))
         for key in ("batch_size", "eval_batch_size", "test_batch_size", "bptt", "epochs", "nonmono"):
             require_positive_int(f"task.{key}", cfg.get(key))
@@ -100,14 +100,11 @@ class LanguageModelTask(Task):
             value = cfg.model.get(key)
             if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
                 raise UserError(f"task.model.{key} must be in [0, 1), got {value!r}")
-        for key in ("clip", "alpha", "beta", "lr_decay"):
+        for key in ("clip", "alpha", "beta", "lr_gamma"):
             value = cfg.get(key)
             if value is not None and (not isinstance(value, (int, float)) or float(value) < 0):
                 raise UserError(f"task.{key} must be a number >= 0 (or null), got {value!r}")
-        epochs = cfg.get("lr_decay_epochs") or []
-        if not all(isinstance(e, int) and e > 0 for e in epochs):
-            raise UserError(f"task.lr_decay_epochs must be a list of positive epoch numbers, "
-                            f"got {list(epochs)!r}")
+        check_lr_milestones(cfg.get("lr_milestones"), minimum=1)
 
     # ------------------------------------------------------------------------ setup
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
@@ -167,8 +164,8 @@ class LanguageModelTask(Task):
         self.variable_bptt = bool(cfg.get("variable_bptt", True))
         self.bptt_gen = torch.Generator().manual_seed(derived_seed("lm-bptt", ctx.seed))
         self.epochs = int(cfg.epochs)
-        self.decay_epochs = {int(e) for e in (cfg.get("lr_decay_epochs") or [])}
-        self.lr_decay = float(cfg.get("lr_decay", 0.1))
+        self.milestones = {int(e) for e in (cfg.get("lr_milestones") or [])}
+        self.lr_gamma = float(cfg.get("lr_gamma", 0.1))
         self.clip = float(cfg.clip) if cfg.get("clip") else 0.0
         self.alpha, self.beta = float(cfg.get("alpha") or 0.0), float(cfg.get("beta") or 0.0)
         self.asgd_switch = bool(cfg.get("asgd", True))
@@ -256,9 +253,9 @@ class LanguageModelTask(Task):
                 and valid_loss > min(self.valid_history[: -self.nonmono])):
             self._switch_to_asgd()
         self.valid_history.append(valid_loss)
-        if self.epochs_done in self.decay_epochs:
+        if self.epochs_done in self.milestones:  # the next epoch (0-based index epochs_done) runs decayed
             for group in self.optimizer.param_groups:
-                group["lr"] = group["lr"] * self.lr_decay
+                group["lr"] = group["lr"] * self.lr_gamma
         self.history.append({"epoch": float(self.epochs_done), "train_loss": train_loss,
                              "valid_loss": valid_loss, "test_loss": test_loss})
         self._epoch_ended = True
@@ -397,11 +394,11 @@ def benchmark_tokens_per_second(quick: bool, device: str = "cpu") -> dict[str, A
         write_fake_ptb(Path(tmp), lines=lines, vocab_size=size["vocab"], seed=0)
         cfg = OmegaConf.create({
             "name": "lm_bench", "kind": "language_model",
-            "data": {"corpus": "ptb", "root": tmp, "download": False},
+            "data": {"name": "ptb", "root": tmp, "download": False},
             "model": {"emsize": size["emsize"], "nhid": size["nhid"], "nlayers": size["nlayers"],
                       "dropout": 0.4, "dropouth": 0.25, "dropouti": 0.4, "dropoute": 0.1, "wdrop": 0.5},
             "batch_size": size["batch_size"], "eval_batch_size": 10, "test_batch_size": 1,
-            "bptt": size["bptt"], "variable_bptt": True, "epochs": 1, "lr_decay_epochs": [],
+            "bptt": size["bptt"], "variable_bptt": True, "epochs": 1, "lr_milestones": [],
             "clip": 0.25, "alpha": 2.0, "beta": 1.0, "asgd": False, "nonmono": 5,
         })
         run_cfg = OmegaConf.create({"optimizer": {"name": "adam", "lr": 1e-3, "weight_decay": 1.2e-6}})

@@ -4,7 +4,7 @@ One task class for every image-classification table of the AdaBelief and EAdam p
 CPU-scale ``digits_cnn`` demo. What it does, in the order a reader meets it:
 
 * data: ``task.data.name`` picks the loader (torchvision CIFAR10/100, torchvision ImageFolder,
-  scikit-learn digits); ``task.train_subset`` / ``task.test_subset`` take a fixed random subset.
+  scikit-learn digits); ``task.data.train_subset`` / ``task.data.test_subset`` take a fixed random subset.
 * two input pipelines (``task.data.pipeline``; ``auto`` = ``device`` on CUDA, ``dataloader``
   elsewhere, always ``dataloader`` for ImageFolder):
   - ``dataloader``: torch DataLoader (workers, pinned memory) over per-sample torchvision
@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
 from torch import nn
 from torch.nn import functional as F
 
@@ -45,7 +45,7 @@ from optrepro.data.loader_pipeline import (
     cifar_crop_flip,
     seeded_keys,
 )
-from optrepro.errors import UserError, require_positive_int
+from optrepro.errors import UserError, check_lr_milestones, require_positive_int
 from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed, seed_rank_stream
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
@@ -93,12 +93,10 @@ class ImageClassificationTask(Task):
         if name in CLASSES and int(cfg.num_classes) != CLASSES[name]:
             raise UserError(f"task.num_classes={cfg.num_classes} but {name} has {CLASSES[name]} classes")
         for key in ("train_subset", "test_subset"):
-            value = cfg.get(key)
+            value = data.get(key)
             if value is not None and (not isinstance(value, int) or value <= 0):
-                raise UserError(f"task.{key} must be a positive integer or null, got {value!r}")
-        milestones = cfg.get("lr_milestones") or []
-        if not isinstance(milestones, (list, ListConfig)) or not all(isinstance(m, int) for m in milestones):
-            raise UserError(f"task.lr_milestones must be a list of epoch numbers, got {milestones!r}")
+                raise UserError(f"task.data.{key} must be a positive integer or null, got {value!r}")
+        check_lr_milestones(cfg.get("lr_milestones"))
         gamma = cfg.get("lr_gamma", 0.1)
         if not isinstance(gamma, (int, float)) or gamma <= 0:
             raise UserError(f"task.lr_gamma must be a positive number, got {gamma!r}")
@@ -193,8 +191,8 @@ class ImageClassificationTask(Task):
                 raise UserError(
                     f"{data.root}/train has {len(train.classes)} classes but task.num_classes={cfg.num_classes}"
                 )
-            train_idx = self._subset(len(train), cfg.get("train_subset"), "train")
-            test_idx = self._subset(len(test), cfg.get("test_subset"), "test")
+            train_idx = self._subset(len(train), data.get("train_subset"), "train")
+            test_idx = self._subset(len(test), data.get("test_subset"), "test")
             self.train_index = train_idx if train_idx is not None else torch.arange(len(train))
             test_index = test_idx if test_idx is not None else torch.arange(len(test))
             self.n_train = int(self.train_index.numel())
@@ -222,10 +220,10 @@ class ImageClassificationTask(Task):
             )
             x_train, y_train = load_cifar(self.data_name, train=True, **kw)
             x_test, y_test = load_cifar(self.data_name, train=False, **kw)
-        train_idx = self._subset(len(y_train), cfg.get("train_subset"), "train")
+        train_idx = self._subset(len(y_train), cfg.data.get("train_subset"), "train")
         if train_idx is not None:
             x_train, y_train = x_train[train_idx], y_train[train_idx]
-        test_idx = self._subset(len(y_test), cfg.get("test_subset"), "test")
+        test_idx = self._subset(len(y_test), cfg.data.get("test_subset"), "test")
         if test_idx is not None:
             x_test, y_test = x_test[test_idx], y_test[test_idx]
         self.n_train, self.n_test = int(y_train.numel()), int(y_test.numel())
