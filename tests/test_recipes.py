@@ -23,7 +23,8 @@ def test_composed_configs_equal_the_recipe_table(audit_data: tuple[dict, list[au
 
 def test_a_config_change_the_table_does_not_record_is_caught(audit_data: tuple[dict, list[audit.Entry]]) -> None:
     presets, entries = audit_data
-    [eps] = [e for e in entries if e.scope == "eadam2020/table3" and e.optimizer == "eadam" and e.knob == "optimizer.eps"]
+    [eps] = [e for e in entries
+             if e.scope == "eadam2020/table3" and e.optimizer == "eadam" and e.knob == "optimizer.eps"]
     stale = dataclasses.replace(eps, ours=1e-8, status="deviation")  # what the table said before the audit's fix
     found = list(audit.problems(presets, [stale]))
     assert any("table says ours=1e-08, composed config has 1e-16" in line for line in found)
