@@ -61,6 +61,7 @@ bench: setup
 	$(BIN)/python scripts/bench_optim.py --malloc default --out results/bench/optim_cpu_malloc_default.json
 	$(BIN)/python scripts/bench_optim.py --malloc default --sets resnet34_cifar_training_loop \
 		--rounds 15 --out results/bench/optim_cpu_training_loop.json
+	$(BIN)/python scripts/bench_optim.py --diagnostics --rounds 20 --out results/bench/optim_cpu_diagnostics.json
 	$(BIN)/python scripts/bench_train.py
 
 lint: setup
