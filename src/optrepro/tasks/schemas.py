@@ -113,7 +113,7 @@ class LMData:
     name: str = _f(choices="optrepro.tasks.language_model:CORPORA")
     root: str = _f(nonempty=True)
     download: bool = False
-    url: str = MISSING
+    url: str | None = None  # None: the PTB mirror the loader names
     vocab_size: int = _f(2000, **POS)
     train_tokens: int | None = _f(None, **POS)
     eval_tokens: int | None = _f(None, **POS)
@@ -416,8 +416,8 @@ def _message(schema: type, exc: Exception) -> str:
     key = str(getattr(exc, "full_key", "") or "")
     if isinstance(exc, ConfigKeyError) or "not in" in str(exc):
         key = key or str(getattr(exc, "key", ""))
-        return f"unknown config key 'task.{key}' (task kind '{schema.__name__}' has no such key; see the schema " \
-               f"in optrepro/tasks/schemas.py)"
+        kind = schema.__name__.removesuffix("Schema")
+        return f"unknown config key 'task.{key}' (not a key of the {kind} task schema, optrepro/tasks/schemas.py)"
     if isinstance(exc, MissingMandatoryValue):
         return f"task.{key} is missing (required by the task's schema)"
     return f"task.{key} must be {_describe(_field_type(schema, key.split('.')))}, got {_value_of(exc)}"
