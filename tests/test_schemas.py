@@ -110,3 +110,9 @@ def test_the_task_receives_the_typed_config(composed: Any) -> None:
     assert OmegaConf.is_readonly(task.cfg)
     # the schema's defaults are in the task's copy only: the composed config (saved, hashed) is untouched
     assert task.cfg.fault is None and "fault" not in cfg.task
+
+
+def test_wrong_type_inside_a_list_names_the_element(composed: Any) -> None:
+    cfg = composed("digits_cnn")
+    OmegaConf.update(cfg, "task.lr_milestones", [1.5])
+    assert _error_line(cfg) == "error: task.lr_milestones[0] must be an integer, got 1.5"

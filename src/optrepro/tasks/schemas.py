@@ -403,7 +403,7 @@ def validate(cfg_task: DictConfig) -> DictConfig:
         typed = OmegaConf.merge(OmegaConf.structured(schema), cfg_task)
         OmegaConf.to_container(typed, throw_on_missing=True)
     except (ValidationError, ConfigKeyError, MissingMandatoryValue) as exc:
-        raise UserError(_message(schema, exc)) from None
+        raise UserError(_message(schema, exc, cfg_task)) from None
     assert isinstance(typed, DictConfig)
     _check_ranges(schema, typed, "task")
     if check is not None:
@@ -412,7 +412,8 @@ def validate(cfg_task: DictConfig) -> DictConfig:
     return typed
 
 
-def _message(schema: type, exc: Exception) -> str:
+def _message(schema: type, exc: Exception, cfg_task: DictConfig) -> str:
+    """OmegaConf's error as one line naming the key and, for a wrong type, what the key takes."""
     key = str(getattr(exc, "full_key", "") or "")
     if isinstance(exc, ConfigKeyError) or "not in" in str(exc):
         key = key or str(getattr(exc, "key", ""))
@@ -420,24 +421,21 @@ def _message(schema: type, exc: Exception) -> str:
         return f"unknown config key 'task.{key}' (not a key of the {kind} task schema, optrepro/tasks/schemas.py)"
     if isinstance(exc, MissingMandatoryValue):
         return f"task.{key} is missing (required by the task's schema)"
-    return f"task.{key} must be {_describe(_field_type(schema, key.split('.')))}, got {_value_of(exc)}"
-
-
-def _value_of(exc: Exception) -> str:
-    text = str(exc).splitlines()[0]
-    if text.startswith("Value '"):
-        return repr(text.split("'")[1])
-    if "is not Optional" in text or "None" in text:
-        return "null"
-    return text
+    got = OmegaConf.select(cfg_task, key, default=None, throw_on_resolution_failure=False)
+    shown = "null" if got is None else repr(OmegaConf.to_container(got) if OmegaConf.is_config(got) else got)
+    return f"task.{key} must be {_describe(_field_type(schema, key.split('.')))}, got {shown}"
 
 
 def _field_type(schema: Any, path: list[str]) -> Any:
-    for name in path:
+    """The declared type at a dotted key (``data.name``; ``lr_milestones[0]``: the list's element type)."""
+    for part in path:
+        name, _, index = part.partition("[")
         hit = {f.name: f for f in dataclasses.fields(schema)}.get(name) if dataclasses.is_dataclass(schema) else None
         if hit is None:
             return None
         schema = _resolve(hit.type)
+        if index and get_args(schema):
+            schema = get_args(schema)[0]
     return schema
 
 
