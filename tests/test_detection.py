@@ -302,15 +302,17 @@ def test_missing_backbone_weights_is_a_one_line_error(tmp_path: Path) -> None:
                   task="voc_fasterrcnn")
     message = str(info.value)
     assert "\n" not in message and str(missing) in message and "task.model.backbone_weights" in message
-    # validate_config (called before any run folder is written) says the same
+    # the schema check (called before any run folder is written) says the same
+    from optrepro.tasks.schemas import validate
+
     cfg, _ = compose(["task=voc_fasterrcnn", f"task.model.backbone_weights={missing}"])
     with pytest.raises(DataMissingError, match="resnet50-0676ba61.pth"):
-        DetectionTask.validate_config(cfg.task)
+        validate(cfg.task)
     cfg.task.model.backbone = "tiny"  # the tiny backbone needs no weights
-    DetectionTask.validate_config(cfg.task)
+    validate(cfg.task)
     cfg.task.metric = "map75"
     with pytest.raises(UserError, match="task.metric"):
-        DetectionTask.validate_config(cfg.task)
+        validate(cfg.task)
 
 
 def test_resnet50_backbone_loads_a_weights_file(tmp_path: Path) -> None:

@@ -456,16 +456,17 @@ def test_recipes_and_experiment_compose() -> None:
 
 def test_bad_config_is_one_line_error() -> None:
     from optrepro.errors import UserError
-    from optrepro.tasks.translation import TranslationTask
+    from optrepro.tasks.schemas import validate
 
     t = OmegaConf.load(REPO / "configs" / "task" / "synthetic_mt.yaml")
+    t.pop("defaults")  # the family marker, not a task key
     t.model.d_model = 30
     with pytest.raises(UserError, match="task.model.d_model"):
-        TranslationTask.validate_config(t)
+        validate(t)
     t.model.d_model = 32
     t.beam = 0
     with pytest.raises(UserError, match="task.beam"):
-        TranslationTask.validate_config(t)
+        validate(t)
 
 
 def test_iwslt14_task_prepares_from_the_raw_archive(tmp_path: Path) -> None:

@@ -129,7 +129,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
 def validate_config(cfg: DictConfig) -> None:
     """Catch bad values before any folder is written; each error names its key."""
     from optrepro.optim import build_optimizer
-    from optrepro.tasks import task_class
+    from optrepro.tasks import schemas as task_schemas
 
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not INT64[0] <= seed <= INT64[1]:
@@ -158,13 +158,7 @@ def validate_config(cfg: DictConfig) -> None:
         if "optimizer." not in message:
             message = f"optimizer ({cfg.optimizer.get('name')}): {message}"
         raise UserError(message) from None
-    cls = task_class(str(cfg.task.get("kind")))
-    check = getattr(cls, "validate_config", None)
-    if check is not None:
-        try:
-            check(cfg.task)
-        except (TypeError, ValueError) as exc:  # a check that met a value of the wrong type
-            raise UserError(f"task ({cfg.task.get('kind')}): {_first_line(exc)}") from None
+    task_schemas.validate(cfg.task)  # unknown key, wrong type, out of range: one line naming the key
 
 
 def check_finite(node: Any, prefix: str) -> None:

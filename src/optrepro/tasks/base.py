@@ -82,7 +82,9 @@ class Task(abc.ABC):
     state_attrs: tuple[str, ...] = ("step",)
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
-        self.cfg = cfg
+        from optrepro.tasks.schemas import validate
+
+        self.cfg = validate(cfg)  # the typed, checked copy (tasks/schemas.py); subclasses read self.cfg
         self.ctx = ctx
         self.step = 0  # optimizer steps done
 
@@ -138,6 +140,7 @@ class FixedStepsTask(Task):
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
+        cfg = self.cfg
         self.steps = int(cfg.steps)
         self.eval_every = int(cfg.eval_every)
 

@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from optrepro.errors import UserError, check_lr_milestones, require_positive_int
+from optrepro.errors import UserError
 from optrepro.metrics.map import voc_map
-from optrepro.models.detection import BACKBONES, build_detector, check_backbone_weights
+from optrepro.models.detection import build_detector
 from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed
 
 SOURCES = ("voc", "synthetic")
@@ -109,55 +109,10 @@ class DetectionTask(Task):
                              "so a batch split across processes would not train as the whole batch does")
     state_attrs = ("step", "order", "model", "optimizer", "_epoch_ended")
 
-    @staticmethod
-    def validate_config(cfg: DictConfig) -> None:
-        data = cfg.get("data")
-        source = None if data is None else data.get("name")
-        if source not in SOURCES:
-            raise UserError(f"task.data.name must be one of {', '.join(SOURCES)}, got {source!r}")
-        if source == "voc":
-            from optrepro.data.voc import parse_split
-
-            if not data.get("root"):
-                raise UserError("task.data.root must name the folder that holds VOCdevkit/")
-            sets = data.get("train_sets")
-            if not sets:
-                raise UserError("task.data.train_sets must list VOC splits, e.g. [2007-trainval,2012-trainval]")
-            for name in [*sets, data.get("test_set")]:
-                try:
-                    parse_split(str(name))
-                except UserError as exc:
-                    raise UserError(f"task.data: {exc}") from None
-            for key in ("train_subset", "test_subset"):
-                if data.get(key) is not None:
-                    require_positive_int(f"task.data.{key}", data.get(key))
-        else:
-            for key in ("n_train", "n_test", "image_size", "max_objects", "min_side", "max_side"):
-                require_positive_int(f"task.data.{key}", data.get(key))
-            if not isinstance(data.get("seed"), int):
-                raise UserError(f"task.data.seed must be an integer, got {data.get('seed')!r}")
-            if not data.min_side <= data.max_side <= data.image_size:
-                raise UserError("task.data needs min_side <= max_side <= image_size")
-        for key in ("batch_size", "eval_batch_size", "epochs", "eval_every_epochs"):
-            require_positive_int(f"task.{key}", cfg.get(key))
-        model = cfg.get("model")
-        if model is None or model.get("backbone") not in BACKBONES:
-            got = None if model is None else model.get("backbone")
-            raise UserError(f"task.model.backbone must be one of {', '.join(BACKBONES)}, got {got!r}")
-        for key in ("min_size", "max_size"):
-            require_positive_int(f"task.model.{key}", model.get(key))
-        if cfg.get("metric", "map50") not in METRICS:
-            raise UserError(f"task.metric must be one of {', '.join(METRICS)}, got {cfg.get('metric')!r}")
-        flip = cfg.get("flip_prob", 0.5)
-        if not isinstance(flip, (int, float)) or not 0.0 <= float(flip) <= 1.0:
-            raise UserError(f"task.flip_prob must be in [0, 1], got {flip!r}")
-        check_lr_milestones(cfg.get("lr_milestones"), minimum=1)
-        check_backbone_weights(model)  # one-line DataMissingError naming the file
-
     # ------------------------------------------------------------------------ setup
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
-        self.validate_config(cfg)
+        cfg = self.cfg  # validated and typed by tasks/schemas.py
         self.metric = str(cfg.get("metric", "map50"))
         self.train_data = DetectionData(cfg, train=True)
         self.test_data = DetectionData(cfg, train=False)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 
-from optrepro.errors import UserError, require_positive_int
+from optrepro.errors import UserError
 from optrepro.tasks.base import BatchOrder, FixedStepsTask, RunContext, derived_seed
 
 ARCHS = ("dcgan", "sngan_resnet")
@@ -74,39 +74,6 @@ def grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
     if not grads:
         return torch.zeros(())
     return torch.nn.utils.get_total_norm(grads, norm_type=2.0)
-
-
-# --------------------------------------------------------------------------------------- config
-def validate_fid_config(cfg: DictConfig) -> None:
-    """task.fid.* checks, including that the Inception weights file exists (before any training)."""
-    fid = cfg.get("fid") or {}
-    if not fid.get("enabled", False):
-        return
-    extractor = fid.get("extractor", "inception")
-    if extractor not in EXTRACTORS:
-        raise UserError(f"task.fid.extractor must be one of {', '.join(EXTRACTORS)}, got {extractor!r}")
-    for key in ("num_fake", "batch_size", "every_steps"):
-        require_positive_int(f"task.fid.{key}", fid.get(key))
-    if fid.get("num_fake") < 2:
-        raise UserError("task.fid.num_fake must be at least 2")
-    num_real = fid.get("num_real")
-    if num_real is not None and (not isinstance(num_real, int) or num_real < 2):
-        raise UserError(f"task.fid.num_real must be null (all) or an integer >= 2, got {num_real!r}")
-    if fid.get("real_split", "train") not in ("train", "test"):
-        raise UserError(f"task.fid.real_split must be train or test, got {fid.get('real_split')!r}")
-    if extractor == "inception":
-        from optrepro.metrics.fid import resolve_inception_weights
-
-        resolve_inception_weights(fid.get("weights_path"))
-
-
-def validate_adversarial_config(cfg: DictConfig) -> None:
-    """The checks the CIFAR GANs and the ring GAN share: the loss kind and the penalty weight."""
-    if cfg.get("loss") not in LOSSES:
-        raise UserError(f"task.loss must be one of {', '.join(LOSSES)}, got {cfg.get('loss')!r}")
-    gp = cfg.get("gp_lambda", 0.0)
-    if not isinstance(gp, (int, float)) or gp < 0:
-        raise UserError(f"task.gp_lambda must be a number >= 0, got {gp!r}")
 
 
 class AdversarialTask(FixedStepsTask):
@@ -188,35 +155,9 @@ class GANTask(AdversarialTask):
     stat_keys = STAT_KEYS
     state_attrs = ("step", "G", "D", "opt_g", "opt_d", "order", "rng", "sums", "counts")
 
-    @staticmethod
-    def validate_config(cfg: DictConfig) -> None:
-        if cfg.get("arch") not in ARCHS:
-            raise UserError(f"task.arch must be one of {', '.join(ARCHS)}, got {cfg.get('arch')!r}")
-        validate_adversarial_config(cfg)
-        name = (cfg.get("data") or {}).get("name")
-        if name not in ("cifar10", "cifar100"):
-            raise UserError(f"task.data.name must be cifar10 or cifar100, got {name!r}")
-        for key in ("steps", "batch_size", "n_critic", "eval_every", "image_size", "nz", "ngf", "ndf"):
-            require_positive_int(f"task.{key}", cfg.get(key))
-        if cfg.arch == "dcgan":
-            from optrepro.models.gan import DCGAN_HEADS
-
-            if int(cfg.image_size) != 64:
-                raise UserError(f"task.image_size must be 64 for arch=dcgan, got {cfg.image_size}")
-            if cfg.get("d_head") not in DCGAN_HEADS:
-                raise UserError(f"task.d_head must be one of {', '.join(DCGAN_HEADS)}, got {cfg.get('d_head')!r}")
-            if cfg.get("conditional"):
-                raise UserError("task.conditional=true needs arch=sngan_resnet")
-        elif int(cfg.image_size) != 32:
-            raise UserError(f"task.image_size must be 32 for arch=sngan_resnet, got {cfg.image_size}")
-        clip = cfg.get("clip_value", 0.0)
-        if not isinstance(clip, (int, float)) or clip < 0:
-            raise UserError(f"task.clip_value must be a number >= 0, got {clip!r}")
-        validate_fid_config(cfg)
-
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
-        self.validate_config(cfg)
+        cfg = self.cfg  # validated and typed by tasks/schemas.py
         from optrepro.data.cifar import load_cifar
         from optrepro.models import gan as nets
 
@@ -438,5 +379,5 @@ class GANTask(AdversarialTask):
         return {"artifacts": {"samples": "samples.png"}}
 
 
-__all__ = ["ARCHS", "LOSSES", "AdversarialTask", "GANTask", "validate_adversarial_config",
+__all__ = ["ARCHS", "LOSSES", "AdversarialTask", "GANTask",
            "d_loss_fn", "g_loss_fn", "gradient_penalty", "grad_norm"]

@@ -49,7 +49,7 @@ from optrepro.data.textcorpus import (
     sha256_file,
     unigram_perplexity,
 )
-from optrepro.errors import UserError, check_lr_milestones, require_positive_int
+from optrepro.errors import UserError
 from optrepro.models.awd_lstm import AWDLSTM, Hidden, detach_hidden
 from optrepro.tasks.base import RunContext, Task, derived_seed, seed_rank_stream, time_steps
 
@@ -79,37 +79,10 @@ class LanguageModelTask(Task):
     state_attrs = ("step", "epochs_done", "pos", "model", "using_asgd", "asgd_epoch", "optimizer", "bptt_gen",
                    "hidden", "loss_sum", "loss_tokens", "valid_history", "history")
 
-    @staticmethod
-    def validate_config(cfg: DictConfig) -> None:
-        data = cfg.get("data")
-        if data is None or data.get("name") not in CORPORA:
-            got = None if data is None else data.get("name")
-            raise UserError(f"task.data.name must be one of {', '.join(CORPORA)}, got {got!r}")
-        if not data.get("root"):
-            raise UserError("task.data.root must name the data folder")
-        for key in ("train_tokens", "eval_tokens"):
-            if data.get(key) is not None:
-                require_positive_int(f"task.data.{key}", data.get(key))
-        if data.name == "pydoc":
-            require_positive_int("task.data.vocab_size", data.get("vocab_size", 2000))
-        for key in ("batch_size", "eval_batch_size", "test_batch_size", "bptt", "epochs", "nonmono"):
-            require_positive_int(f"task.{key}", cfg.get(key))
-        for key in ("emsize", "nhid", "nlayers"):
-            require_positive_int(f"task.model.{key}", cfg.model.get(key))
-        for key in ("dropout", "dropouth", "dropouti", "dropoute", "wdrop"):
-            value = cfg.model.get(key)
-            if not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-                raise UserError(f"task.model.{key} must be in [0, 1), got {value!r}")
-        for key in ("clip", "alpha", "beta", "lr_gamma"):
-            value = cfg.get(key)
-            if value is not None and (not isinstance(value, (int, float)) or float(value) < 0):
-                raise UserError(f"task.{key} must be a number >= 0 (or null), got {value!r}")
-        check_lr_milestones(cfg.get("lr_milestones"), minimum=1)
-
     # ------------------------------------------------------------------------ setup
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
-        self.validate_config(cfg)
+        cfg = self.cfg  # validated and typed by tasks/schemas.py
         device = ctx.device
         corpus = load_task_corpus(cfg.data)
         self.corpus_info = {

@@ -24,9 +24,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from optrepro.errors import UserError, require_positive_int
 from optrepro.tasks.base import RunContext, derived_seed
-from optrepro.tasks.gan import AdversarialTask, d_loss_fn, gradient_penalty, validate_adversarial_config
+from optrepro.tasks.gan import AdversarialTask, d_loss_fn, gradient_penalty
 
 
 def ring_modes(n_modes: int, radius: float) -> torch.Tensor:
@@ -66,25 +65,9 @@ class RingGANTask(AdversarialTask):
     mode = "max"
     data_parallel_refusal = "a CPU demo of a few seconds: one process trains it"
 
-    @staticmethod
-    def validate_config(cfg: DictConfig) -> None:
-        for key in ("modes", "nz", "hidden", "layers", "batch_size", "steps", "n_critic", "eval_every",
-                    "eval_samples"):
-            require_positive_int(f"task.{key}", cfg.get(key))
-        if int(cfg.modes) < 3:
-            raise UserError(f"task.modes must be at least 3, got {cfg.modes}")
-        for key in ("radius", "std", "quality_std"):
-            value = cfg.get(key)
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise UserError(f"task.{key} must be a positive number, got {value!r}")
-        fraction = cfg.get("coverage_fraction")
-        if not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-            raise UserError(f"task.coverage_fraction must be in (0, 1], got {fraction!r}")
-        validate_adversarial_config(cfg)
-
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
-        self.validate_config(cfg)
+        cfg = self.cfg  # validated and typed by tasks/schemas.py
         from optrepro.models.gan import RingDiscriminator, RingGenerator
 
         self.batch_size, self.n_critic = int(cfg.batch_size), int(cfg.n_critic)

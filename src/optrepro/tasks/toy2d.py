@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from optrepro.errors import UserError, require_positive_int
 from optrepro.tasks.base import FixedStepsTask, RunContext
 
 
@@ -55,16 +54,9 @@ class Toy2DTask(FixedStepsTask):
     data_parallel_refusal = "it optimizes one 2-D point: there is no batch to split"
     state_attrs = ("step", "point", "optimizer", "trajectory", "steps_to_tol")
 
-    @staticmethod
-    def validate_config(cfg: DictConfig) -> None:
-        if cfg.function not in FUNCTIONS:
-            raise UserError(f"unknown task.function '{cfg.function}'; choose one of: {', '.join(FUNCTIONS)}")
-        require_positive_int("task.steps", cfg.steps)
-        require_positive_int("task.eval_every", cfg.eval_every)
-
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
-        self.validate_config(cfg)
+        cfg = self.cfg  # validated and typed by tasks/schemas.py
         self.function = FUNCTIONS[str(cfg.function)]
         self.tolerance = float(cfg.tolerance)
         # float64: the paths are tiny problems where rounding would otherwise dominate at small eps

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from optrepro.data.translation import Batch, Split, Vocab, collate, load_text, subset
-from optrepro.errors import UserError, require_positive_int
+from optrepro.errors import UserError
 from optrepro.metrics.bleu import detok_bleu, remove_bpe, tokenized_bleu
 from optrepro.models.transformer import Seq2SeqTransformer, TransformerConfig, beam_search, label_smoothed_nll
 from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed, seed_rank_stream, time_steps
@@ -51,35 +51,9 @@ class TranslationTask(Task):
     data_parallel = True
     state_attrs = ("step", "model", "optimizer", "order", "avg_sum", "avg_epochs", "final")
 
-    @staticmethod
-    def validate_config(cfg: DictConfig) -> None:
-        name = (cfg.get("data") or {}).get("name")
-        if name not in ("iwslt14", "synthetic"):
-            raise UserError(f"task.data.name must be iwslt14 or synthetic, got {name!r}")
-        for key in ("epochs", "max_tokens", "beam", "average_last", "eval_every_epochs", "eval_batch_size"):
-            require_positive_int(f"task.{key}", cfg.get(key))
-        for key in ("warmup_updates",):
-            if not isinstance(cfg.get(key), int) or cfg.get(key) < 0:
-                raise UserError(f"task.{key} must be an integer >= 0, got {cfg.get(key)!r}")
-        ls = cfg.get("label_smoothing")
-        if not isinstance(ls, (int, float)) or not 0.0 <= float(ls) < 1.0:
-            raise UserError(f"task.label_smoothing must be in [0, 1), got {ls!r}")
-        for key in ("clip_norm", "lenpen", "max_len_a", "max_len_b", "warmup_init_lr"):
-            if not isinstance(cfg.get(key), (int, float)) or float(cfg.get(key)) < 0:
-                raise UserError(f"task.{key} must be a number >= 0, got {cfg.get(key)!r}")
-        for key, value in (("data.train_subset", cfg.data.get("train_subset")),
-                           ("data.test_subset", cfg.data.get("test_subset")),
-                           ("valid_bleu_subset", cfg.get("valid_bleu_subset"))):
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise UserError(f"task.{key} must be null or an integer >= 0, got {value!r}")
-        model = cfg.get("model") or {}
-        d, h = model.get("d_model"), model.get("heads")
-        if not isinstance(d, int) or not isinstance(h, int) or d <= 0 or h <= 0 or d % h:
-            raise UserError(f"task.model.d_model ({d!r}) must be a multiple of task.model.heads ({h!r})")
-
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
-        self.validate_config(cfg)
+        cfg = self.cfg  # validated and typed by tasks/schemas.py
         self.device = ctx.device
         text = load_text(cfg)
         text["train"] = subset(text["train"], cfg.data.get("train_subset"))

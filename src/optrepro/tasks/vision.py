@@ -45,7 +45,7 @@ from optrepro.data.loader_pipeline import (
     cifar_crop_flip,
     seeded_keys,
 )
-from optrepro.errors import UserError, check_lr_milestones, require_positive_int
+from optrepro.errors import UserError
 from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed, seed_rank_stream
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
@@ -61,55 +61,9 @@ class ImageClassificationTask(Task):
     data_parallel = True
     state_attrs = ("step", "model", "optimizer", "order", "base_lrs", "_train_correct", "_train_seen")
 
-    @staticmethod
-    def validate_config(cfg: DictConfig) -> None:
-        from optrepro.models.cifar import MODELS
-
-        data = cfg.get("data") or {}
-        name = data.get("name")
-        if name not in DATASETS:
-            raise UserError(f"task.data.name must be one of {', '.join(DATASETS)}, got {name!r}")
-        pipeline = data.get("pipeline", "auto")
-        if pipeline not in PIPELINES:
-            raise UserError(f"task.data.pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
-        if name == "imagefolder" and pipeline == "device":
-            raise UserError(
-                "task.data.pipeline=device holds the dataset in device memory: CIFAR and digits only; "
-                "use task.data.pipeline=dataloader (or auto) for ImageFolder"
-            )
-        augment = data.get("augment", "none")
-        if augment not in AUGMENTS:
-            raise UserError(f"task.data.augment must be one of {', '.join(AUGMENTS)}, got {augment!r}")
-        if (augment == "imagenet") != (name == "imagefolder"):
-            raise UserError(
-                f"task.data.augment={augment} does not fit task.data.name={name} "
-                f"(imagenet goes with imagefolder, crop_flip or none with in-memory datasets)"
-            )
-        model = (cfg.get("model") or {}).get("name")
-        if model not in MODELS:
-            raise UserError(f"task.model.name must be one of {', '.join(MODELS)}, got {model!r}")
-        for key in ("epochs", "batch_size", "num_classes", "eval_batch_size"):
-            require_positive_int(f"task.{key}", cfg.get(key))
-        if name in CLASSES and int(cfg.num_classes) != CLASSES[name]:
-            raise UserError(f"task.num_classes={cfg.num_classes} but {name} has {CLASSES[name]} classes")
-        for key in ("train_subset", "test_subset"):
-            value = data.get(key)
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise UserError(f"task.data.{key} must be a positive integer or null, got {value!r}")
-        check_lr_milestones(cfg.get("lr_milestones"))
-        gamma = cfg.get("lr_gamma", 0.1)
-        if not isinstance(gamma, (int, float)) or gamma <= 0:
-            raise UserError(f"task.lr_gamma must be a positive number, got {gamma!r}")
-        workers = data.get("num_workers", 0)
-        if not isinstance(workers, int) or workers < 0:
-            raise UserError(f"task.data.num_workers must be an integer >= 0, got {workers!r}")
-        pad = data.get("pad", 4)
-        if not isinstance(pad, int) or pad < 0:
-            raise UserError(f"task.data.pad must be an integer >= 0, got {pad!r}")
-
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
-        self.validate_config(cfg)
+        cfg = self.cfg  # validated and typed by tasks/schemas.py
         self.dist, self.device = ctx.dist, ctx.device
         data = cfg.data
         self.data_name = str(data.name)
