@@ -96,7 +96,7 @@ def test_recipe_precedence(composer: Any) -> None:
     smoke = composer(["task=cifar10_resnet18", "profile=smoke", "task.epochs=3"])["task"]
     assert smoke["epochs"] == 3 and smoke["data"]["train_subset"] == 128  # CLI beats profile; the rest of it applies
     preset = composer(["experiment=eadam_table3", "task=ptb_lstm2", "optimizer=eadam"])
-    assert preset["task"]["name"] == "ptb_lstm2" and preset["optimizer"]["eps"] == 1e-8
+    assert preset["task"]["name"] == "ptb_lstm2" and preset["optimizer"]["eps"] == 1e-16  # EAdam README, Table 3
     assert preset["optimizer"]["lr"] == 1e-2 and preset["optimizer"]["weight_decay"] == 1.2e-6
 
 

@@ -37,7 +37,7 @@ def test_eadam_table3_preset_is_the_paper_grid() -> None:
     cfg, choices = compose(["experiment=eadam_table3"])
     assert choices["task"] == "ptb_lstm1" and choices["optimizer"] == "adam"
     eadam, _ = compose(["experiment=eadam_table3", "optimizer=eadam"])
-    assert eadam.optimizer.eps == 1e-8 and eadam.optimizer.weight_decay == 1.2e-6
+    assert eadam.optimizer.eps == 1e-16 and eadam.optimizer.weight_decay == 1.2e-6
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
