@@ -313,9 +313,39 @@ def test_analysis_figure_and_report_section(tmp_path: Path) -> None:
     assert "Where the step size comes from" in report and "diagnostics_fake_task.png" in report
     assert "(g−m)², ε inside (AdaBelief code) 91%" in report  # mean floor share over seeds
     # floor share: inside 0.90-0.92 vs outside 0.00-0.02 -> higher; case 3 equal -> cannot tell
-    assert "floor share higher, case-3 share cannot tell" in report
+    assert "floor share higher, case-3 share cannot tell" in report  # one nominal ε: no "At ε" prefix
     curves = (tmp_path / "out" / "curves.csv").read_text()
     assert "opt/floor_share" in curves
+
+
+def test_report_sentences_are_per_nominal_eps_and_ignore_matched_floor_runs(tmp_path: Path) -> None:
+    """Two nominal ε plus an outside run at the inside floor: each ε gets its own sentence, made of the
+    corners at that ε only (the matched-floor run, whose floor share is 1, must not stand in for Adam)."""
+    from analysis_fixtures import write_run
+    from optrepro.analysis.diagnostics import sentences, summary_table
+    from optrepro.analysis.load import load_runs
+
+    runs = tmp_path / "runs"
+    floor = {"ablation_adam": 0.1, "ablation_eadam": 0.7, "ablation_belief_outside": 0.2, "ablation_belief_inside": 0.8}
+    for eps, shift in ((1e-8, 0.0), (1e-4, 0.1)):
+        for corner, share in floor.items():
+            for seed in range(3):
+                folder = write_run(runs, optimizer=corner, seed=seed, eps=eps, curve=[0.5, 0.6, 0.7])
+                _with_diagnostics(folder, {"opt/floor_share": share + shift + 0.01 * seed, "opt/case3_share": 0.0,
+                                           "opt/step_ratio_q10": 1.0, "opt/step_ratio_q50": 1.0,
+                                           "opt/step_ratio_q90": 1.0, "opt/eff_lr_q50": 1e-3})
+    for seed in range(3):  # ablation_adam at the inside floor of 1e-8 (a matched-floor run): floor share 1
+        folder = write_run(runs, optimizer="ablation_adam", seed=seed, eps=3.1622776601683794e-3, curve=[0.5, 0.6, 0.7])
+        _with_diagnostics(folder, {"opt/floor_share": 1.0, "opt/case3_share": 0.0, "opt/step_ratio_q10": 1.0,
+                                   "opt/step_ratio_q50": 1.0, "opt/step_ratio_q90": 1.0, "opt/eff_lr_q50": 1e-3})
+    data = load_runs(runs)
+    _, estimates = summary_table(data, "fake_task")
+    lines = sentences(data, "fake_task", estimates)
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("At ε = 1e-08: ") and "g², ε outside (Adam) 11%" in lines[0]
+    assert lines[1].startswith("At ε = 0.0001: ") and "g², ε outside (Adam) 21%" in lines[1]
+    assert "outcome: cannot tell (intervals overlap)" in lines[0]
+    assert not any("(Adam) 100%" in line for line in lines)
 
 
 def test_diagnostics_in_a_compiled_step() -> None:

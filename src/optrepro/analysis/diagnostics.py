@@ -29,8 +29,10 @@ from optrepro.analysis.tables import (  # noqa: E402
     fmt,
     fmt_interval,
     main_setting,
+    nominal_eps,
     safe_name,
 )
+from optrepro.status import RunStatus  # noqa: E402
 
 SERIES = {
     "opt/floor_share": "floor share (ε floor > √q̂)",
@@ -175,37 +177,45 @@ def _share(est: Estimate) -> str:
 
 
 def sentences(data: RunsData, task: str, estimates: dict[str, dict[str, Estimate]]) -> list[str]:
-    """The mechanism in numbers, and beside it the outcome, for the corners' main settings."""
+    """The mechanism in numbers, and beside it the outcome, per nominal ε of the 2×2 (the ε at which all
+    four corners ran; the matched-floor outside runs are not a scope of their own)."""
     frame = ablation_runs(data.runs)
-    frame = frame[(frame.task == task) & (frame.status == "completed")]
-    by_corner: dict[str, dict[str, Estimate]] = {}
-    for corner, sub in frame.groupby("corner"):
-        setting = main_setting(sub)
-        if setting in estimates:
-            by_corner[str(corner)] = estimates[setting]
-    if not by_corner:
-        return []
-    mode = str(data.runs[data.runs.task == task]["mode"].iloc[0])
+    frame = frame[(frame.task == task) & (frame.status == RunStatus.COMPLETED)]
+    scopes: list[float | None] = list(nominal_eps(frame)) or [None]
+    mode = str(data.runs[data.runs.task == task]["mode"].iloc[0]) if (data.runs.task == task).any() else "max"
     out = []
-    by_corner = {c: by_corner[c] for c in STYLES if c in by_corner}
-    floor = ", ".join(f"{CORNER_TITLES[c]} {_share(e['opt/floor_share'])}" for c, e in by_corner.items()
-                      if "opt/floor_share" in e)
-    out.append(f"The ε floor dominates the denominator on this share of sampled coordinates (last eval): {floor}.")
-    case3 = ", ".join(f"{CORNER_TITLES[c]} {_share(by_corner[c]['opt/case3_share'])}"
-                      for c in ("belief_outside", "belief_inside") if c in by_corner)
-    if case3:
-        out.append(f"Belief's case 3 (its step at least twice the g² step at the same state) is active on: {case3}.")
-    if "belief_inside" in by_corner and "belief_outside" in by_corner:
-        a, b = by_corner["belief_inside"], by_corner["belief_outside"]
-        floor_cmp = _differ(a["opt/floor_share"], b["opt/floor_share"])
-        case_cmp = _differ(a["opt/case3_share"], b["opt/case3_share"])
-        outcome = _differ(a["final"], b["final"])
-        better = {"higher": "better" if mode == "max" else "worse",
-                  "lower": "worse" if mode == "max" else "better"}.get(outcome, "cannot tell")
-        out.append(
-            f"ε inside vs outside, both with (g−m)²: floor share {floor_cmp}, case-3 share {case_cmp}; "
-            f"outcome: inside {better}" + (" than outside." if better != "cannot tell" else " (intervals overlap).")
-        )
+    for eps in scopes:
+        at = frame if eps is None else frame[frame.eps == eps]
+        by_corner: dict[str, dict[str, Estimate]] = {}
+        for corner, sub in at.groupby("corner"):
+            setting = main_setting(sub)
+            if setting in estimates:
+                by_corner[str(corner)] = estimates[setting]
+        by_corner = {c: by_corner[c] for c in STYLES if c in by_corner}
+        if not by_corner:
+            continue
+        where = "" if eps is None or len(scopes) == 1 else f"At ε = {fmt(eps, 3)}: "
+        floor = ", ".join(f"{CORNER_TITLES[c]} {_share(e['opt/floor_share'])}" for c, e in by_corner.items()
+                          if "opt/floor_share" in e)
+        parts = [f"the ε floor dominates the denominator on {floor} of the sampled coordinates (last eval)"]
+        case3 = ", ".join(f"{CORNER_TITLES[c]} {_share(by_corner[c]['opt/case3_share'])}"
+                          for c in ("belief_outside", "belief_inside") if c in by_corner)
+        if case3:
+            parts.append("belief's case 3 (its step at least twice the g² step at the same state) is active on "
+                         + case3)
+        if "belief_inside" in by_corner and "belief_outside" in by_corner:
+            a, b = by_corner["belief_inside"], by_corner["belief_outside"]
+            floor_cmp = _differ(a["opt/floor_share"], b["opt/floor_share"])
+            case_cmp = _differ(a["opt/case3_share"], b["opt/case3_share"])
+            outcome = _differ(a["final"], b["final"])
+            better = {"higher": "better" if mode == "max" else "worse",
+                      "lower": "worse" if mode == "max" else "better"}.get(outcome, "cannot tell")
+            parts.append(
+                f"ε inside vs outside at the same nominal ε, both with (g−m)²: floor share {floor_cmp}, case-3 share "
+                f"{case_cmp}; outcome: " + (f"inside {better} than outside" if better != "cannot tell"
+                                            else "cannot tell (intervals overlap)"))
+        text = "; ".join(parts) + "."
+        out.append(where + text[0].upper() + text[1:] if not where else where + text)
     return out
 
 
