@@ -9,6 +9,8 @@ entry, so a config change that the table does not record fails the suite.
 
     python -m optrepro.audit check     # composed configs vs the table (exit 1 on a difference)
     python -m optrepro.audit render    # rewrite docs/recipes.md from docs/recipes.yaml
+
+A tool of the repository (it reads docs/ beside src/), not of the installed package.
 """
 
 from __future__ import annotations
