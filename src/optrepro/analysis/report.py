@@ -165,7 +165,7 @@ def write_report(
                     "",
                 ]
         figure = artifacts.figures.get(task, {}).get("diagnostics")
-        lines += optimizer_diagnostics.report_section(data, task, figure, out_dir)  # issue 15
+        lines += optimizer_diagnostics.report_section(data, task, figure, out_dir)
         if task in ablation.displays:
             lines += [
                 "**Belief × ε ablation** (improvements: positive = better; paired Student-t intervals over seeds; "

@@ -451,6 +451,13 @@ def nominal_eps(frame: pd.DataFrame) -> list[float]:
     return sorted(float(e) for e, k in per_eps.items() if k == len(CORNERS))
 
 
+def _corner_row(task: str, eps: str, corner: str, est: Estimate, diverged: int) -> dict[str, Any]:
+    """One row of the corner-means table (a corner, or an outside corner at the matched floor)."""
+    return {"task": task, "eps": eps, "corner": corner, "n": est.n, "mean": est.mean, "std": est.std,
+            "ci_lo": est.lo, "ci_hi": est.hi, "ci_method": est.method if est.has_interval else "",
+            "diverged": diverged, "_est": est}
+
+
 def pair_table(frame: pd.DataFrame, value_kind: str) -> pd.DataFrame:
     """Completed corner runs as one row per pair unit (seed, eps, lr) and one column per corner, plus each
     outside corner's run at the inside corners' floor (``*_matched``, same seed and lr) and its ``matched_eps``."""
@@ -568,40 +575,13 @@ def ablation_tables(data: RunsData, value_kind: str = "final", alpha: float = AL
             for corner in CORNERS.values():
                 runs_c = sub[sub.corner == corner]
                 est = mean_interval(runs_c[runs_c.status == RunStatus.COMPLETED][value_kind].astype(float).to_numpy())
-                corner_rows.append(
-                    {
-                        "task": task,
-                        "eps": label,
-                        "corner": corner,
-                        "n": est.n,
-                        "mean": est.mean,
-                        "std": est.std,
-                        "ci_lo": est.lo,
-                        "ci_hi": est.hi,
-                        "ci_method": est.method if est.has_interval else "",
-                        "diverged": int((runs_c.status == RunStatus.DIVERGED).sum()),
-                        "_est": est,
-                    }
-                )
+                diverged = int((runs_c.status == RunStatus.DIVERGED).sum())
+                corner_rows.append(_corner_row(task, label, corner, est, diverged))
             scope_units = units[in_nominal] if scope == "all" else units[unit_eps == float(scope)]
             matched_eps = ", ".join(format_value(float(e)) for e in sorted(scope_units.matched_eps.dropna().unique()))
             for column in MATCHED.values():
                 est = mean_interval(scope_units[column].to_numpy(float))
-                corner_rows.append(
-                    {
-                        "task": task,
-                        "eps": label,
-                        "corner": column,
-                        "n": est.n,
-                        "mean": est.mean,
-                        "std": est.std,
-                        "ci_lo": est.lo,
-                        "ci_hi": est.hi,
-                        "ci_method": est.method if est.has_interval else "",
-                        "diverged": 0,
-                        "_est": est,
-                    }
-                )
+                corner_rows.append(_corner_row(task, label, column, est, 0))
             for name, est in scope_estimates(scope_units).items():
                 raw.append(
                     {
