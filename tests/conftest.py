@@ -65,8 +65,8 @@ def run_inprocess(overrides: Sequence[str], results_dir: Path) -> Any:
     from optrepro.train import run
 
     overrides = [*overrides, f"results_dir={results_dir}", "wandb.mode=disabled", "progress=false"]
-    cfg, choices = compose(overrides)
-    return run(cfg, overrides, choices)
+    cfg, _ = compose(overrides)
+    return run(cfg)
 
 
 def cli(args: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None,

@@ -63,13 +63,11 @@ def say(message: str) -> None:
 
 
 # ---------------------------------------------------------------------------------- one run
-def run(cfg: DictConfig, cli_overrides: list[str] | None = None, choices: dict[str, str] | None = None) -> Outcome:
+def run(cfg: DictConfig) -> Outcome:
     """Validate and train one composed config; never raises for a single job's failure.
 
     Folders this call creates are removed again if it ends without writing into them, so an error
     leaves nothing on disk. Ctrl-C (KeyboardInterrupt) is passed on: ``main`` says how to resume.
-    ``cli_overrides`` and ``choices`` are not needed any more (the composed config is complete; the
-    optimizer yaml records its own ``config_name``); accepted so existing callers keep working.
     """
     writer = rank() == 0
     created: list[Path] = []
@@ -380,18 +378,17 @@ def _hydra_job(cfg: DictConfig) -> Outcome:
     from optrepro.sweep import job_resources, launcher_jobs
 
     hydra_cfg = HydraConfig.get()
-    overrides, choices = list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices)
     with job_resources(cfg) as device:
         if device is not None:
             cfg.device = device
         job = run_isolated if launcher_jobs() > 1 else run  # parallel: a killed job must not kill the worker
-        outcome = job(cfg, overrides, choices)
+        outcome = job(cfg)
     if hydra_cfg.mode != RunMode.MULTIRUN and outcome.status in (RunStatus.FAILED, RunStatus.ERROR):
         sys.exit(1 if outcome.status == RunStatus.FAILED else 2)
     return outcome
 
 
-def run_isolated(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str]) -> Outcome:
+def run_isolated(cfg: DictConfig) -> Outcome:
     """``run`` in a forked child: a job the OS kills (OOM killer, SIGKILL) becomes a failed outcome of
     that job, and the parallel launcher's worker lives on to run the other jobs of the sweep."""
     import multiprocessing
@@ -399,7 +396,7 @@ def run_isolated(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, s
 
     context = multiprocessing.get_context("fork")
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child_run, args=(send, cfg, cli_overrides, choices), daemon=False)
+    child = context.Process(target=_child_run, args=(send, cfg), daemon=False)
     child.start()
     send.close()
     try:
@@ -422,11 +419,11 @@ def run_isolated(cfg: DictConfig, cli_overrides: list[str], choices: dict[str, s
     return Outcome(RunStatus.FAILED, where, reason)
 
 
-def _child_run(send: Any, cfg: DictConfig, cli_overrides: list[str], choices: dict[str, str]) -> None:
+def _child_run(send: Any, cfg: DictConfig) -> None:
     import dataclasses
 
     try:
-        outcome = run(cfg, cli_overrides, choices)
+        outcome = run(cfg)
     except KeyboardInterrupt:
         os._exit(130)
     send.send(dataclasses.asdict(outcome))
