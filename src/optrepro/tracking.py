@@ -64,6 +64,7 @@ class Tracker:
                 tags=list(cfg.wandb.get("tags") or []),
                 id=run_id,
                 resume="allow",
+                reinit="create_new",  # population members: several runs open in one process
                 dir=str(run_dir),
                 config=config,
                 mode=mode,

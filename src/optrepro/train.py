@@ -80,30 +80,55 @@ def run(cfg: DictConfig) -> Outcome:
         return Outcome(RunStatus.ERROR, reason=str(exc))
     run_dir = RunDir(Path(cfg.results_dir) / run_name(cfg), writer=writer)
     try:
-        run_dir.verify(cfg)
-        previous = run_dir.finished_summary()
-        if previous is not None and previous.get("status") in FINAL_STATUSES:
-            say(f"{run_dir.path.name}: already {previous['status']} ({run_dir.path}); nothing to do")
-            return Outcome(RunStatus.SKIPPED, str(run_dir.path), previous.get("reason"))
-        if previous is not None:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            if writer:
-                os.replace(run_dir.summary_path, run_dir.path / f"summary.failed.{stamp}.json")
-            say(f"{run_dir.path.name}: last attempt failed ({previous.get('reason')}); trying again")
-        with run_dir.lock():
-            return train(cfg, run_dir)
+        with store_errors_as_outcome(run_dir) as errors:
+            skipped = previous_outcome(cfg, run_dir)
+            if skipped is not None:
+                return skipped
+            with run_dir.lock():
+                return train(cfg, run_dir)
+        assert errors.outcome is not None  # reached only when the block above was ended by an error
+        return errors.outcome
+    finally:
+        if writer:
+            remove_empty_dirs([run_dir.path, *created])
+
+
+def previous_outcome(cfg: DictConfig, run_dir: RunDir) -> Outcome | None:
+    """Check the run folder belongs to this config; SKIPPED if the run already ended (completed,
+    diverged), None if it is to be trained (a failed attempt's summary is set aside first)."""
+    run_dir.verify(cfg)
+    previous = run_dir.finished_summary()
+    if previous is not None and previous.get("status") in FINAL_STATUSES:
+        say(f"{run_dir.path.name}: already {previous['status']} ({run_dir.path}); nothing to do")
+        return Outcome(RunStatus.SKIPPED, str(run_dir.path), previous.get("reason"))
+    if previous is not None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        if run_dir.writer:
+            os.replace(run_dir.summary_path, run_dir.path / f"summary.failed.{stamp}.json")
+        say(f"{run_dir.path.name}: last attempt failed ({previous.get('reason')}); trying again")
+    return None
+
+
+@dataclass
+class _Caught:
+    outcome: Outcome | None = None
+
+
+@contextlib.contextmanager
+def store_errors_as_outcome(run_dir: RunDir) -> Iterator[_Caught]:
+    """A user error or a full/read-only disk ends the job as ERROR, said in one line (``.outcome``)."""
+    caught = _Caught()
+    try:
+        yield caught
     except UserError as exc:
         say(f"error: {exc}")
-        return Outcome(RunStatus.ERROR, str(run_dir.path), str(exc))
+        caught.outcome = Outcome(RunStatus.ERROR, str(run_dir.path), str(exc))
     except OSError as exc:
         if exc.errno not in NO_SPACE:
             raise
         message = f"cannot write to {run_dir.path} ({os.strerror(exc.errno)}); free space and relaunch"
         say(f"error: {message}")
-        return Outcome(RunStatus.ERROR, str(run_dir.path), message)
-    finally:
-        if writer:
-            remove_empty_dirs([run_dir.path, *created])
+        caught.outcome = Outcome(RunStatus.ERROR, str(run_dir.path), message)
 
 
 def prepare_config(cfg: DictConfig) -> DictConfig:
@@ -270,10 +295,10 @@ def record_eval(task: Task, state: LoopState, row: dict[str, Any], metrics: dict
 
 def save_checkpoint(task: Task, state: LoopState, run_dir: RunDir) -> None:
     """Everything a relaunch needs to go on as if uninterrupted (RunDir writes it atomically)."""
-    from optrepro.tasks.base import rng_state
+    from optrepro.tasks.base import compact, rng_state
 
     run_dir.save_checkpoint(
-        {"task": task.state_dict(), "rng": rng_state(), "wall_time": state.wall(), "best": state.best,
+        {"task": compact(task.state_dict()), "rng": rng_state(), "wall_time": state.wall(), "best": state.best,
          "last_eval": state.last_eval, "step": task.step, "loss_sum": state.loss_sum.item(),
          "loss_count": state.loss_count}
     )

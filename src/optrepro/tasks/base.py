@@ -80,6 +80,9 @@ class Task(abc.ABC):
     data_parallel_refusal: str = ""
     #: the attributes that make up the checkpoint, in order; a leading "_" is dropped from the key
     state_attrs: tuple[str, ...] = ("step",)
+    #: why this task cannot train as a member of a population (:mod:`optrepro.population`); empty when
+    #: it can, i.e. when it implements the three ``member_*`` methods below
+    population_refusal: str = "its training step is not split into member_batch / member_loss / member_end_step"
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         from optrepro.tasks.schemas import validate
@@ -133,6 +136,26 @@ class Task(abc.ABC):
     def finalize(self, run_dir: Path) -> dict[str, Any]:
         """Write task artifacts into the run folder; return extra entries for summary.json."""
         return {}
+
+    # --- population members (optrepro.population): one training step in three parts ----------
+    @classmethod
+    def population_refusal_for(cls, cfg: DictConfig) -> str:
+        """Why a run of this task config cannot join a population ("" when it can)."""
+        return cls.population_refusal
+
+    def member_batch(self) -> Any:
+        """Start a step: set the schedule's lr, take this run's next batch (its own data order,
+        augmentation and noise streams). A pytree of tensors, or None for tasks without data."""
+        raise NotImplementedError
+
+    def member_loss(self, params: list[torch.Tensor], batch: Any) -> tuple[torch.Tensor, Any]:
+        """The training loss of ``batch`` as a pure function of ``params`` (the optimizer's parameters,
+        in its order), and per-step statistics for ``member_end_step``; vmapped over members."""
+        raise NotImplementedError
+
+    def member_end_step(self, loss: torch.Tensor, stats: Any) -> dict[str, Any]:
+        """Finish a step after the optimizer's update: counters and statistics; what ``train_step`` returns."""
+        raise NotImplementedError
 
 
 class FixedStepsTask(Task):
@@ -227,6 +250,19 @@ def export_state(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [export_state(v) for v in value]
     return value  # int, float, str, bool, None
+
+
+def compact(value: Any) -> Any:
+    """``value`` with every tensor that views a larger storage (a population member's slice of its
+    stacked tensors) replaced by a copy of its own, so a checkpoint holds only what is its own."""
+    if isinstance(value, torch.Tensor):
+        own = value.numel() * value.element_size()
+        return value.clone() if value.untyped_storage().nbytes() > own else value
+    if isinstance(value, dict):
+        return {k: compact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(compact(v) for v in value)
+    return value
 
 
 def import_state(current: Any, saved: Any, device: torch.device) -> Any:

@@ -53,6 +53,7 @@ class Toy2DTask(FixedStepsTask):
     mode = "min"
     data_parallel_refusal = "it optimizes one 2-D point: there is no batch to split"
     state_attrs = ("step", "point", "optimizer", "trajectory", "steps_to_tol")
+    population_refusal = ""
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
@@ -75,10 +76,21 @@ class Toy2DTask(FixedStepsTask):
                                                                                  dtype=torch.float64)))
 
     def train_step(self) -> dict[str, Any]:
+        batch = self.member_batch()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self._loss()
+        loss, stats = self.member_loss([self.point], batch)
         loss.backward()
         self.optimizer.step()
+        return self.member_end_step(loss, stats)
+
+    def member_batch(self) -> None:
+        return None  # the test function is the whole objective: no data
+
+    def member_loss(self, params: list[torch.Tensor], batch: None) -> tuple[torch.Tensor, dict[str, Any]]:
+        point = params[0]
+        return self.function.fn(point[0], point[1]), {}
+
+    def member_end_step(self, loss: torch.Tensor, stats: dict[str, Any]) -> dict[str, Any]:
         self.step += 1
         with torch.no_grad():
             self.trajectory[self.step, :2] = self.point

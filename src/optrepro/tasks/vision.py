@@ -29,7 +29,7 @@ CPU-scale ``digits_cnn`` demo. What it does, in the order a reader meets it:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -55,6 +55,10 @@ CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
 
 
 # ------------------------------------------------------------------------------- the task
+#: models a population can batch (no buffers: batch norm's running statistics would need stacking too)
+POPULATION_MODELS = ("digits_cnn",)
+
+
 class ImageClassificationTask(Task):
     metric = "test_acc"
     mode = "max"
@@ -106,6 +110,7 @@ class ImageClassificationTask(Task):
             self.train_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
             seed_rank_stream(ctx, "vision-rank")
         self.optimizer = ctx.make_optimizer(self.model.parameters())
+        self._param_names = [name for name, _ in self.model.named_parameters()]  # the optimizer's order
         self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self._reset_interval()
 
@@ -249,19 +254,47 @@ class ImageClassificationTask(Task):
 
     # --- the loop's interface ---------------------------------------------------------------
     def train_step(self) -> dict[str, Any]:
-        self._set_lr()
-        images, labels = self._next_batch()
-        self.train_model.train()
-        with self.ctx.autocast():
-            logits = self.train_model(images)
-        loss = F.cross_entropy(logits.float(), labels)
+        batch = self.member_batch()
+        loss, correct = self._loss(self.train_model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        return self.member_end_step(loss, correct)
+
+    def _loss(self, forward: Callable[[torch.Tensor], torch.Tensor],
+              batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy of one batch under ``forward`` (the model, or a member's functional call),
+        and the number of correct training predictions."""
+        images, labels = batch
+        with self.ctx.autocast():
+            logits = forward(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        return loss, (logits.detach().argmax(1) == labels).sum()
+
+    # --- as a population member (optrepro.population) ----------------------------------------
+    @classmethod
+    def population_refusal_for(cls, cfg: DictConfig) -> str:
+        if str(cfg.model.name) not in POPULATION_MODELS:
+            return (f"model {cfg.model.name} has batch norm, whose running statistics are not batched "
+                    f"(populations train: {', '.join(POPULATION_MODELS)})")
+        return ""
+
+    def member_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._set_lr()
+        self.train_model.train()
+        return self._next_batch()
+
+    def member_loss(self, params: list[torch.Tensor],
+                    batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        from torch.func import functional_call
+
+        named = dict(zip(self._param_names, params, strict=True))
+        return self._loss(lambda images: functional_call(self.model, named, (images,)), batch)
+
+    def member_end_step(self, loss: torch.Tensor, correct: torch.Tensor) -> dict[str, Any]:
         self.step += 1
-        with torch.no_grad():
-            self._train_correct += (logits.argmax(1) == labels).sum()
-            self._train_seen += labels.numel()
+        self._train_correct += correct
+        self._train_seen += self.batch_size // self.dist.world
         # every rank reports the global-batch loss, so they agree on divergence
         return {"loss": self.dist.mean(loss.detach())}
 

@@ -1,0 +1,1 @@
+"""optrepro's population launcher for Hydra (``hydra/launcher=population``)."""

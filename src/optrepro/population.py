@@ -1,0 +1,309 @@
+"""Population training: many runs of one task trained together, in one process, as one batched model.
+
+A multirun under ``hydra/launcher=population`` (``hydra_plugins/optrepro_population``) groups its
+jobs with :func:`group_key`: jobs of the same task config (model shapes, data, schedule, profile)
+whose optimizers are Adam-family presets of the same structure form one group; seed, preset, every
+continuous hyperparameter and both ablation factors may differ. :func:`train_population` then trains
+a group as K members:
+
+* each member is a run: the same folder, hash, ``config.yaml``, ``metrics.jsonl``, checkpoint,
+  ``summary.json`` and wandb run as when it runs alone; its task is built the same way (its own seed,
+  init, data order and augmentation), and its optimizer is the one its config names;
+* their parameters and optimizer states are stacked (``optim.population.PopulationAdam``); one
+  vmapped forward/backward (``torch.func``) over the members' batches and one batched optimizer
+  step train all of them;
+* a member that diverges is recorded as diverged at its step and frozen; an exception in one member's
+  bookkeeping or evaluation fails that member only; each member is checkpointed into its own folder,
+  so a relaunch resumes every member where it stopped (members need not be at the same step) and
+  skips the members that ended.
+
+The loop below mirrors :func:`optrepro.train.train_loop` member by member.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from optrepro import distributed
+from optrepro.errors import UserError
+from optrepro.runs import RunDir, check_writable, config_hash, remove_empty_dirs, run_name
+from optrepro.status import RunStatus
+from optrepro.train import (
+    LoopState,
+    Outcome,
+    check_divergence,
+    eval_row,
+    failures_recorded,
+    finish,
+    prepare_config,
+    previous_outcome,
+    record_eval,
+    resume,
+    save_checkpoint,
+    say,
+    setup_run,
+    store_errors_as_outcome,
+)
+
+if TYPE_CHECKING:
+    from optrepro.optim.diagnostics import TaskProbe
+    from optrepro.tasks.base import Task
+    from optrepro.tracking import Tracker
+
+#: top-level keys that may differ between members of one population (all others must agree)
+MEMBER_KEYS = ("seed", "optimizer", "wandb", "progress")
+
+
+# ---------------------------------------------------------------------------------- grouping
+def group_key(cfg: DictConfig) -> tuple[str | None, str]:
+    """(key, "") for a job that can join a population (jobs with equal keys batch together), or
+    (None, why not) for one that runs alone."""
+    from optrepro.optim import build_optimizer
+    from optrepro.optim.adam_family import AdamFamilyOptimizer
+    from optrepro.optim.population import structure_key
+    from optrepro.tasks import task_class
+
+    try:
+        cfg = prepare_config(cfg)
+        refusal = task_class(str(cfg.task.kind)).population_refusal_for(cfg.task)
+        if refusal:
+            return None, f"task {cfg.task.name}: {refusal}"
+        probe = build_optimizer([torch.nn.Parameter(torch.zeros(1))], cfg.optimizer)
+    except (UserError, ValueError, TypeError) as exc:
+        return None, f"its config does not build ({exc})"  # the run itself will say so, in its own words
+    if not isinstance(probe, AdamFamilyOptimizer):
+        return None, (f"optimizer {cfg.optimizer.name} ({type(probe).__name__}) is not one of the Adam-family "
+                      "presets the batched step runs (eadam, adabelief, ablation)")
+    if distributed.env_world_size() > 1:
+        return None, "it runs data parallel under torchrun"
+    shared = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in MEMBER_KEYS}
+    amsgrad = [spec[:2] for spec in structure_key(probe)]
+    return json.dumps([shared, amsgrad], sort_keys=True, default=str), ""
+
+
+# ---------------------------------------------------------------------------------- members
+@dataclass
+class Member:
+    """One run of the population and everything its loop carries."""
+
+    index: int
+    cfg: DictConfig
+    run_dir: RunDir
+    task: Task | None = None
+    probe: TaskProbe | None = None
+    state: LoopState | None = None
+    tracker: Tracker | None = None
+    factors: dict[str, Any] = field(default_factory=dict)
+    batch: Any = None  # its last batch (a frozen member's forward reuses it; its result is discarded)
+    outcome: Outcome | None = None  # set once the member has ended
+
+    @property
+    def active(self) -> bool:
+        return self.outcome is None
+
+
+def train_population(cfgs: list[DictConfig], show_progress: bool = True) -> list[Outcome]:
+    """Train the composed configs ``cfgs`` (one group of :func:`group_key`) as one population;
+    one Outcome per config, in order. Never raises for one member's failure."""
+    members: list[Member] = []
+    outcomes: list[Outcome | None] = [None] * len(cfgs)
+    created: list[Path] = []
+    with contextlib.ExitStack() as stack:
+        for i, raw in enumerate(cfgs):
+            try:
+                cfg = prepare_config(raw)
+                created += check_writable(Path(cfg.results_dir))
+            except UserError as exc:
+                say(f"error: {exc}")
+                outcomes[i] = Outcome(RunStatus.ERROR, reason=str(exc))
+                continue
+            member = Member(i, cfg, RunDir(Path(cfg.results_dir) / run_name(cfg)))
+            with store_errors_as_outcome(member.run_dir) as errors:
+                outcomes[i] = previous_outcome(cfg, member.run_dir)
+                if outcomes[i] is None:
+                    stack.enter_context(member.run_dir.lock())
+                    _set_up(member)
+                    members.append(member)
+            if errors.outcome is not None:
+                outcomes[i] = errors.outcome
+        try:
+            if members:
+                _train(members, show_progress)
+        finally:
+            remove_empty_dirs([m.run_dir.path for m in members] + created)
+    for member in members:
+        outcomes[member.index] = member.outcome
+    return [o if o is not None else Outcome(RunStatus.FAILED, reason="population ended early") for o in outcomes]
+
+
+def _set_up(member: Member) -> None:
+    """What ``train.train`` does before its loop: build (seeded as when alone), resume, track."""
+    from optrepro.optim import describe
+    from optrepro.tracking import Tracker
+
+    cfg, run_dir = member.cfg, member.run_dir
+    member.task, member.probe = setup_run(cfg, run_dir)
+    checkpoint = resume(member.task, run_dir)
+    member.factors = describe(cfg.optimizer)
+    member.tracker = Tracker(cfg, run_dir.path, config_hash(cfg), member.factors)
+    member.state = LoopState.begin(checkpoint, member.task.ctx.device)
+
+
+# ---------------------------------------------------------------------------------- the loop
+def _train(members: list[Member], show_progress: bool) -> None:
+    """Step every active member until all have ended; each member's bookkeeping as in ``train_loop``."""
+    from tqdm.auto import tqdm
+
+    from optrepro.optim.population import PopulationAdam
+
+    for member in members:
+        if member.task.done():  # resumed from its last checkpoint, killed before its summary
+            _end(member)
+    live = [m for m in members if m.active]
+    if not live:
+        return
+    population = PopulationAdam([m.task.optimizer for m in live])
+    engine = BatchedLoss(live[0].task, population.parameters)
+    total = sum(m.task.total_steps - m.task.step for m in live)
+    name = f"population of {len(live)} ({live[0].cfg.task.name})"
+    with tqdm(total=total, desc=name, disable=not show_progress, dynamic_ncols=True, leave=False) as progress:
+        while any(m.active for m in live):
+            active = torch.tensor([m.active for m in live])
+            for member in live:
+                if member.active:
+                    with _member_failures(member):
+                        member.batch = member.task.member_batch()
+            try:
+                losses, stats = engine(population, [m.batch for m in live], active)
+                population.before_member_steps(active)
+                population.step(active)
+                population.after_member_steps(active)
+            except Exception as exc:  # noqa: BLE001 - the shared step failed: every member it carried failed
+                _fail_all([m for m in live if m.active], exc)
+                break
+            for k, member in enumerate(live):
+                if member.active:
+                    with _member_failures(member):
+                        _after_step(member, losses[k], _index(stats, k))
+                    progress.update(1)
+                    if not member.active or member.task.done():
+                        _end(member)
+
+
+@contextlib.contextmanager
+def _member_failures(member: Member) -> Iterator[None]:
+    """The run's own exception policy (``train.failures_recorded``); a failed member ends now."""
+    with failures_recorded(member.state, member.run_dir, stage="train"):
+        yield
+    if member.state.status == RunStatus.FAILED:
+        _end(member)
+
+
+def _fail_all(members: list[Member], exc: Exception) -> None:
+    for member in members:
+        with _member_failures(member):
+            raise exc
+
+
+def _after_step(member: Member, loss: torch.Tensor, stats: Any) -> None:
+    task, state, run_dir = member.task, member.state, member.run_dir
+    logs = task.member_end_step(loss, stats)
+    state.add_loss(logs["loss"], task.step)
+    evaluating = task.eval_due() or task.done()
+    if check_divergence(state, task.step, evaluating):
+        _end(member)
+        return
+    if evaluating:
+        metrics = task.evaluate()
+        row = eval_row(task, state, metrics, member.probe)
+        record_eval(task, state, row, metrics, run_dir, member.tracker, _NoProgress())
+        save_checkpoint(task, state, run_dir)
+    elif (every := int(member.cfg.checkpoint.every_steps)) and task.step % every == 0:
+        save_checkpoint(task, state, run_dir)
+
+
+def _end(member: Member) -> None:
+    """Write the member's artifacts and summary (``train.finish``); it takes no further steps."""
+    if member.outcome is None:
+        member.outcome = finish(member.cfg, member.task, member.state, member.run_dir, member.tracker,
+                                member.factors)
+
+
+class _NoProgress:
+    """The per-run progress bar's interface; the population shows one bar for all members."""
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _index(tree: Any, k: int) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree[k]
+    if isinstance(tree, dict):
+        return {key: _index(value, k) for key, value in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_index(value, k) for value in tree)
+    return tree
+
+
+def _stack(batches: list[Any]) -> Any:
+    first = batches[0]
+    if first is None:
+        return None
+    if isinstance(first, torch.Tensor):
+        return torch.stack(batches)
+    if isinstance(first, dict):
+        return {key: _stack([b[key] for b in batches]) for key in first}
+    return type(first)(_stack(list(parts)) for parts in zip(*batches, strict=True))
+
+
+class BatchedLoss:
+    """Every member's ``member_loss`` at once: ``torch.func.vmap`` of the first member's (all members
+    share the task config, so its function serves all), then one backward into the stacked leaves."""
+
+    def __init__(self, template: Task, parameters: list[torch.Tensor]) -> None:
+        from torch.func import vmap
+
+        self.parameters = parameters
+        self._vmapped = {with_data: vmap(template.member_loss, in_dims=(0, 0 if with_data else None),
+                                         randomness="different")
+                         for with_data in (True, False)}
+
+    def __call__(self, population: Any, batches: list[Any], active: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        population.zero_grad()
+        stacked = _stack(batches)
+        losses, stats = self._vmapped[stacked is not None](self.parameters, stacked)
+        # a frozen member's loss may be NaN; the sum's gradient with respect to each member is its own
+        losses.sum().backward()
+        return losses.detach(), stats
+
+
+# ---------------------------------------------------------------------------------- groups
+def plan_groups(cfgs: list[DictConfig], max_members: int) -> tuple[list[list[int]], list[tuple[int, str]]]:
+    """Split job indices into populations (each at most ``max_members``; order kept) and the jobs that
+    run alone, each with its reason. A group of one runs alone too (nothing to batch)."""
+    groups: dict[str, list[int]] = {}
+    alone: list[tuple[int, str]] = []
+    for i, cfg in enumerate(cfgs):
+        key, reason = group_key(cfg)
+        if key is None:
+            alone.append((i, reason))
+        else:
+            groups.setdefault(key, []).append(i)
+    populations = []
+    for indices in groups.values():
+        for start in range(0, len(indices), max_members):
+            chunk = indices[start : start + max_members]
+            if len(chunk) == 1:
+                alone.append((chunk[0], "no other job of the sweep batches with it"))
+            else:
+                populations.append(chunk)
+    return populations, sorted(alone)
