@@ -162,16 +162,13 @@ def _train(members: list[Member], show_progress: bool) -> None:
     """Step every active member until all have ended; each member's bookkeeping as in ``train_loop``."""
     from tqdm.auto import tqdm
 
-    from optrepro.optim.population import PopulationAdam
-
     for member in members:
         if member.task.done():  # resumed from its last checkpoint, killed before its summary
             _end(member)
     live = [m for m in members if m.active]
     if not live:
         return
-    population = PopulationAdam([m.task.optimizer for m in live])
-    engine = BatchedLoss(live[0].task, population.parameters)
+    population = Population([m.task for m in live])
     total = sum(m.task.total_steps - m.task.step for m in live)
     name = f"population of {len(live)} ({live[0].cfg.task.name})"
     with tqdm(total=total, desc=name, disable=not show_progress, dynamic_ncols=True, leave=False) as progress:
@@ -182,10 +179,7 @@ def _train(members: list[Member], show_progress: bool) -> None:
                     with _member_failures(member):
                         member.batch = member.task.member_batch()
             try:
-                losses, stats = engine(population, [m.batch for m in live], active)
-                population.before_member_steps(active)
-                population.step(active)
-                population.after_member_steps(active)
+                losses, stats = population.step([m.batch for m in live], active)
             except Exception as exc:  # noqa: BLE001 - the shared step failed: every member it carried failed
                 _fail_all([m for m in live if m.active], exc)
                 break
@@ -265,24 +259,32 @@ def _stack(batches: list[Any]) -> Any:
     return type(first)(_stack(list(parts)) for parts in zip(*batches, strict=True))
 
 
-class BatchedLoss:
-    """Every member's ``member_loss`` at once: ``torch.func.vmap`` of the first member's (all members
-    share the task config, so its function serves all), then one backward into the stacked leaves."""
+class Population:
+    """The shared part of a population step: every member's ``member_loss`` at once
+    (``torch.func.vmap`` of the first member's; all members share the task config, so its function
+    serves all), one backward into the stacked leaves, one batched optimizer step."""
 
-    def __init__(self, template: Task, parameters: list[torch.Tensor]) -> None:
+    def __init__(self, tasks: list[Task]) -> None:
         from torch.func import vmap
 
-        self.parameters = parameters
-        self._vmapped = {with_data: vmap(template.member_loss, in_dims=(0, 0 if with_data else None),
+        from optrepro.optim.population import PopulationAdam
+
+        self.optimizer = PopulationAdam([task.optimizer for task in tasks])
+        self._vmapped = {with_data: vmap(tasks[0].member_loss, in_dims=(0, 0 if with_data else None),
                                          randomness="different")
                          for with_data in (True, False)}
 
-    def __call__(self, population: Any, batches: list[Any], active: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        population.zero_grad()
+    def step(self, batches: list[Any], active: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """Train every member with ``active[k]`` one step on its batch; (losses [K], stats stacked)."""
+        opt = self.optimizer
+        opt.zero_grad()
         stacked = _stack(batches)
-        losses, stats = self._vmapped[stacked is not None](self.parameters, stacked)
+        losses, stats = self._vmapped[stacked is not None](opt.parameters, stacked)
         # a frozen member's loss may be NaN; the sum's gradient with respect to each member is its own
         losses.sum().backward()
+        opt.before_member_steps(active)
+        opt.step(active)
+        opt.after_member_steps(active)
         return losses.detach(), stats
 
 

@@ -100,7 +100,8 @@ class PopulationAdam:
             return torch.stack(parts)
 
         stacked_param = torch.stack([p.detach() for p in params]).requires_grad_(True)
-        steps = torch.tensor([float(opt.state.get(p, {}).get("step", 0.0)) for opt, p in zip(opts, params, strict=True)])
+        steps = torch.tensor([float(opt.state.get(p, {}).get("step", 0.0))
+                              for opt, p in zip(opts, params, strict=True)])
         slot = _Slot(g, position, stacked_param, stacked(0), stacked(1), stacked(2) if amsgrad else None, steps,
                      eps_on_max=amsgrad and spec.amsgrad_eps == "max")
         for k, (opt, p) in enumerate(zip(opts, params, strict=True)):
@@ -123,8 +124,10 @@ class PopulationAdam:
         for slot in self.slots:
             slot.param.grad = None
 
-    def _scalars(self, g: int, steps: list[int], dtype: torch.dtype, device: torch.device) -> Tensor:
-        """[len(FIELDS), K] per-member coefficients of param group ``g`` at the members' next steps."""
+    def _scalars(self, g: int, steps: list[int], dtype: torch.dtype,
+                 device: torch.device) -> tuple[Tensor, frozenset[str]]:
+        """[len(FIELDS), K] per-member coefficients of param group ``g`` at the members' next steps, and
+        the names of the fields that are not neutral for some member (the ops that must run)."""
         rows = []
         for opt, step in zip(self.members, steps, strict=True):
             spec, hyper = opt._core(opt.param_groups[g])
@@ -142,7 +145,11 @@ class PopulationAdam:
                     self._plans.clear()
                 self._plans[key] = plan
             rows.append(plan)
-        return torch.tensor(rows, dtype=torch.float64).T.to(device=device, dtype=dtype)
+        used = frozenset(name for i, name in enumerate(FIELDS)
+                         if name in NEUTRAL and any(row[i] != NEUTRAL[name] for row in rows))
+        if "belief" in used and all(row[FIELDS.index("belief")] == 1.0 for row in rows):
+            used |= {"all_belief"}
+        return torch.tensor(rows, dtype=torch.float64).T.to(device=device, dtype=dtype), used
 
     @torch.no_grad()
     def step(self, active: Tensor) -> None:
@@ -160,8 +167,8 @@ class PopulationAdam:
             kept = None
             if frozen.numel():
                 kept = [t[frozen].clone() for t in self._tensors(slot)]
-            coefficients = scalars[slot.group].to(slot.exp_avg.dtype)
-            _batched_update(slot, coefficients)
+            coefficients, used = scalars[slot.group]
+            _batched_update(slot, coefficients.to(slot.exp_avg.dtype), used)
             if kept is not None:
                 for t, old in zip(self._tensors(slot), kept, strict=True):
                     t[frozen] = old
@@ -197,7 +204,7 @@ class PopulationAdam:
         return calls
 
 
-def _batched_update(slot: _Slot, c: Tensor) -> None:
+def _batched_update(slot: _Slot, c: Tensor, used: frozenset[str]) -> None:
     """The core's update on stacked tensors, each coefficient a [K, 1, ...] tensor (see module doc)."""
     p, g = slot.param.detach(), slot.param.grad
     if g is None:
@@ -206,31 +213,27 @@ def _batched_update(slot: _Slot, c: Tensor) -> None:
     shape = (c.shape[1],) + (1,) * (p.dim() - 1)
     coef = {name: c[i].view(shape) for i, name in enumerate(FIELDS)}
 
-    def used(name: str) -> bool:
-        return bool((c[FIELDS.index(name)] != NEUTRAL[name]).any())
-
-    if used("decay"):
+    if "decay" in used:
         p.mul_(coef["decay"])
-    if used("weight_decay"):
+    if "weight_decay" in used:
         g = g.addcmul(p, coef["weight_decay"])
     m.lerp_(g, coef["one_minus_beta1"])
-    if used("belief"):
-        r = g.sub(m) if bool((c[FIELDS.index("belief")] == 1.0).all()) else g.addcmul(m, -coef["belief"])
-    else:
-        r = g
+    r = g  # grad_sq; belief: g - c m (exactly g - m when every member is belief)
+    if "belief" in used:
+        r = g.sub(m) if "all_belief" in used else g.addcmul(m, -coef["belief"])
     v.mul_(coef["beta2"]).addcmul_(r.mul(coef["one_minus_beta2"]), r)
     eps_on_max = slot.eps_on_max
-    if used("eps_state") and not eps_on_max:
+    if "eps_state" in used and not eps_on_max:
         v.add_(coef["eps_state"])
     if u is not None:
         torch.maximum(u, v, out=u)
-        if used("eps_state") and eps_on_max:
+        if "eps_state" in used and eps_on_max:
             u.add_(coef["eps_state"])
     src = v if u is None else torch.where(coef["from_max"] > 0, u, v)
-    denom = src.add(coef["root_add"]) if used("root_add") else src
+    denom = src.add(coef["root_add"]) if "root_add" in used else src
     denom = denom.sqrt()
-    if used("eps_add"):
+    if "eps_add" in used:
         denom.add_(coef["eps_add"])
-    if used("use_denom"):
+    if "use_denom" in used:
         denom = torch.where(coef["use_denom"] > 0, denom, 1.0)
     p.addcdiv_(m.mul(coef["alpha"]), denom)  # = p + alpha * m / denom, rounded as addcdiv(value=alpha) rounds
