@@ -11,7 +11,7 @@ TASK ?= toy2d
 OPTIMIZERS ?= adam,eadam,adabelief
 EPS ?= 1e-16,1e-12,1e-8,1e-6,1e-4
 SEEDS ?= 0,1,2
-LAUNCHER ?= basic
+LAUNCHER ?= population
 JOBS ?= 2
 TABLE ?= all
 DRY_RUN ?=
@@ -24,7 +24,7 @@ help:
 	@echo "make test             the test suite (installs everything first)"
 	@echo "make reproduce-table  TABLE=<name> paper-scale sweep + analysis (GPU, downloads data)"
 	@echo "make sweep-eps        TASK=... OPTIMIZERS=... EPS=... SEEDS=... an eps sweep + its analysis"
-	@echo "make bench            optimizer and training-throughput benchmarks -> results/bench/"
+	@echo "make bench            optimizer, training-throughput and population benchmarks -> results/bench/"
 	@echo "make check-install    pip install . (not editable) into a scratch venv, train toy2d from elsewhere"
 	@echo "make lint             ruff"
 	@echo "make wandb-sync       upload offline wandb runs under results/"
@@ -63,6 +63,7 @@ bench: setup
 		--rounds 15 --out results/bench/optim_cpu_training_loop.json
 	$(BIN)/python scripts/bench_optim.py --diagnostics --rounds 20 --out results/bench/optim_cpu_diagnostics.json
 	$(BIN)/python scripts/bench_train.py
+	$(BIN)/python scripts/bench_population.py
 
 lint: setup
 	$(BIN)/ruff check src tests scripts

@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results/demo", help="analysis output (runs go to <out>/runs)")
     parser.add_argument("--jobs", type=int, default=2, help="parallel jobs (default 2: one per core here)")
     parser.add_argument("--only", default=None, help="comma-separated sweep labels to run (default: all)")
+    parser.add_argument("--populations", action=argparse.BooleanOptionalAction, default=True,
+                        help="train the sweeps of tasks that batch as populations (hydra/launcher=population); "
+                             "the other sweeps use --jobs processes (default on)")
     args = parser.parse_args(argv)
 
     sweeps = demo_plan()
@@ -65,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     print(f"demo: {sum(s.n_runs() for s in sweeps)} runs in {len(sweeps)} sweeps -> {out / 'runs'}", flush=True)
     started = time.time()
-    failures = run_sweeps(sweeps, out / "runs", jobs=args.jobs,
+    failures = run_sweeps(sweeps, out / "runs", jobs=args.jobs, populations=args.populations,
                            extra=("profile=demo", "wandb.mode=disabled", "diagnostics.enabled=true"))
     code = analyze(out / "runs", out)
     minutes = (time.time() - started) / 60

@@ -119,9 +119,37 @@ def count_outcomes(results_dir: Path, since: float) -> int:
     return total
 
 
+def joins_populations(task: str) -> bool:
+    """True when runs of ``task`` can train as population members (``hydra/launcher=population``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from optrepro.config import CONFIG_DIR
+    from optrepro.tasks import task_class
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            cfg = compose(config_name="train", overrides=[f"task={task}"])
+    finally:
+        GlobalHydra.instance().clear()
+    return not task_class(str(cfg.task.kind)).population_refusal_for(cfg.task)
+
+
+def sweep_launcher(sweep: Sweep, jobs: int, populations: bool) -> list[str]:
+    """The launcher overrides of one sweep: populations where its task joins them (its other jobs then run
+    one after another in that process), else joblib with ``jobs`` processes, else the basic launcher."""
+    if populations and joins_populations(sweep.overrides[0].split("=", 1)[1]):
+        return ["hydra/launcher=population"]
+    return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+
+
 def run_sweeps(sweeps: Sequence[Sweep], results_dir: Path, jobs: int = 1, extra: Sequence[str] = (),
-               show_progress: bool = True) -> int:
-    """Run each sweep as a subprocess multirun; show one overall progress bar. Returns failures."""
+               show_progress: bool = True, populations: bool = False) -> int:
+    """Run each sweep as a subprocess multirun; show one overall progress bar. Returns failures.
+
+    ``populations``: sweeps of tasks that batch run under ``hydra/launcher=population``. A sweep's
+    first override must then be its ``task=...``."""
     from tqdm.auto import tqdm
 
     results_dir = Path(results_dir)
@@ -130,11 +158,11 @@ def run_sweeps(sweeps: Sequence[Sweep], results_dir: Path, jobs: int = 1, extra:
     bar = tqdm(total=total, desc="runs", unit="run", disable=not show_progress, dynamic_ncols=True)
     failures = 0
     env = {**os.environ, "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
-    launcher = ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
     for sweep in sweeps:
         bar.set_postfix_str(sweep.label)
         log = results_dir / ".sweeps" / f"{sweep.label}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
+        launcher = sweep_launcher(sweep, jobs, populations)
         command = [sys.executable, "-m", "optrepro.train", "-m", *sweep.overrides, *launcher,
                    f"results_dir={results_dir}", "progress=false", *extra]
         with open(log, "w") as out:

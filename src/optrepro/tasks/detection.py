@@ -103,6 +103,7 @@ def hflip(image: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 class DetectionTask(Task):
+    population_refusal = "Faster R-CNN's images and proposals vary in size per member and do not stack"
     metric = "map50"
     mode = "max"
     data_parallel_refusal = ("torchvision's RPN and RoI samplers draw from the global RNG image by image, "

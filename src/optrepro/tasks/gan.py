@@ -82,6 +82,7 @@ class AdversarialTask(FixedStepsTask):
     ``stat_keys`` between eval points, the D and G updates, and the checkpoint of all that.
 
     Subclasses build the networks, then call :meth:`_init_adversarial`."""
+    population_refusal = "G and D alternate with one optimizer each; the population step batches one optimizer"
 
     data_parallel_refusal = ("G and D are updated in alternation (and WGAN-GP differentiates twice), "
                              "which this harness does not split across processes")

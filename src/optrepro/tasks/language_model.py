@@ -72,6 +72,8 @@ def _truncate(stream: torch.Tensor, limit: Any) -> torch.Tensor:
 
 
 class LanguageModelTask(Task):
+    population_refusal = ("variable-length BPTT windows (random per member) and the carried LSTM state do not "
+                          "stack across members")
     metric = "test_ppl_at_best_valid"
     mode = "min"
     track_best = False  # the metric is already a selection (on valid); its minimum over epochs means nothing

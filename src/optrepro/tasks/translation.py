@@ -46,6 +46,8 @@ def inverse_sqrt_lr(step: int, peak: float, warmup: int, init: float) -> float:
 
 # ------------------------------------------------------------------------------- the task
 class TranslationTask(Task):
+    population_refusal = ("its token-budget batches differ in shape from member to member (each has its own "
+                          "batch order), so members cannot be stacked")
     metric = "test_bleu"
     mode = "max"
     data_parallel = True
