@@ -262,7 +262,10 @@ def _stack(batches: list[Any]) -> Any:
 class Population:
     """The shared part of a population step: every member's ``member_loss`` at once
     (``torch.func.vmap`` of the first member's; all members share the task config, so its function
-    serves all), one backward into the stacked leaves, one batched optimizer step."""
+    serves all), one backward into the stacked leaves, one batched optimizer step.
+
+    Buffers the step updates in place (batch norm's running statistics) are stacked like the
+    parameters and the members' own buffers become views of them."""
 
     def __init__(self, tasks: list[Task]) -> None:
         from torch.func import vmap
@@ -270,7 +273,12 @@ class Population:
         from optrepro.optim.population import PopulationAdam
 
         self.optimizer = PopulationAdam([task.optimizer for task in tasks])
-        self._vmapped = {with_data: vmap(tasks[0].member_loss, in_dims=(0, 0 if with_data else None),
+        self.buffers = [torch.stack([b.detach() for b in own]) for own in
+                        zip(*(task.member_buffers() for task in tasks), strict=True)]
+        for k, task in enumerate(tasks):
+            for buffer, stacked in zip(task.member_buffers(), self.buffers, strict=True):
+                buffer.data = stacked[k]
+        self._vmapped = {with_data: vmap(tasks[0].member_loss, in_dims=(0, 0, 0 if with_data else None),
                                          randomness="different")
                          for with_data in (True, False)}
 
@@ -279,9 +287,13 @@ class Population:
         opt = self.optimizer
         opt.zero_grad()
         stacked = _stack(batches)
-        losses, stats = self._vmapped[stacked is not None](opt.parameters, stacked)
+        frozen = (~active).nonzero().flatten()
+        kept = [b[frozen].clone() for b in self.buffers] if frozen.numel() else []
+        losses, stats = self._vmapped[stacked is not None](opt.parameters, self.buffers, stacked)
         # a frozen member's loss may be NaN; the sum's gradient with respect to each member is its own
         losses.sum().backward()
+        for buffer, old in zip(self.buffers if kept else [], kept, strict=False):
+            buffer[frozen] = old
         opt.before_member_steps(active)
         opt.step(active)
         opt.after_member_steps(active)

@@ -148,9 +148,16 @@ class Task(abc.ABC):
         augmentation and noise streams). A pytree of tensors, or None for tasks without data."""
         raise NotImplementedError
 
-    def member_loss(self, params: list[torch.Tensor], batch: Any) -> tuple[torch.Tensor, Any]:
-        """The training loss of ``batch`` as a pure function of ``params`` (the optimizer's parameters,
-        in its order), and per-step statistics for ``member_end_step``; vmapped over members."""
+    def member_buffers(self) -> list[torch.Tensor]:
+        """What the training step updates in place besides the parameters (batch norm's running
+        statistics), in the order ``member_loss`` receives them; a population stacks them too."""
+        return []
+
+    def member_loss(self, params: list[torch.Tensor], buffers: list[torch.Tensor],
+                    batch: Any) -> tuple[torch.Tensor, Any]:
+        """The training loss of ``batch`` as a function of ``params`` (the optimizer's parameters, in its
+        order) and ``buffers`` (``member_buffers``' order, updated in place), and per-step statistics for
+        ``member_end_step``; vmapped over members."""
         raise NotImplementedError
 
     def member_end_step(self, loss: torch.Tensor, stats: Any) -> dict[str, Any]:

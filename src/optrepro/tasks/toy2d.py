@@ -78,7 +78,7 @@ class Toy2DTask(FixedStepsTask):
     def train_step(self) -> dict[str, Any]:
         batch = self.member_batch()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, stats = self.member_loss([self.point], batch)
+        loss, stats = self.member_loss([self.point], [], batch)
         loss.backward()
         self.optimizer.step()
         return self.member_end_step(loss, stats)
@@ -86,7 +86,8 @@ class Toy2DTask(FixedStepsTask):
     def member_batch(self) -> None:
         return None  # the test function is the whole objective: no data
 
-    def member_loss(self, params: list[torch.Tensor], batch: None) -> tuple[torch.Tensor, dict[str, Any]]:
+    def member_loss(self, params: list[torch.Tensor], buffers: list[torch.Tensor],
+                    batch: None) -> tuple[torch.Tensor, dict[str, Any]]:
         point = params[0]
         return self.function.fn(point[0], point[1]), {}
 

@@ -55,15 +55,12 @@ CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
 
 
 # ------------------------------------------------------------------------------- the task
-#: models a population can batch (no buffers: batch norm's running statistics would need stacking too)
-POPULATION_MODELS = ("digits_cnn",)
-
-
 class ImageClassificationTask(Task):
     metric = "test_acc"
     mode = "max"
     data_parallel = True
     state_attrs = ("step", "model", "optimizer", "order", "base_lrs", "_train_correct", "_train_seen")
+    population_refusal = ""
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
@@ -111,6 +108,7 @@ class ImageClassificationTask(Task):
             seed_rank_stream(ctx, "vision-rank")
         self.optimizer = ctx.make_optimizer(self.model.parameters())
         self._param_names = [name for name, _ in self.model.named_parameters()]  # the optimizer's order
+        self._buffer_names = [name for name, _ in self.model.named_buffers()]
         self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self._reset_interval()
 
@@ -272,23 +270,20 @@ class ImageClassificationTask(Task):
         return loss, (logits.detach().argmax(1) == labels).sum()
 
     # --- as a population member (optrepro.population) ----------------------------------------
-    @classmethod
-    def population_refusal_for(cls, cfg: DictConfig) -> str:
-        if str(cfg.model.name) not in POPULATION_MODELS:
-            return (f"model {cfg.model.name} has batch norm, whose running statistics are not batched "
-                    f"(populations train: {', '.join(POPULATION_MODELS)})")
-        return ""
-
     def member_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         self._set_lr()
         self.train_model.train()
         return self._next_batch()
 
-    def member_loss(self, params: list[torch.Tensor],
+    def member_buffers(self) -> list[torch.Tensor]:
+        return [buffer for _, buffer in self.model.named_buffers()]  # batch norm's running statistics
+
+    def member_loss(self, params: list[torch.Tensor], buffers: list[torch.Tensor],
                     batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         from torch.func import functional_call
 
         named = dict(zip(self._param_names, params, strict=True))
+        named.update(zip(self._buffer_names, buffers, strict=True))
         return self._loss(lambda images: functional_call(self.model, named, (images,)), batch)
 
     def member_end_step(self, loss: torch.Tensor, correct: torch.Tensor) -> dict[str, Any]:
