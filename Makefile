@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+OUT ?= results/bench/gpu
 
 # sweep-eps / reproduce-table parameters (override on the command line)
 TASK ?= toy2d
@@ -17,7 +18,7 @@ TABLE ?= all
 DRY_RUN ?=
 ARGS ?=
 
-.PHONY: help setup test test-all check-install demo reproduce-table sweep-eps bench lint format wandb-sync clean
+.PHONY: help setup test test-all check-install demo reproduce-table sweep-eps bench gpu-check lint format wandb-sync clean
 
 help:
 	@echo "make demo             the whole pipeline at CPU scale (no downloads), report in results/demo/"
@@ -25,6 +26,7 @@ help:
 	@echo "make reproduce-table  TABLE=<name> paper-scale sweep + analysis (GPU, downloads data)"
 	@echo "make sweep-eps        TASK=... OPTIMIZERS=... EPS=... SEEDS=... an eps sweep + its analysis"
 	@echo "make bench            optimizer, training-throughput and population benchmarks -> results/bench/"
+	@echo "make gpu-check        OUT=... every CUDA path in <= 8 min on one GPU, JSON in OUT (results/bench/gpu)"
 	@echo "make check-install    pip install . (not editable) into a scratch venv, train toy2d from elsewhere"
 	@echo "make lint             ruff"
 	@echo "make wandb-sync       upload offline wandb runs under results/"
@@ -64,6 +66,9 @@ bench: setup
 	$(BIN)/python scripts/bench_optim.py --diagnostics --rounds 20 --out results/bench/optim_cpu_diagnostics.json
 	$(BIN)/python scripts/bench_train.py
 	$(BIN)/python scripts/bench_population.py
+
+gpu-check: setup
+	OPTREPRO_PYTHON=$(abspath $(BIN))/python bash scripts/gpu_check.sh $(OUT)
 
 lint: setup
 	$(BIN)/ruff check src tests scripts

@@ -13,11 +13,13 @@ state that each approach holds at once (the sequential baseline holds one run at
 
 Part 2, wall clock, start-up included (``--e2e``): the same multirun through the command line,
 ``optrepro.train -m`` with the basic launcher, with joblib (``n_jobs`` = cores, the demo's old way)
-and with ``hydra/launcher=population``, each into a fresh results folder.
+and with ``hydra/launcher=population``, each into a fresh results folder. On CUDA: cifar10_resnet18 on fake
+full-size CIFAR too (member-steps/s at K = 1, 8), and the 8 ResNet-18 runs (4 corners x 2 seeds, one epoch) as
+``sweep.jobs_per_gpu=8`` joblib processes against one population of 8.
 
     python scripts/bench_population.py                       # CPU: every task, K in 1,4,16,32, plus --e2e
     python scripts/bench_population.py --quick --out /tmp/p.json
-    python scripts/bench_population.py --device cuda --tasks digits_cnn --sizes 1,8,32
+    python scripts/bench_population.py --device cuda --tasks digits_cnn --sizes 1,8,32   # + ResNet-18, fake CIFAR
 """
 
 from __future__ import annotations
@@ -170,17 +172,15 @@ def bench_task(task: str, sizes: list[int], rounds: int, device: torch.device, s
     return out
 
 
-def e2e(task: str, seeds: int, jobs: int) -> dict[str, Any]:
+def e2e(task: str, seeds: int, launchers: dict[str, list[str]], extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """Wall clock of one multirun (4 corners x ``seeds``) through the CLI, per launcher, start-up included."""
-    launchers = {"basic": [], f"joblib_{jobs}": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"],
-                 "population": ["hydra/launcher=population"]}
-    out: dict[str, Any] = {"task": task, "runs": len(CORNERS) * seeds, "seconds": {}}
+    out: dict[str, Any] = {"task": task, "runs": len(CORNERS) * seeds, "overrides": list(extra), "seconds": {}}
     env = {**os.environ, "WANDB_MODE": "disabled"}
     for name, launcher in launchers.items():
         with tempfile.TemporaryDirectory() as tmp:
             command = [sys.executable, "-m", "optrepro.train", "-m", f"task={task}",
                        f"optimizer={','.join(CORNERS)}", f"seed={','.join(map(str, range(seeds)))}",
-                       f"results_dir={tmp}", "progress=false", *launcher]
+                       f"results_dir={tmp}", "progress=false", *extra, *launcher]
             start = time.perf_counter()
             proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
             seconds = time.perf_counter() - start
@@ -189,10 +189,18 @@ def e2e(task: str, seeds: int, jobs: int) -> dict[str, Any]:
             done = sum(1 for line in proc.stderr.splitlines() if ": completed " in line)
         out["seconds"][name] = seconds
         print(f"e2e {task} {out['runs']} runs, {name}: {seconds:.1f} s ({done} completed)", flush=True)
-    base = out["seconds"]
-    out["speedup_vs_basic"] = base["basic"] / base["population"]
-    out[f"speedup_vs_joblib_{jobs}"] = base[f"joblib_{jobs}"] / base["population"]
+    for name, seconds in out["seconds"].items():
+        if name != "population":
+            out[f"speedup_vs_{name}"] = seconds / out["seconds"]["population"]
     return out
+
+
+def fake_full_cifar(root: Path) -> tuple[str, ...]:
+    """Full-size fake CIFAR-10 (50,000 + 10,000 images in the real on-disk format) and the overrides to use it."""
+    from optrepro.data.cifar import write_fake_cifar
+
+    write_fake_cifar(root, "cifar10", n_train=50_000, n_test=10_000)
+    return (f"task.data.root={root}", "task.data.verify_checksums=false")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -216,11 +224,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         tasks, sizes, rounds, steps = ["toy2d"], [1, 2], 1, {"toy2d": 5}
     record: dict[str, Any] = {"machine": machine_info(device), "loadavg_at_start": os.getloadavg(), "tasks": {}}
-    for task in tasks:
-        record["tasks"][task] = bench_task(task, sizes, rounds, device, steps.get(task, 10), ())
-    if args.e2e and not args.quick:
-        record["e2e"] = e2e("digits_cnn", args.e2e_seeds, os.cpu_count() or 1)
-        record["e2e"]["target_speedup_vs_basic"] = TARGET_E2E_DIGITS
+    with tempfile.TemporaryDirectory() as tmp:
+        cifar = fake_full_cifar(Path(tmp)) if device.type == "cuda" else ()
+        for task in tasks:
+            record["tasks"][task] = bench_task(task, sizes, rounds, device, steps.get(task, 10), ())
+        if cifar:  # a GPU: one small model leaves most of it idle
+            record["tasks"]["cifar10_resnet18"] = bench_task("cifar10_resnet18", [1, 8], rounds, device, 20, cifar)
+        if args.e2e and not args.quick and device.type == "cpu":
+            jobs = os.cpu_count() or 1
+            record["e2e"] = e2e("digits_cnn", args.e2e_seeds, {
+                "basic": [], f"joblib_{jobs}": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"],
+                "population": ["hydra/launcher=population"]})
+            record["e2e"]["target_speedup_vs_basic"] = TARGET_E2E_DIGITS
+        elif args.e2e and not args.quick:  # the same 8 ResNet-18 runs as 8 processes sharing the GPU
+            record["e2e"] = e2e("cifar10_resnet18", 2, {
+                "joblib_8_per_gpu": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=8", "sweep.jobs_per_gpu=8"],
+                "population": ["hydra/launcher=population"]},
+                (*cifar, "task.epochs=1", "device=cuda", "task.data.pipeline=device"))
     record["loadavg_at_end"] = os.getloadavg()
     out = Path(args.out or REPO / "results" / "bench" / f"population_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

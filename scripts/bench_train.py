@@ -13,6 +13,7 @@ and are selected with ``--only``.
 
     python scripts/bench_train.py                         # CPU: small model/batch, a couple of minutes
     python scripts/bench_train.py --device cuda --model resnet18 --batch-size 128 --num-workers 8
+    python scripts/bench_train.py --device cuda --precision fp32   # IEEE fp32 (TF32 off), as the runs default
     python scripts/bench_train.py --quick --out /tmp/b.json   # seconds (tests)
 """
 
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from optrepro.config import resolve_precision
 from optrepro.tasks.base import time_steps
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,8 +89,7 @@ def _cifar_task(args: argparse.Namespace, root: Path, pipeline: str, workers: in
     )
     cfg = OmegaConf.create({"optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9}, "task": task_cfg})
     seed_everything(0)
-    precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    ctx = RunContext(cfg=cfg, device=device, precision=precision, seed=0)
+    ctx = RunContext(cfg=cfg, device=device, precision=args.precision, seed=0)
     return ImageClassificationTask(cfg.task, ctx)
 
 
@@ -191,6 +192,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--n-train", type=int, default=2048, help="fake training images")
     parser.add_argument("--data-root", default=None, help="real CIFAR-10 root instead of fake data")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="CIFAR autocast precision; auto = bf16 on a CUDA device that supports it, else fp32 (fp32 turns TF32 off)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a test (numbers meaningless)")
     parser.add_argument("--out", default=None, help="JSON path (default results/bench/train_<device>.json)")
     args = parser.parse_args(argv)
@@ -202,6 +209,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.batch_size = args.batch_size or (128 if cuda else 32)
     args.steps = args.steps or (50 if cuda else 3)
     args.num_workers = args.num_workers if args.num_workers is not None else (8 if cuda else 1)
+    if args.precision == "auto":
+        args.precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    resolve_precision(args.precision, device)  # the runs' matmul policy: fp32 means no TF32
     if args.quick:
         args.batch_size, args.steps, args.rounds, args.warmup, args.n_train = 2, 1, 1, 0, 32
     unknown = [n for n in args.only.split(",") if n not in BENCHES]
