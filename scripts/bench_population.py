@@ -15,7 +15,7 @@ Part 2, wall clock, start-up included (``--e2e``): the same multirun through the
 ``optrepro.train -m`` with the basic launcher, with joblib (``n_jobs`` = cores, the demo's old way)
 and with ``hydra/launcher=population``, each into a fresh results folder. On CUDA: cifar10_resnet18 on fake
 full-size CIFAR too (member-steps/s at K = 1, 8), and the 8 ResNet-18 runs (4 corners x 2 seeds, one epoch) as
-``sweep.jobs_per_gpu=8`` joblib processes against one population of 8.
+``sweep.jobs_per_gpu=8`` joblib processes against one population of 8 (10,000 training images each).
 
     python scripts/bench_population.py                       # CPU: every task, K in 1,4,16,32, plus --e2e
     python scripts/bench_population.py --quick --out /tmp/p.json
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             record["e2e"] = e2e("cifar10_resnet18", 2, {
                 "joblib_8_per_gpu": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=8", "sweep.jobs_per_gpu=8"],
                 "population": ["hydra/launcher=population"]},
-                (*cifar, "task.epochs=1", "device=cuda", "task.data.pipeline=device"))
+                (*cifar, "task.epochs=1", "task.data.train_subset=10000", "device=cuda", "task.data.pipeline=device"))
     record["loadavg_at_end"] = os.getloadavg()
     out = Path(args.out or REPO / "results" / "bench" / f"population_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
