@@ -97,16 +97,15 @@ def time_sequential(members: list[Any], steps: int, warmup: int, device: torch.d
 
 
 def time_population(members: list[Any], steps: int, warmup: int, device: torch.device) -> float:
-    from optrepro.population import Population, _index
+    from optrepro.population import Population
 
     population = Population(members)
     active = torch.ones(len(members), dtype=torch.bool)
 
     def step() -> None:
-        batches = [task.member_batch() for task in members]
-        losses, stats = population.step(batches, active)
-        for k, task in enumerate(members):
-            task.member_end_step(losses[k], _index(stats, k))
+        results = population.step([task.member_batch() for task in members], active)
+        for task, result in zip(members, results, strict=True):
+            task.member_end_step(*result)
 
     for _ in range(warmup):
         step()

@@ -23,6 +23,7 @@ The loop below mirrors :func:`optrepro.train.train_loop` member by member.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -179,14 +180,14 @@ def _train(members: list[Member], show_progress: bool) -> None:
                     with _member_failures(member):
                         member.batch = member.task.member_batch()
             try:
-                losses, stats = population.step([m.batch for m in live], active)
+                results = population.step([m.batch for m in live], active)
             except Exception as exc:  # noqa: BLE001 - the shared step failed: every member it carried failed
                 _fail_all([m for m in live if m.active], exc)
                 break
             for k, member in enumerate(live):
                 if member.active:
                     with _member_failures(member):
-                        _after_step(member, losses[k], _index(stats, k))
+                        _after_step(member, *results[k])
                     progress.update(1)
                     if not member.active or member.task.done():
                         _end(member)
@@ -207,7 +208,7 @@ def _fail_all(members: list[Member], exc: Exception) -> None:
             raise exc
 
 
-def _after_step(member: Member, loss: torch.Tensor, stats: Any) -> None:
+def _after_step(member: Member, loss: Any, stats: Any) -> None:
     task, state, run_dir = member.task, member.state, member.run_dir
     logs = task.member_end_step(loss, stats)
     state.add_loss(logs["loss"], task.step)
@@ -260,9 +261,10 @@ def _stack(batches: list[Any]) -> Any:
 
 
 class Population:
-    """The shared part of a population step: every member's ``member_loss`` at once
-    (``torch.func.vmap`` of the first member's; all members share the task config, so its function
-    serves all), one backward into the stacked leaves, one batched optimizer step.
+    """The shared part of a population step. For each phase of the step (``Task.member_phases``):
+    every member's loss at once (``torch.func.vmap`` of the first member's ``member_phase_loss``; all
+    members share the task config, so its function serves all), one backward into the stacked leaves
+    of the phase's optimizer, one batched optimizer step.
 
     Buffers the step updates in place (batch norm's running statistics) are stacked like the
     parameters and the members' own buffers become views of them."""
@@ -272,32 +274,54 @@ class Population:
 
         from optrepro.optim.population import PopulationAdam
 
-        self.optimizer = PopulationAdam([task.optimizer for task in tasks])
+        template = tasks[0]
+        self.optimizers = {name: PopulationAdam([getattr(task, name) for task in tasks])
+                           for name in template.member_optimizers}
+        self.phases = template.member_phases()
         self.buffers = [torch.stack([b.detach() for b in own]) for own in
                         zip(*(task.member_buffers() for task in tasks), strict=True)]
         for k, task in enumerate(tasks):
             for buffer, stacked in zip(task.member_buffers(), self.buffers, strict=True):
                 buffer.data = stacked[k]
-        self._vmapped = {with_data: vmap(tasks[0].member_loss, in_dims=(0, 0, 0 if with_data else None),
-                                         randomness="different")
-                         for with_data in (True, False)}
+        self._losses = [{with_data: vmap(functools.partial(template.member_phase_loss, i),
+                                         in_dims=(0, 0, 0 if with_data else None), randomness="different")
+                         for with_data in (True, False)} for i in range(len(self.phases))]
 
-    def step(self, batches: list[Any], active: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Train every member with ``active[k]`` one step on its batch; (losses [K], stats stacked)."""
-        opt = self.optimizer
-        opt.zero_grad()
+    @property
+    def optimizer(self) -> Any:
+        """The one stacked optimizer of a single-optimizer task."""
+        (only,) = self.optimizers.values()
+        return only
+
+    def step(self, batches: list[Any], active: torch.Tensor) -> list[tuple[Any, Any]]:
+        """Train every member with ``active[k]`` one step on its batch; per member, what its
+        ``member_end_step`` takes: (loss, stats), or (losses, stats) per phase with several phases."""
         stacked = _stack(batches)
         frozen = (~active).nonzero().flatten()
         kept = [b[frozen].clone() for b in self.buffers] if frozen.numel() else []
-        losses, stats = self._vmapped[stacked is not None](opt.parameters, self.buffers, stacked)
-        # a frozen member's loss may be NaN; the sum's gradient with respect to each member is its own
-        losses.sum().backward()
+        phase_losses, phase_stats = [], []
+        for i, name in enumerate(self.phases):
+            opt = self.optimizers[name]
+            opt.zero_grad()
+            params = [p if owner == name else p.detach()
+                      for owner, stacked_opt in self.optimizers.items() for p in stacked_opt.parameters]
+            losses, stats = self._losses[i][stacked is not None](params, self.buffers, stacked)
+            # a frozen member's loss may be NaN; the sum's gradient with respect to each member is its own
+            losses.sum().backward()
+            opt.before_member_steps(active)
+            opt.step(active)
+            opt.after_member_steps(active)
+            if len(self.phases) > 1:
+                stats = {**stats, "grad_norm": opt.grad_norms()}
+            phase_losses.append(losses.detach())
+            phase_stats.append(stats)
         for buffer, old in zip(self.buffers if kept else [], kept, strict=False):
             buffer[frozen] = old
-        opt.before_member_steps(active)
-        opt.step(active)
-        opt.after_member_steps(active)
-        return losses.detach(), stats
+        members = range(active.numel())
+        if len(self.phases) == 1:
+            return [(phase_losses[0][k], _index(phase_stats[0], k)) for k in members]
+        return [([losses[k] for losses in phase_losses], [_index(stats, k) for stats in phase_stats])
+                for k in members]
 
 
 # ---------------------------------------------------------------------------------- groups

@@ -120,6 +120,11 @@ class PopulationAdam:
         """The stacked leaves, in member-optimizer order: what the batched forward differentiates."""
         return [slot.param for slot in self.slots]
 
+    def grad_norms(self) -> Tensor:
+        """[K] the 2-norm of each member's whole gradient (as ``torch.nn.utils.get_total_norm``)."""
+        squares = [slot.param.grad.flatten(1).double().pow(2).sum(1) for slot in self.slots]
+        return torch.stack(squares).sum(0).sqrt().to(self.slots[0].exp_avg.dtype)
+
     def zero_grad(self) -> None:
         for slot in self.slots:
             slot.param.grad = None

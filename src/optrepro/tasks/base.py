@@ -138,10 +138,24 @@ class Task(abc.ABC):
         return {}
 
     # --- population members (optrepro.population): one training step in three parts ----------
+    #: the optimizers (attribute names) a population stacks, each an Adam-family preset
+    member_optimizers: tuple[str, ...] = ("optimizer",)
+
     @classmethod
     def population_refusal_for(cls, cfg: DictConfig) -> str:
         """Why a run of this task config cannot join a population ("" when it can)."""
         return cls.population_refusal
+
+    def member_phases(self) -> list[str]:
+        """The updates of one training step, in order: which of ``member_optimizers`` each updates
+        (a GAN: the critic's, n_critic times, then the generator's). One phase for most tasks."""
+        return list(self.member_optimizers)
+
+    def member_phase_loss(self, phase: int, params: list[torch.Tensor], buffers: list[torch.Tensor],
+                          batch: Any) -> tuple[torch.Tensor, Any]:
+        """The loss of ``phase``; ``params`` are all of ``member_optimizers``' parameters, in that
+        order. With one phase: ``member_loss``."""
+        return self.member_loss(params, buffers, batch)
 
     def member_batch(self) -> Any:
         """Start a step: set the schedule's lr, take this run's next batch (its own data order,
@@ -160,8 +174,10 @@ class Task(abc.ABC):
         ``member_end_step``; vmapped over members."""
         raise NotImplementedError
 
-    def member_end_step(self, loss: torch.Tensor, stats: Any) -> dict[str, Any]:
-        """Finish a step after the optimizer's update: counters and statistics; what ``train_step`` returns."""
+    def member_end_step(self, loss: Any, stats: Any) -> dict[str, Any]:
+        """Finish a step after the optimizer's update: counters and statistics; what ``train_step``
+        returns. With several phases ``loss`` and ``stats`` are lists, one entry per phase, and each
+        phase's stats carry ``grad_norm`` (the norm of the gradient that phase stepped on)."""
         raise NotImplementedError
 
 

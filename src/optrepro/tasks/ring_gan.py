@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from optrepro.tasks.base import RunContext, derived_seed
-from optrepro.tasks.gan import AdversarialTask, d_loss_fn, gradient_penalty
+from optrepro.tasks.gan import AdversarialTask, d_loss_fn, g_loss_fn, gradient_penalty
 
 
 def ring_modes(n_modes: int, radius: float) -> torch.Tensor:
@@ -78,21 +78,72 @@ class RingGANTask(AdversarialTask):
         self.G = RingGenerator(self.nz, int(cfg.hidden), int(cfg.layers))
         self.D = RingDiscriminator(int(cfg.hidden), int(cfg.layers))
         self._init_adversarial(torch.Generator().manual_seed(derived_seed("ring-gan", ctx.seed)), torch.device("cpu"))
+        self._d_names = [name for name, p in self.D.named_parameters() if p.requires_grad]  # d_params' order
+        self._g_names = [name for name, p in self.G.named_parameters() if p.requires_grad]
 
     def train_step(self) -> dict[str, Any]:
+        batch = self.member_batch()
+        params = self.d_params + self.g_params  # member_optimizers' order
         d_loss = torch.zeros(())
-        for _ in range(self.n_critic):
-            real = sample_ring(self.batch_size, self.modes, self.std, self.rng)
-            with torch.no_grad():
-                fake = self.G(torch.randn(self.batch_size, self.nz, generator=self.rng))
-            d_loss = d_loss_fn(self.loss_kind, self.D(real), self.D(fake))
-            if self.gp_lambda > 0:
-                alpha = torch.rand(self.batch_size, generator=self.rng)
-                d_loss = d_loss + self.gp_lambda * gradient_penalty(self.D, real, fake, alpha)
-            d_loss = self._d_update(d_loss)
-        g_loss = self._g_update(lambda: self.D(self.G(torch.randn(self.batch_size, self.nz, generator=self.rng))))
+        for phase in range(self.n_critic):
+            d_loss = self._d_update(self.member_phase_loss(phase, params, [], batch)[0])
+        g_loss = self._g_update(lambda: self.D(self.G(batch["g_noise"])))
         self.step += 1
         return {"loss": d_loss + g_loss}
+
+    # --- as a population member (optrepro.population) ----------------------------------------
+    member_optimizers = ("opt_d", "opt_g")
+    population_refusal = ""
+
+    @classmethod
+    def population_refusal_for(cls, cfg: DictConfig) -> str:
+        if float(cfg.get("gp_lambda", 0.0) or 0.0) > 0:
+            return "the gradient penalty differentiates twice, which the population step does not batch"
+        return ""
+
+    def member_phases(self) -> list[str]:
+        return ["opt_d"] * self.n_critic + ["opt_g"]
+
+    def member_batch(self) -> dict[str, Any]:
+        """Every draw of one step from the run's generator, in the order the step uses them."""
+        critic = []
+        for _ in range(self.n_critic):
+            real = sample_ring(self.batch_size, self.modes, self.std, self.rng)
+            noise = torch.randn(self.batch_size, self.nz, generator=self.rng)
+            alpha = torch.rand(self.batch_size, generator=self.rng) if self.gp_lambda > 0 else torch.zeros(0)
+            critic.append((real, noise, alpha))
+        return {"critic": critic, "g_noise": torch.randn(self.batch_size, self.nz, generator=self.rng)}
+
+    def member_phase_loss(self, phase: int, params: list[torch.Tensor], buffers: list[torch.Tensor],
+                          batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        from torch.func import functional_call
+
+        d_named = dict(zip(self._d_names, params[: len(self._d_names)], strict=True))
+        g_named = dict(zip(self._g_names, params[len(self._d_names):], strict=True))
+
+        def D(x: torch.Tensor) -> torch.Tensor:  # noqa: N802 - the networks' names
+            return functional_call(self.D, d_named, (x,))
+
+        def G(z: torch.Tensor) -> torch.Tensor:  # noqa: N802
+            return functional_call(self.G, g_named, (z,))
+
+        if phase == self.n_critic:  # the generator's update; the critic's parameters come in detached
+            return g_loss_fn(self.loss_kind, D(G(batch["g_noise"]))), {}
+        real, noise, alpha = batch["critic"][phase]
+        fake = G(noise).detach()
+        loss = d_loss_fn(self.loss_kind, D(real), D(fake))
+        if self.gp_lambda > 0:
+            loss = loss + self.gp_lambda * gradient_penalty(self.D, real, fake, alpha)
+        return loss, {}
+
+    def member_end_step(self, losses: list[torch.Tensor], stats: list[dict[str, Any]]) -> dict[str, Any]:
+        """The bookkeeping of ``_d_update`` / ``_g_update`` (losses, gradient norms), the population's way."""
+        for phase, (loss, phase_stats) in enumerate(zip(losses, stats, strict=True)):
+            net = "g" if phase == self.n_critic else "d"
+            self._record(f"{net}_grad_norm", phase_stats["grad_norm"])
+            self._record(f"{net}_loss", loss)
+        self.step += 1
+        return {"loss": losses[-2].detach() + losses[-1].detach()}
 
     @torch.no_grad()
     def samples(self) -> torch.Tensor:
