@@ -17,8 +17,9 @@ members write in turn, so a kill there leaves them at different checkpoint steps
 
 The step faults fire from ``member_batch``, which starts every training step both of a run alone
 (``train_step``) and of a population member (``optrepro.population``, which never calls ``train_step``).
-In-process tests get the patches from conftest; subprocesses started by ``conftest.cli`` get them from ``tests/fault_site/sitecustomize.py``, which Python
-imports at start-up in every process (parallel launchers' workers too).
+In-process tests get the patches from conftest; subprocesses started by ``conftest.cli`` get them
+from ``tests/fault_site/sitecustomize.py``, which Python imports at start-up in every process
+(parallel launchers' workers too).
 """
 
 from __future__ import annotations
