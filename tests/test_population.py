@@ -497,20 +497,31 @@ def test_sigkilled_population_resumes_to_the_same_results(tmp_path: Path, capfd:
         _assert_same_run(cut[name], alone[name])
 
 
+@pytest.mark.parametrize(("write", "steps", "after"), [
+    (5, [100, 50, 50], [("completed", True)] * 3),
+    (11, [200, 150, 150], [("skipped", False), ("completed", True), ("completed", True)]),
+], ids=["mid_run", "after_the_first_member_ended"])
 def test_kill_during_a_checkpoint_write_leaves_members_at_different_steps_and_resumes(
-        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    """Members checkpoint in turn: killed in the 5th write of the process (the second member's at
-    step 100), the first member has its step-100 checkpoint, the others their step-50 one."""
+        tmp_path: Path, capfd: pytest.CaptureFixture[str], write: int, steps: list[int],
+        after: list[tuple[str, bool]]) -> None:
+    """Members checkpoint in turn (3 members, eval and checkpoint every 50 steps): killed in the 5th
+    write of the process (the second member's at step 100), the first member has its step-100
+    checkpoint and the others their step-50 one; killed in the 11th (the second member's last), the
+    first member has ended (summary written) and the others are at step 150. The relaunch skips what
+    ended, resumes each other member from its own step, and every member ends as if uninterrupted."""
     jobs = KILL_JOBS
-    assert _killed_child(jobs, tmp_path / "cut", env={fault_hooks.KILL_IN_CHECKPOINT: "5"}) == -signal.SIGKILL
+    env = {fault_hooks.KILL_IN_CHECKPOINT: str(write)}
+    assert _killed_child(jobs, tmp_path / "cut", env=env) == -signal.SIGKILL
     folders = [Path(o) for o in (_run_dir(job, tmp_path / "cut") for job in jobs)]
-    assert [_checkpoint(f)["step"] for f in folders] == [100, 50, 50]
+    assert [_checkpoint(f)["step"] for f in folders] == steps
+    assert [(f / "summary.json").exists() for f in folders] == [s == 200 for s in steps]
     assert list(folders[1].glob(".checkpoint.pt.tmp*")), "the kill should leave a half-written temp file"
     capfd.readouterr()
     outcomes = _population(jobs, tmp_path / "cut")
     err = capfd.readouterr().err
-    assert [(o.status, o.resumed) for o in outcomes] == [("completed", True)] * 3
-    assert err.count(": resuming from step 100") == 1 and err.count(": resuming from step 50") == 2, err
+    assert [(o.status, o.resumed) for o in outcomes] == after
+    for step in sorted(set(steps) - {200}):
+        assert err.count(f": resuming from step {step}") == steps.count(step), err
     assert not list(folders[1].glob(".checkpoint.pt.tmp*"))
     whole, alone = _reference(jobs, tmp_path)
     for folder in folders:
@@ -571,6 +582,22 @@ def test_relaunch_skips_completed_members_and_trains_only_new_ones(tmp_path: Pat
     assert len(new) == 2 and all("_s2_" in n or "_s3_" in n for n in new), new
     for name in new:
         assert summary(tmp_path / "runs" / name)["steps"] == 200
+
+
+def test_member_killed_after_its_last_checkpoint_only_writes_its_summary(tmp_path: Path) -> None:
+    """A member whose final checkpoint exists but whose summary does not (killed in between) is
+    finished from the checkpoint without a step; the others are skipped."""
+    jobs = _grid([*TOY, "task.function=l1_rotated", "optimizer=eadam"], seed=[0, 1])
+    first = _population(jobs, tmp_path / "runs")
+    folder = Path(first[1].run_dir)
+    rows = (folder / "metrics.jsonl").read_bytes()
+    reference = summary(folder)
+    (folder / "summary.json").unlink()
+    again = _population(jobs, tmp_path / "runs")
+    assert [(o.status, o.resumed) for o in again] == [("skipped", False), ("completed", True)]
+    assert (folder / "metrics.jsonl").read_bytes() == rows
+    _close(_no_clock([summary(folder)["final"]]), _no_clock([reference["final"]]), 0.0, "final")
+    assert summary(folder)["steps"] == 200
 
 
 # ----------------------------------------------------------------------------------- 8. grouping
