@@ -641,3 +641,16 @@ def test_plan_groups_splits_what_cannot_batch_together(tmp_path: Path) -> None:
         assert why[i].startswith("task textlm_lstm1: "), why[i]
     for i in (11, 12):
         assert why[i].startswith("task cifar10_resnet18: model resnet18 has batch norm"), why[i]
+
+
+def test_optimizer_diagnostics_of_members_equal_their_runs_alone(tmp_path: Path) -> None:
+    """diagnostics.enabled=true: each member's probe sees its own gradients and moments (opt/* rows)."""
+    jobs = _grid([*TOY, "task.function=quadratic_rotated", "diagnostics.enabled=true"],
+                 optimizer=["adabelief", "eadam", "ablation_belief_outside"])
+    _population(jobs, tmp_path / "together")
+    _solo(jobs, tmp_path / "alone")
+    pop, solo = _by_name(tmp_path / "together"), _by_name(tmp_path / "alone")
+    assert sorted(pop) == sorted(solo) and len(pop) == 3
+    for name in pop:
+        assert any(key.startswith("opt/") for key in metrics(pop[name])[-1]), name
+        _assert_same_run(pop[name], solo[name])
