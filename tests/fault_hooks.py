@@ -8,11 +8,18 @@ on the command line (``+task.fault.<key>=...``, part of the run's identity like 
 - ``kill_at_step`` (+ ``kill_marker``, a path; optional ``kill_seed``): SIGKILL the training process
   at this step (only in the run of that seed), once: the marker file records that it happened, so
   the relaunch trains through;
+- ``raise_in_eval_seed``: raise RuntimeError in the evaluation of the run of this seed (a population
+  member's failure that its population must survive);
 
 and, through the environment, ``OPTREPRO_TEST_KILL_IN_CHECKPOINT=N``: SIGKILL the process halfway
-through its N-th checkpoint write. In-process tests get the patches from conftest; subprocesses
-started by ``conftest.cli`` get them from ``tests/fault_site/sitecustomize.py``, which Python
-imports at start-up in every process (parallel launchers' workers too).
+through the N-th checkpoint write of the process (counted over all its runs: in a population the
+members write in turn, so a kill there leaves them at different checkpoint steps).
+
+The step faults fire from ``member_batch``, which starts every training step both of a run alone
+(``train_step``) and of a population member (``optrepro.population``, which never calls ``train_step``).
+In-process tests get the patches from conftest; subprocesses started by ``conftest.cli`` get them
+from ``tests/fault_site/sitecustomize.py``, which Python imports at start-up in every process
+(parallel launchers' workers too).
 """
 
 from __future__ import annotations
@@ -28,10 +35,11 @@ KILL_IN_CHECKPOINT = "OPTREPRO_TEST_KILL_IN_CHECKPOINT"
 #: as Ctrl-C would; set by tests, e.g. with monkeypatch.setattr(fault_hooks, "interrupt_at_step", 50)
 interrupt_at_step: int | None = None
 _installed = False
+_checkpoints_written = 0  # by this process, over all its runs
 
 
 def install() -> None:
-    """Patch Toy2DTask and RunDir (once per process)."""
+    """Patch Toy2DTask (member_batch, evaluate) and RunDir.save_checkpoint (once per process)."""
     global _installed
     if _installed:
         return
@@ -41,7 +49,8 @@ def install() -> None:
     from optrepro import runs
     from optrepro.tasks.toy2d import Toy2DTask
 
-    original_init, original_step = Toy2DTask.__init__, Toy2DTask.train_step
+    original_init, original_batch = Toy2DTask.__init__, Toy2DTask.member_batch
+    original_evaluate = Toy2DTask.evaluate
     original_save = runs.RunDir.save_checkpoint
 
     def __init__(self: Any, cfg: Any, ctx: Any) -> None:
@@ -49,7 +58,7 @@ def install() -> None:
         self._fault = dict(cfg.get("fault") or {})
         self._seed = ctx.seed
 
-    def train_step(self: Any) -> dict[str, Any]:
+    def member_batch(self: Any) -> Any:
         fault = getattr(self, "_fault", {})
         at = self.step + 1
         if fault.get("raise_at_step") is not None and at >= int(fault["raise_at_step"]):
@@ -66,12 +75,19 @@ def install() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
         if fault.get("sleep_per_step"):
             time.sleep(float(fault["sleep_per_step"]))
-        return original_step(self)
+        return original_batch(self)
+
+    def evaluate(self: Any) -> dict[str, float]:
+        fault = getattr(self, "_fault", {})
+        if fault.get("raise_in_eval_seed") is not None and int(fault["raise_in_eval_seed"]) == self._seed:
+            raise RuntimeError(f"fault injected in the evaluation at step {self.step} (task.fault.raise_in_eval_seed)")
+        return original_evaluate(self)
 
     def save_checkpoint(self: Any, state: Any) -> None:
-        self._checkpoints_written = getattr(self, "_checkpoints_written", 0) + 1
+        global _checkpoints_written
+        _checkpoints_written += 1
         kill_at = os.environ.get(KILL_IN_CHECKPOINT)
-        if self.writer and kill_at and int(kill_at) == self._checkpoints_written:
+        if self.writer and kill_at and int(kill_at) == _checkpoints_written:
             buf = io.BytesIO()
             torch.save(dict(state), buf)
             data = buf.getvalue()
@@ -84,5 +100,6 @@ def install() -> None:
         original_save(self, state)
 
     Toy2DTask.__init__ = __init__  # type: ignore[method-assign]
-    Toy2DTask.train_step = train_step  # type: ignore[method-assign]
+    Toy2DTask.member_batch = member_batch  # type: ignore[method-assign]
+    Toy2DTask.evaluate = evaluate  # type: ignore[method-assign]
     runs.RunDir.save_checkpoint = save_checkpoint  # type: ignore[method-assign]

@@ -10,7 +10,9 @@ members. Every factor the core names becomes a per-member coefficient of that ca
 * the discrete 2x2 of the ablation is a coefficient too: ``r = g - c m`` with c = 1 for the belief
   second moment and c = 0 for g^2, and eps placement is simply which eps term is nonzero;
 * the three actions of a rectified step (adam, SGD fallback, skip) are a per-member denominator of 1
-  and an ``alpha`` of 0.
+  and an ``alpha`` of 0; the SGD fallback's ``p + alpha m`` is rounded once by ``add(alpha=)`` (a fused
+  multiply-add) and no batched op with a per-member alpha rounds so, so a member in its SGD warm-up
+  takes that update on its own slice (a few steps of a rectified run).
 
 A neutral coefficient is an exact identity in IEEE arithmetic (``p * 1``, ``g + 0 * p``, ``v + 0``),
 and an op whose coefficient is neutral for every member is not run, so a member's update is the
@@ -33,6 +35,7 @@ from .adam_family import AdamFamilyOptimizer
 
 #: the per-member scalars of one step, in the order of the stacked coefficient tensor
 FIELDS = (*_kernels.SCALAR_FIELDS, "use_denom", "from_max", "belief")
+ALPHA, USE_DENOM = FIELDS.index("alpha"), FIELDS.index("use_denom")
 #: the value of each field that makes its op the identity (None: the op always runs)
 NEUTRAL = {"decay": 1.0, "weight_decay": 0.0, "eps_state": 0.0, "root_add": 0.0, "eps_add": 0.0,
            "use_denom": 1.0, "from_max": 0.0, "belief": 0.0}
@@ -68,10 +71,11 @@ class PopulationAdam:
     def __init__(self, optimizers: list[AdamFamilyOptimizer]) -> None:
         if not optimizers:
             raise ValueError("a population needs at least one member")
-        first = structure_key(optimizers[0])
         for k, opt in enumerate(optimizers):
             if not isinstance(opt, AdamFamilyOptimizer):
                 raise TypeError(f"member {k}: {type(opt).__name__} is not an Adam-family optimizer")
+        first = structure_key(optimizers[0])
+        for k, opt in enumerate(optimizers):
             if structure_key(opt) != first:
                 raise ValueError(f"member {k} differs in amsgrad or parameter shapes from member 0")
         self.members = optimizers
@@ -130,9 +134,10 @@ class PopulationAdam:
             slot.param.grad = None
 
     def _scalars(self, g: int, steps: list[int], dtype: torch.dtype,
-                 device: torch.device) -> tuple[Tensor, frozenset[str]]:
-        """[len(FIELDS), K] per-member coefficients of param group ``g`` at the members' next steps, and
-        the names of the fields that are not neutral for some member (the ops that must run)."""
+                 device: torch.device) -> tuple[Tensor, frozenset[str], list[tuple[int, float]]]:
+        """[len(FIELDS), K] per-member coefficients of param group ``g`` at the members' next steps, the
+        names of the fields that are not neutral for some member (the ops that must run), and the
+        (member, alpha) of the members taking an SGD-fallback step (their batched alpha is 0)."""
         rows = []
         for opt, step in zip(self.members, steps, strict=True):
             spec, hyper = opt._core(opt.param_groups[g])
@@ -150,11 +155,14 @@ class PopulationAdam:
                     self._plans.clear()
                 self._plans[key] = plan
             rows.append(plan)
+        sgd = [(k, row[ALPHA]) for k, row in enumerate(rows) if row[USE_DENOM] == 0.0 and row[ALPHA] != 0.0]
+        for k, _alpha in sgd:
+            rows[k] = tuple(0.0 if i == ALPHA else value for i, value in enumerate(rows[k]))
         used = frozenset(name for i, name in enumerate(FIELDS)
                          if name in NEUTRAL and any(row[i] != NEUTRAL[name] for row in rows))
         if "belief" in used and all(row[FIELDS.index("belief")] == 1.0 for row in rows):
             used |= {"all_belief"}
-        return torch.tensor(rows, dtype=torch.float64).T.to(device=device, dtype=dtype), used
+        return torch.tensor(rows, dtype=torch.float64).T.to(device=device, dtype=dtype), used, sgd
 
     @torch.no_grad()
     def step(self, active: Tensor) -> None:
@@ -172,8 +180,10 @@ class PopulationAdam:
             kept = None
             if frozen.numel():
                 kept = [t[frozen].clone() for t in self._tensors(slot)]
-            coefficients, used = scalars[slot.group]
+            coefficients, used, sgd = scalars[slot.group]
             _batched_update(slot, coefficients.to(slot.exp_avg.dtype), used)
+            for k, alpha in sgd:  # as single_tensor_step's SGD action: p.add_(m, alpha=alpha)
+                slot.param.detach()[k].add_(slot.exp_avg[k], alpha=alpha)
             if kept is not None:
                 for t, old in zip(self._tensors(slot), kept, strict=True):
                     t[frozen] = old
