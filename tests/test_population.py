@@ -355,13 +355,13 @@ DIGITS = ["task=digits_cnn", "task.epochs=2", "task.data.train_subset=256", "tas
 DIGITS_OPTIMIZERS = ["adabelief", "eadam", "ablation_belief_inside"]
 
 
-def _digits_tasks(seed_offset: int = 0) -> list[Any]:
+def _member_tasks(seed_offset: int = 0, base: Sequence[str] = DIGITS) -> list[Any]:
     from optrepro.tasks import RunContext, build_task
     from optrepro.tasks.base import seed_everything
     from optrepro.train import prepare_config
 
     tasks = []
-    for k, cfg in enumerate(_cfgs(_grid(DIGITS, optimizer=DIGITS_OPTIMIZERS), Path("unused"))):
+    for k, cfg in enumerate(_cfgs(_grid(base, optimizer=DIGITS_OPTIMIZERS), Path("unused"))):
         cfg = prepare_config(cfg)
         cfg.seed = k + seed_offset
         seed_everything(int(cfg.seed))
@@ -375,20 +375,59 @@ def test_digits_cnn_population_steps_match_runs_alone_in_float32() -> None:
     losses agree to float32 rounding, and so do the parameters after them."""
     from optrepro.population import Population
 
-    members, solos = _digits_tasks(), _digits_tasks()
+    members, solos = _member_tasks(), _member_tasks()
     population = Population(members)
     active = torch.ones(len(members), dtype=torch.bool)
     for step in range(5):
-        batches = [task.member_batch() for task in members]
-        losses, stats = population.step(batches, active)
-        for k, (member, solo) in enumerate(zip(members, solos, strict=True)):
-            member.member_end_step(losses[k], stats[k])
+        results = population.step([task.member_batch() for task in members], active)
+        for k, (member, solo, (loss, stats)) in enumerate(zip(members, solos, results, strict=True)):
+            member.member_end_step(loss, stats)
             alone = solo.train_step()["loss"]
-            assert torch.allclose(losses[k], alone, rtol=1e-5, atol=0), (step, k, float(losses[k]), float(alone))
+            assert torch.allclose(loss, alone, rtol=1e-5, atol=0), (step, k, float(loss), float(alone))
     for member, solo in zip(members, solos, strict=True):
         assert member.step == solo.step == 5
         for (name, p), q in zip(member.model.named_parameters(), solo.model.parameters(), strict=True):
             assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
+
+
+def _first_steps_agree(members: list[Any], solos: list[Any], steps: int, rtol: float) -> None:
+    """Population steps vs each member's own train_step: the logged losses agree to float32 rounding."""
+    from optrepro.population import Population
+
+    population = Population(members)
+    active = torch.ones(len(members), dtype=torch.bool)
+    for step in range(steps):
+        results = population.step([task.member_batch() for task in members], active)
+        for k, (member, solo, result) in enumerate(zip(members, solos, results, strict=True)):
+            together = member.member_end_step(*result)["loss"]
+            alone = solo.train_step()["loss"]
+            assert torch.allclose(together, alone, rtol=rtol, atol=0), (step, k, float(together), float(alone))
+
+
+def test_ring_gan_population_phases_match_runs_alone() -> None:
+    """Two optimizers, two phases per step (critic, then generator): each member's D and G losses
+    agree with its run alone for the first steps, and its statistics are recorded as alone."""
+    ring = ["task=ring_gan", "profile=smoke"]
+    members, solos = _member_tasks(base=ring), _member_tasks(base=ring)
+    _first_steps_agree(members, solos, steps=3, rtol=1e-5)
+    for member, solo in zip(members, solos, strict=True):
+        assert member.counts.tolist() == solo.counts.tolist() == [3.0, 3.0, 3.0, 3.0]
+        assert torch.allclose(member.sums, solo.sums, rtol=1e-4)  # losses and gradient norms
+
+
+def test_batch_norm_population_first_step_matches_runs_alone(tmp_path: Path) -> None:
+    """A CIFAR ResNet: running statistics are stacked per member; the first step's loss and the
+    running statistics it leaves agree with the member's run alone to float32 rounding."""
+    from optrepro.data.cifar import write_fake_cifar
+
+    write_fake_cifar(tmp_path, "cifar10", n_train=32, n_test=16)
+    cifar = ["task=cifar10_resnet18", "profile=smoke", f"task.data.root={tmp_path}",
+             "task.data.verify_checksums=false", "task.batch_size=8", "task.data.pipeline=device"]
+    members, solos = _member_tasks(base=cifar), _member_tasks(base=cifar)
+    _first_steps_agree(members, solos, steps=1, rtol=1e-5)
+    for member, solo in zip(members, solos, strict=True):
+        for (name, mine), theirs in zip(member.model.named_buffers(), solo.model.buffers(), strict=True):
+            assert torch.allclose(mine.float(), theirs.float(), rtol=1e-4, atol=1e-6), name
 
 
 def test_digits_cnn_population_runs_match_runs_alone(tmp_path: Path) -> None:
@@ -627,20 +666,28 @@ def test_plan_groups_splits_what_cannot_batch_together(tmp_path: Path) -> None:
         [*TOY, "task.function=l1", "optimizer=adam"],  # 8 torch.optim.Adam
         ["task=textlm_lstm1", "optimizer=adabelief"],  # 9 LSTM task
         ["task=textlm_lstm1", "optimizer=eadam"],  # 10
-        ["task=cifar10_resnet18", "optimizer=adabelief"],  # 11 batch norm
-        ["task=cifar10_resnet18", "optimizer=eadam"],  # 12
+        ["task=cifar10_resnet18", "optimizer=adabelief"],  # 11 \ batch norm: stacked, a population
+        ["task=cifar10_resnet18", "optimizer=eadam"],  # 12 /
+        ["task=synthetic_mt", "optimizer=adabelief"],  # 13 token-budget batches: alone
+        ["task=synthetic_mt", "optimizer=eadam"],  # 14
+        ["task=ring_gan", "optimizer=adabelief", "task.gp_lambda=10"],  # 15 gradient penalty: alone
+        ["task=ring_gan", "optimizer=eadam", "task.gp_lambda=10"],  # 16
+        ["task=ring_gan", "optimizer=adabelief"],  # 17 \ two optimizers, two phases: a population
+        ["task=ring_gan", "optimizer=ablation_eadam"],  # 18 /
     ]
     groups, alone = plan_groups(_cfgs(jobs, tmp_path), 32)
-    assert groups == [[0, 1], [2, 3], [4, 5]]
+    assert groups == [[0, 1], [2, 3], [4, 5], [11, 12], [17, 18]]
     why = dict(alone)
-    assert sorted(why) == [6, 7, 8, 9, 10, 11, 12]
+    assert sorted(why) == [6, 7, 8, 9, 10, 13, 14, 15, 16]
     assert why[6] == "no other job of the sweep batches with it"
     assert why[7].startswith("optimizer sgd (SGD) is not one of the Adam-family presets")
     assert why[8].startswith("optimizer adam (Adam) is not one of the Adam-family presets")
     for i in (9, 10):
         assert why[i].startswith("task textlm_lstm1: "), why[i]
-    for i in (11, 12):
-        assert why[i].startswith("task cifar10_resnet18: model resnet18 has batch norm"), why[i]
+    for i in (13, 14):
+        assert why[i].startswith("task synthetic_mt: its token-budget batches"), why[i]
+    for i in (15, 16):
+        assert why[i].startswith("task ring_gan: the gradient penalty"), why[i]
 
 
 def test_optimizer_diagnostics_of_members_equal_their_runs_alone(tmp_path: Path) -> None:
