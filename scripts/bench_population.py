@@ -25,6 +25,7 @@ full-size CIFAR too (member-steps/s at K = 1, 8), and the 8 ResNet-18 runs (4 co
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -49,6 +50,13 @@ TARGET_E2E_DIGITS = 2.0
 
 
 def compose_member(task: str, optimizer: str, seed: int, device: str, overrides: tuple[str, ...] = ()) -> Any:
+    cfg = _composed(task, optimizer, device, overrides).copy()
+    cfg.seed = seed
+    return cfg
+
+
+@functools.cache
+def _composed(task: str, optimizer: str, device: str, overrides: tuple[str, ...]) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -58,7 +66,7 @@ def compose_member(task: str, optimizer: str, seed: int, device: str, overrides:
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
             cfg = compose(config_name="train", overrides=[f"task={task}", f"optimizer={optimizer}",
-                                                          f"seed={seed}", f"device={device}", *overrides])
+                                                          f"device={device}", *overrides])
     finally:
         GlobalHydra.instance().clear()
     return resolve_interpolations(cfg)

@@ -644,10 +644,11 @@ def test_plan_groups_respects_max_members_and_keeps_order(tmp_path: Path) -> Non
     from optrepro.population import plan_groups
 
     cfgs = _cfgs(_grid([*TOY, "task.function=l1"], optimizer=["eadam", "adabelief"], seed=[0, 1, 2]), tmp_path)
+    assert plan_groups(cfgs[:5], 3) == ([[0, 1], [2, 3, 4]], [])
     assert plan_groups(cfgs, 32) == ([[0, 1, 2, 3, 4, 5]], [])
     assert plan_groups(cfgs, 2) == ([[0, 1], [2, 3], [4, 5]], [])
-    assert plan_groups(cfgs, 4) == ([[0, 1, 2, 3], [4, 5]], [])
-    assert plan_groups(cfgs, 5) == ([[0, 1, 2, 3, 4]], [(5, "no other job of the sweep batches with it")])
+    assert plan_groups(cfgs, 4) == ([[0, 1, 2], [3, 4, 5]], [])  # the fewest populations, of equal size
+    assert plan_groups(cfgs, 5) == ([[0, 1, 2], [3, 4, 5]], [])
     assert plan_groups(cfgs, 1) == ([], [(i, "no other job of the sweep batches with it") for i in range(6)])
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -326,8 +327,9 @@ class Population:
 
 # ---------------------------------------------------------------------------------- groups
 def plan_groups(cfgs: list[DictConfig], max_members: int) -> tuple[list[list[int]], list[tuple[int, str]]]:
-    """Split job indices into populations (each at most ``max_members``; order kept) and the jobs that
-    run alone, each with its reason. A group of one runs alone too (nothing to batch)."""
+    """Split job indices into populations and the jobs that run alone, each with its reason. A group
+    larger than ``max_members`` is split into the fewest populations of (nearly) equal size, in order;
+    a group of one runs alone (nothing to batch)."""
     groups: dict[str, list[int]] = {}
     alone: list[tuple[int, str]] = []
     for i, cfg in enumerate(cfgs):
@@ -338,8 +340,10 @@ def plan_groups(cfgs: list[DictConfig], max_members: int) -> tuple[list[list[int
             groups.setdefault(key, []).append(i)
     populations = []
     for indices in groups.values():
-        for start in range(0, len(indices), max_members):
-            chunk = indices[start : start + max_members]
+        n_chunks = -(-len(indices) // max_members)  # as few populations as the cap allows, of equal size
+        bounds = [round(i * len(indices) / n_chunks) for i in range(n_chunks + 1)]
+        for start, stop in itertools.pairwise(bounds):
+            chunk = indices[start:stop]
             if len(chunk) == 1:
                 alone.append((chunk[0], "no other job of the sweep batches with it"))
             else:

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class PopulationLauncherConf:
     _target_: str = "hydra_plugins.optrepro_population.population_launcher.PopulationLauncher"
     #: the largest population; bigger groups are split (on a GPU, lower it if members do not fit)
-    max_members: int = 32
+    max_members: int = 16
 
 
 ConfigStore.instance().store(group="hydra/launcher", name="population_schema", node=PopulationLauncherConf,
@@ -37,7 +37,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="population_schema", n
 
 
 class PopulationLauncher(Launcher):
-    def __init__(self, max_members: int = 32) -> None:
+    def __init__(self, max_members: int = 16) -> None:
         super().__init__()
         if int(max_members) < 1:
             raise ValueError(f"hydra.launcher.max_members must be >= 1, got {max_members}")
