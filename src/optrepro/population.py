@@ -175,13 +175,16 @@ def _train(members: list[Member], show_progress: bool) -> None:
     name = f"population of {len(live)} ({live[0].cfg.task.name})"
     with tqdm(total=total, desc=name, disable=not show_progress, dynamic_ncols=True, leave=False) as progress:
         while any(m.active for m in live):
-            active = torch.tensor([m.active for m in live])
             for member in live:
                 if member.active:
                     with _member_failures(member):
                         member.batch = member.task.member_batch()
+            active = torch.tensor([m.active for m in live])
+            if not bool(active.any()):
+                break
+            stand_in = next((m.batch for m in live if m.batch is not None), None)  # for one that never had one
             try:
-                results = population.step([m.batch for m in live], active)
+                results = population.step([stand_in if m.batch is None else m.batch for m in live], active)
             except Exception as exc:  # noqa: BLE001 - the shared step failed: every member it carried failed
                 _fail_all([m for m in live if m.active], exc)
                 break
