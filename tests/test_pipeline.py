@@ -83,3 +83,14 @@ def test_pipeline_runs_sweeps_then_the_analysis(tmp_path: Path) -> None:
     assert analyze(runs, tmp_path / "out") == 0
     report = (tmp_path / "out" / "REPORT.md").read_text()
     assert "toy2d_l1" in report and "ablation_belief_inside" in report
+
+
+def test_sweep_launcher_uses_populations_where_the_task_batches() -> None:
+    from optrepro.pipeline import sweep_launcher
+
+    assert sweep_launcher(Sweep("d", ("task=digits_cnn", "seed=0,1")), 2, True) == ["hydra/launcher=population"]
+    assert sweep_launcher(Sweep("r", ("task=ring_gan",)), 2, True) == ["hydra/launcher=population"]
+    joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    assert sweep_launcher(Sweep("t", ("task=textlm_lstm1",)), 2, True) == joblib  # LSTMs do not batch
+    assert sweep_launcher(Sweep("d", ("task=digits_cnn",)), 2, False) == joblib
+    assert sweep_launcher(Sweep("d", ("task=digits_cnn",)), 1, False) == []

@@ -4,7 +4,8 @@ Runs the optimizers of the debate — SGD, Adam, AdamW, EAdam, AdaBelief and the
 belief x eps-placement ablation — on every demo task (toy 2-D functions, scikit-learn's digits, a
 word-level LSTM on Python's own documentation, a ring-of-Gaussians GAN, a synthetic translation
 task), several eps values and 3 seeds, then writes the analysis (REPORT.md, tables, figures) into
-``results/demo/``. About 11 minutes on a 2-core CPU (174 runs); a second run only redoes what is missing.
+``results/demo/``. About 24 minutes on a 2-core CPU (174 runs); a second run only redoes what is missing.
+The sweeps of tasks that batch (toy 2-D, digits, ring GAN) train as populations (``hydra/launcher=population``).
 """
 
 from __future__ import annotations
