@@ -370,8 +370,11 @@ def test_ctrl_c_is_one_line_and_resumes(tmp_path: Path) -> None:
     args = [*TOY, "task.steps=400", "task.eval_every=20", "+task.fault.sleep_per_step=0.01",
             f"results_dir={tmp_path}", "progress=false"]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **fault_env()}
+    # SIGINT's default action restored in the child: a test run started in the background (bash '&' without
+    # job control) inherits an ignored SIGINT, and Python then never raises KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "optrepro.train", *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not any((f / "checkpoint.pt").exists() for f in run_folders(tmp_path)):
         time.sleep(0.05)
