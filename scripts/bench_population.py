@@ -57,19 +57,10 @@ def compose_member(task: str, optimizer: str, seed: int, device: str, overrides:
 
 @functools.cache
 def _composed(task: str, optimizer: str, device: str, overrides: tuple[str, ...]) -> Any:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from optrepro.config import compose_train, resolve_interpolations
 
-    from optrepro.config import CONFIG_DIR, resolve_interpolations
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = compose(config_name="train", overrides=[f"task={task}", f"optimizer={optimizer}",
-                                                          f"device={device}", *overrides])
-    finally:
-        GlobalHydra.instance().clear()
-    return resolve_interpolations(cfg)
+    return resolve_interpolations(compose_train([f"task={task}", f"optimizer={optimizer}", f"device={device}",
+                                                 *overrides]))
 
 
 def build_members(task: str, k: int, device: torch.device, overrides: tuple[str, ...]) -> list[Any]:

@@ -86,22 +86,15 @@ def overrides_for(presets: dict[str, Any], entry: Entry, task: str) -> list[str]
 
 def composed_configs(presets: dict[str, Any], entries: list[Entry]) -> dict[tuple[str, ...], dict[str, Any]]:
     """Compose each distinct override list once (Hydra's own composition, nothing applied after)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from optrepro.config import CONFIG_DIR
+    from optrepro.config import train_composer
 
     wanted = {tuple(overrides_for(presets, e, t)) for e in entries for t in e.tasks}
     out: dict[tuple[str, ...], dict[str, Any]] = {}
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            for overrides in sorted(wanted):
-                cfg = compose(config_name="train", overrides=list(overrides))
-                out[overrides] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    finally:
-        GlobalHydra.instance().clear()
+    with train_composer() as compose:
+        for overrides in sorted(wanted):
+            out[overrides] = OmegaConf.to_container(compose(overrides), resolve=True)  # type: ignore[assignment]
     return out
 
 

@@ -8,9 +8,10 @@ the run's ``config.yaml`` and its hash agree.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -220,35 +221,49 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+@contextlib.contextmanager
+def train_composer() -> Iterator[Callable[..., DictConfig]]:
+    """``compose(overrides, **kwargs)``: configs/train.yaml composed outside a Hydra app (planning a sweep,
+    checking a command line), exactly as Hydra would compose it; Hydra's global state is cleared around it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            yield lambda overrides, **kwargs: compose(config_name="train", overrides=list(overrides), **kwargs)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def compose_train(overrides: Iterable[str], **kwargs: Any) -> DictConfig:
+    """One config of :func:`train_composer`."""
+    with train_composer() as compose:
+        return compose(overrides, **kwargs)
+
+
 def preflight(argv: Iterable[str]) -> None:
     """Compose and validate every single-run config a command line implies, before Hydra starts.
 
     Turns Hydra/OmegaConf's multi-line errors into one line and catches bad values of every
     swept value before the first job trains.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     overrides = [a for a in argv if not a.startswith("-")]
     check_group_choices(overrides)
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            defaults: dict[tuple[str, ...], DictConfig] = {}
-            for combo in expand_for_checking(overrides):
-                choices = tuple(o for o in combo if o.split("=", 1)[0].lstrip("+~") in GROUPS)
-                try:
-                    if choices not in defaults:
-                        defaults[choices] = compose(config_name="train", overrides=list(choices))
-                    check_value_types(combo, defaults[choices])
-                    cfg = compose(config_name="train", overrides=combo)
-                except UserError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - any compose error is a config error
-                    raise UserError(_compose_message(exc)) from None
-                validate_config(resolve_interpolations(cfg))
-    finally:
-        GlobalHydra.instance().clear()
+    with train_composer() as compose:
+        defaults: dict[tuple[str, ...], DictConfig] = {}
+        for combo in expand_for_checking(overrides):
+            choices = tuple(o for o in combo if o.split("=", 1)[0].lstrip("+~") in GROUPS)
+            try:
+                if choices not in defaults:
+                    defaults[choices] = compose(choices)
+                check_value_types(combo, defaults[choices])
+                cfg = compose(combo)
+            except UserError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any compose error is a config error
+                raise UserError(_compose_message(exc)) from None
+            validate_config(resolve_interpolations(cfg))
 
 
 def _compose_message(exc: BaseException) -> str:

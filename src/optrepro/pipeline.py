@@ -47,35 +47,18 @@ def matched_outside_eps(task: str, eps_values: Sequence[float] = ()) -> str:
     β2 (and ε when ``eps_values`` is empty) come from the task's composed ``ablation_eadam`` config, since a
     task's recipe may set them (the Transformer recipes use β2 = 0.98: floor √(1e-8/0.02) = 7.1e-4).
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from optrepro.config import compose_train
 
-    from optrepro.config import CONFIG_DIR
-
-    overrides = [f"task={task}", "optimizer=ablation_eadam"]
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            opt = compose(config_name="train", overrides=overrides).optimizer
-    finally:
-        GlobalHydra.instance().clear()
+    opt = compose_train([f"task={task}", "optimizer=ablation_eadam"]).optimizer
     beta2 = float(opt.betas[1])
     return ",".join(repr(math.sqrt(float(eps) / (1.0 - beta2))) for eps in (eps_values or [opt.eps]))
 
 
 def preset_grid(experiment: str) -> dict[str, str]:
     """The grid an experiment preset declares in ``hydra.sweeper.params``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from optrepro.config import compose_train
 
-    from optrepro.config import CONFIG_DIR
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = compose(config_name="train", overrides=[f"experiment={experiment}"], return_hydra_config=True)
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose_train([f"experiment={experiment}"], return_hydra_config=True)
     params = cfg.hydra.sweeper.get("params") or {}
     return {str(k): str(v) for k, v in params.items()}
 
@@ -86,21 +69,12 @@ def measure_step_seconds(task: str, steps: int = 10, warmup: int = 3) -> tuple[f
     Returns (seconds per step, steps per run), or the reason it could not be measured (e.g. the
     dataset is not downloaded). Used to estimate a sweep's GPU hours before it starts.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from optrepro.config import CONFIG_DIR, resolve_device, resolve_interpolations
+    from optrepro.config import compose_train, resolve_device, resolve_interpolations
     from optrepro.errors import UserError
     from optrepro.tasks import RunContext, build_task
     from optrepro.tasks.base import time_steps
 
-    overrides = [f"task={task}", "optimizer=adam"]
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = resolve_interpolations(compose(config_name="train", overrides=overrides))
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = resolve_interpolations(compose_train([f"task={task}", "optimizer=adam"]))
     device = resolve_device("auto")
     try:
         task_obj = build_task(cfg.task, RunContext(cfg, device, str(cfg.precision), 0))
@@ -121,18 +95,10 @@ def count_outcomes(results_dir: Path, since: float) -> int:
 
 def joins_populations(task: str) -> bool:
     """True when runs of ``task`` can train as population members (``hydra/launcher=population``)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from optrepro.config import CONFIG_DIR
+    from optrepro.config import compose_train
     from optrepro.tasks import task_class
 
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            cfg = compose(config_name="train", overrides=[f"task={task}"])
-    finally:
-        GlobalHydra.instance().clear()
+    cfg = compose_train([f"task={task}"])
     return not task_class(str(cfg.task.kind)).population_refusal_for(cfg.task)
 
 
