@@ -274,8 +274,6 @@ class Population:
     parameters and the members' own buffers become views of them."""
 
     def __init__(self, tasks: list[Task]) -> None:
-        from torch.func import vmap
-
         from optrepro.optim.population import PopulationAdam
 
         template = tasks[0]
@@ -287,9 +285,7 @@ class Population:
         for k, task in enumerate(tasks):
             for buffer, stacked in zip(task.member_buffers(), self.buffers, strict=True):
                 buffer.data = stacked[k]
-        self._losses = [{with_data: vmap(functools.partial(template.member_phase_loss, i),
-                                         in_dims=(0, 0, 0 if with_data else None), randomness="different")
-                         for with_data in (True, False)} for i in range(len(self.phases))]
+        self._losses = [functools.partial(template.member_phase_loss, i) for i in range(len(self.phases))]
 
     @property
     def optimizer(self) -> Any:
@@ -300,7 +296,10 @@ class Population:
     def step(self, batches: list[Any], active: torch.Tensor) -> list[tuple[Any, Any]]:
         """Train every member with ``active[k]`` one step on its batch; per member, what its
         ``member_end_step`` takes: (loss, stats), or (losses, stats) per phase with several phases."""
+        from torch.func import vmap
+
         stacked = _stack(batches)
+        in_dims = (0, 0, None if stacked is None else 0)  # tasks without data (toy2d) have no batch to map
         frozen = (~active).nonzero().flatten()
         kept = [b[frozen].clone() for b in self.buffers] if frozen.numel() else []
         phase_losses, phase_stats = [], []
@@ -309,7 +308,8 @@ class Population:
             opt.zero_grad()
             params = [p if owner == name else p.detach()
                       for owner, stacked_opt in self.optimizers.items() for p in stacked_opt.parameters]
-            losses, stats = self._losses[i][stacked is not None](params, self.buffers, stacked)
+            losses, stats = vmap(self._losses[i], in_dims=in_dims, randomness="different")(params, self.buffers,
+                                                                                          stacked)
             # a frozen member's loss may be NaN; the sum's gradient with respect to each member is its own
             losses.sum().backward()
             opt.before_member_steps(active)
