@@ -83,12 +83,21 @@ def test_needs_an_out_folder(tmp_path: Path) -> None:
     assert done.stdout == "" and done.stderr.startswith("error: usage: bash scripts/gpu_check.sh OUT_DIR")
 
 
-def test_bench_optim_options_and_candidates_exist() -> None:
-    bench_optim = _script("bench_optim")
-    help_text = _help(bench_optim, [])
-    for words in _invocations("scripts/bench_optim.py"):
+def _checked_invocations(name: str) -> tuple[ModuleType, str, list[list[str]]]:
+    """The script ``scripts/<name>.py``, its --help text and the script's invocations of it, after
+    checking that every option an invocation passes is one the script has."""
+    module = _script(name)
+    help_text = _help(module, [])
+    invocations = _invocations(f"scripts/{name}.py")
+    for words in invocations:
         for option in (w for w in words if w.startswith("--")):
-            assert option in help_text, f"bench_optim.py has no {option}"
+            assert option in help_text, f"{name}.py has no {option}"
+    return module, help_text, invocations
+
+
+def test_bench_optim_options_and_candidates_exist() -> None:
+    bench_optim, help_text, invocations = _checked_invocations("bench_optim")
+    for words in invocations:
         assert _value(words, "--device") == "cuda"
         for name in _value(words, "--candidates").split(","):
             assert name in bench_optim.CANDIDATES, f"bench_optim.py has no candidate {name}"
@@ -99,11 +108,8 @@ def test_bench_optim_options_and_candidates_exist() -> None:
 
 
 def test_bench_train_options_and_benches_exist() -> None:
-    bench_train = _script("bench_train")
-    help_text = _help(bench_train, [])
-    for words in _invocations("scripts/bench_train.py"):
-        for option in (w for w in words if w.startswith("--")):
-            assert option in help_text, f"bench_train.py has no {option}"
+    bench_train, help_text, invocations = _checked_invocations("bench_train")
+    for words in invocations:
         assert _value(words, "--device") == "cuda"
         for name in _value(words, "--only").split(","):
             assert name in bench_train.BENCHES
@@ -118,10 +124,8 @@ def test_bench_train_options_and_benches_exist() -> None:
 def test_bench_population_options_exist_when_the_script_does() -> None:
     if not (REPO / "scripts" / "bench_population.py").exists():
         pytest.skip("scripts/bench_population.py is not in this checkout (gpu_check.sh skips it too)")
-    help_text = _help(_script("bench_population"), [])
-    for words in _invocations("scripts/bench_population.py"):
-        for option in (w for w in words if w.startswith("--")):
-            assert option in help_text, f"bench_population.py has no {option}"
+    _, _, invocations = _checked_invocations("bench_population")
+    assert invocations  # the script does run it
 
 
 def test_helper_subcommands_and_options_exist() -> None:
