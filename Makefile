@@ -18,7 +18,7 @@ TABLE ?= all
 DRY_RUN ?=
 ARGS ?=
 
-.PHONY: help setup test test-all check-install demo reproduce-table sweep-eps bench gpu-check lint format wandb-sync clean
+.PHONY: help setup test test-all check-install demo reproduce-table sweep-eps bench gpu-check gpu-wheels lint format wandb-sync clean
 
 help:
 	@echo "make demo             the whole pipeline at CPU scale (no downloads), report in results/demo/"
@@ -27,6 +27,7 @@ help:
 	@echo "make sweep-eps        TASK=... OPTIMIZERS=... EPS=... SEEDS=... an eps sweep + its analysis"
 	@echo "make bench            optimizer, training-throughput and population benchmarks -> results/bench/"
 	@echo "make gpu-check        OUT=... every CUDA path in <= 8 min on one GPU, JSON in OUT (results/bench/gpu)"
+	@echo "make gpu-wheels       the wheels the GPU machine's image lacks -> .gpu-wheels/ (carry it to run gpu_check.sh there)"
 	@echo "make check-install    pip install . (not editable) into a scratch venv, train toy2d from elsewhere"
 	@echo "make lint             ruff"
 	@echo "make wandb-sync       upload offline wandb runs under results/"
@@ -69,6 +70,10 @@ bench: setup
 
 gpu-check: setup
 	OPTREPRO_PYTHON=$(abspath $(BIN))/python bash scripts/gpu_check.sh $(OUT)
+
+# downloads: what scripts/gpu_check.sh installs on the lent GPU machine, which has no package index
+gpu-wheels: setup
+	$(BIN)/python scripts/gpu_wheels.py build --out .gpu-wheels
 
 lint: setup
 	$(BIN)/ruff check src tests scripts

@@ -5,7 +5,9 @@
 #
 # OUT_DIR is taken relative to the caller's folder; the steps run from the repo root.
 #
-# Steps, each under `timeout` and never more than the budget left (GPU_CHECK_BUDGET_S, default 460 s):
+# Steps, each under `timeout` and never more than the budget left (GPU_CHECK_BUDGET_S, default 460 s,
+# counted from the script's start, so start-up and the install below are inside it):
+#   startup, install  import hydra, optrepro.train; the wheelhouse install when that fails (see Python: below)
 #   optim_bench       scripts/bench_optim.py on CUDA: ResNet-34 shapes, our foreach and fused
 #                     (torch.compile) steps against torch's foreach and fused Adam -> optim_cuda.json
 #                     (the only torch.compile path: the tasks never compile the model)
@@ -23,7 +25,16 @@
 # Without CUDA: one line saying so, exit 0, nothing written.
 # Python: $OPTREPRO_PYTHON, else the repo's .venv/bin/python, else python3; the checkout's src/ comes
 # first on PYTHONPATH, so the code checked is this checkout's.
+# If that Python cannot import hydra, optrepro.train (the lent machine's image has torch but no hydra-core,
+# omegaconf, ...), the wheels in $GPU_CHECK_WHEELS (default <repo>/.gpu-wheels, from `make gpu-wheels`)
+# are installed first with pip --no-index --no-deps --target into $GPU_CHECK_SITE (default a temp
+# folder, removed at exit) and that folder goes on PYTHONPATH after src/; --no-deps keeps pip from
+# touching the image's torch. start-up and install are timed, recorded and inside the budget.
 set -u -o pipefail
+
+T_START=$(date +%s)
+now() { date +%s%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1e9 }'; }
 
 if [ $# -ne 1 ] || [ -z "$1" ]; then
     echo "error: usage: bash scripts/gpu_check.sh OUT_DIR (e.g. results/bench/gpu)" >&2
@@ -44,10 +55,46 @@ else
 fi
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}"
 export WANDB_MODE=disabled
+TMP="$(mktemp -d)"
+trap 'rm -rf "$TMP"' EXIT
+PROBE=(-c 'import hydra, optrepro.train')  # train imports hydra only in main()
+
+# start-up: the interpreter, torch and everything the runs import
+t0=$(now)
+"$PY" "${PROBE[@]}" >"$TMP/startup.log" 2>&1
+STARTUP_RC=$?
+STARTUP_WALL=$(secs "$t0" "$(now)")
+INSTALL_RC="" INSTALL_LINE=""
+if [ "$STARTUP_RC" -ne 0 ]; then
+    WHEELS="${GPU_CHECK_WHEELS:-$REPO/.gpu-wheels}"
+    SITE="${GPU_CHECK_SITE:-$TMP/site}"
+    if ! compgen -G "$WHEELS/*.whl" >/dev/null; then
+        echo "error: $PY cannot import hydra, optrepro.train ($(tail -n 1 "$TMP/startup.log")) and $WHEELS holds no" \
+            "wheels; run make gpu-wheels where pip works and carry .gpu-wheels (or make setup)" >&2
+        exit 2
+    fi
+    t0=$(now)
+    {
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check --target "$SITE" \
+            "$WHEELS"/*.whl && PYTHONPATH="$SITE:$PYTHONPATH" "$PY" scripts/gpu_wheels.py check "$SITE"
+    } >"$TMP/install.log" 2>&1
+    INSTALL_RC=$?
+    INSTALL_WALL=$(secs "$t0" "$(now)")
+    export PYTHONPATH="$REPO/src:$SITE${PYTHONPATH#"$REPO/src"}"
+    INSTALL_LINE="gpu_check: install rc=$INSTALL_RC ${INSTALL_WALL}s ($(compgen -G "$WHEELS/*.whl" | wc -l) wheels"
+    INSTALL_LINE+=" from $WHEELS -> $SITE)"
+    if ! "$PY" "${PROBE[@]}" >>"$TMP/install.log" 2>&1; then
+        echo "$INSTALL_LINE"
+        echo "error: $PY cannot import hydra, optrepro.train even after installing $WHEELS:" \
+            "$(tail -n 1 "$TMP/install.log"); rebuild it with make gpu-wheels" >&2
+        exit 2
+    fi
+fi
 
 "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 3)' 2>/dev/null
 probe=$?
 if [ "$probe" -eq 3 ]; then
+    [ -z "$INSTALL_LINE" ] || echo "$INSTALL_LINE"
     echo "gpu_check: no CUDA device here; nothing to check (run it on a GPU machine)"
     exit 0
 elif [ "$probe" -ne 0 ]; then
@@ -58,13 +105,25 @@ fi
 mkdir -p "$OUT_ARG/logs" || exit 2
 OUT="$(cd "$OUT_ARG" && pwd)"
 RECORD="$OUT/gpu_check.json"
-TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
 BUDGET_S="${GPU_CHECK_BUDGET_S:-460}"
-T_START=$(date +%s)
 FAILED=0
 
 "$PY" scripts/gpu_check_util.py start "$RECORD" || exit 2
+cp "$TMP/startup.log" "$OUT/logs/startup.log"
+# start-up failing is what triggers the install: its rc is informative, not a failure
+"$PY" scripts/gpu_check_util.py record "$RECORD" --name startup --rc 0 --wall "$STARTUP_WALL" --limit 0 \
+    --log "$OUT/logs/startup.log" --note "import hydra, optrepro.train rc=$STARTUP_RC" -- "$PY" "${PROBE[@]}" ||
+    { echo "gpu_check: could not record step startup" >&2; FAILED=1; }
+echo "gpu_check: startup ${STARTUP_WALL}s (import hydra, optrepro.train rc=$STARTUP_RC)"
+if [ -n "$INSTALL_RC" ]; then
+    cp "$TMP/install.log" "$OUT/logs/install.log"
+    "$PY" scripts/gpu_check_util.py record "$RECORD" --name install --rc "$INSTALL_RC" --wall "$INSTALL_WALL" \
+        --limit 0 --log "$OUT/logs/install.log" --note "$WHEELS -> $SITE" -- \
+        "$PY" -m pip install --no-index --no-deps --target "$SITE" "$WHEELS/*.whl" ||
+        { echo "gpu_check: could not record step install" >&2; FAILED=1; }
+    echo "$INSTALL_LINE"
+    [ "$INSTALL_RC" -eq 0 ] || FAILED=1
+fi
 
 # step NAME LIMIT_S JSON_PATH CMD... : run CMD under timeout (capped by the budget left), log to
 # <out>/logs/NAME.log, append the outcome to the record; never exits the script.

@@ -83,6 +83,22 @@ def test_needs_an_out_folder(tmp_path: Path) -> None:
     assert done.stdout == "" and done.stderr.startswith("error: usage: bash scripts/gpu_check.sh OUT_DIR")
 
 
+def test_cannot_import_and_no_wheelhouse_is_one_error_line(tmp_path: Path) -> None:
+    """The lent machine without the carried wheels: a hydra that fails to import stands for the image's
+    missing packages; the script says what to build and carry instead of failing in the first step."""
+    (tmp_path / "shadow" / "hydra").mkdir(parents=True)
+    (tmp_path / "shadow" / "hydra" / "__init__.py").write_text("raise ImportError('no hydra on this image')\n")
+    env = {**os.environ, "OPTREPRO_PYTHON": sys.executable, "PYTHONPATH": str(tmp_path / "shadow"),
+           "GPU_CHECK_WHEELS": str(tmp_path / "no-wheels")}
+    done = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "gpu")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == (f"error: {sys.executable} cannot import hydra, optrepro.train (ImportError: no hydra on "
+                           f"this image) and {tmp_path / 'no-wheels'} holds no wheels; run make gpu-wheels where "
+                           "pip works and carry .gpu-wheels (or make setup)\n")
+    assert not (tmp_path / "gpu").exists()
+
+
 def _checked_invocations(name: str) -> tuple[ModuleType, str, list[list[str]]]:
     """The script ``scripts/<name>.py``, its --help text and the script's invocations of it, after
     checking that every option an invocation passes is one the script has."""

@@ -51,8 +51,12 @@ class Tracker:
         if mode == "disabled":
             return
         try:
-            import wandb
-
+            import wandb  # optional here: the lent GPU machine's wheelhouse leaves it out
+        except ImportError:
+            warnings.warn(f"wandb is not installed, so wandb.mode={mode} logs nothing (pip install wandb, or "
+                          "wandb.mode=disabled); local results are unaffected", stacklevel=2)
+            return
+        try:
             config = flatten(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
             config.update({f"factors.{k}": v for k, v in factors.items()})
             self.run = wandb.init(
