@@ -62,9 +62,18 @@ def changed_keys(reference: Mapping[str, Any], ours: Mapping[str, Any], prefix: 
         name = f"{prefix}{key}"
         if isinstance(a, Mapping) and isinstance(b, Mapping):
             out += changed_keys(a, b, f"{name}.")
-        elif a != b or type(a) is not type(b) and not (isinstance(a, (int, float)) and isinstance(b, (int, float))):
+        elif not _same(a, b):
             out.append(f"{name} {_show(a)}→{_show(b)}")
     return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as config values: true is not 1, 1 is 1.0, lists elementwise."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def _keys_text(keys: list[str]) -> str:
