@@ -55,7 +55,9 @@ def _runs_shown(runs: pd.DataFrame) -> list[str]:
         real=runs.data_real.map(lambda v: "yes" if v is True else "no"),
         summary=runs.data_summary.fillna(NO_PROVENANCE))
     table = frame.groupby(["task", "dataset", "kind", "real", "summary"], sort=True).size().reset_index(name="runs")
-    lines += [table[["task", "dataset", "kind", "real", "runs", "summary"]].to_markdown(index=False), ""]
+    table = table.rename(columns={"kind": "kind (what the loader reads)", "real": "verified real"})
+    lines += [table[["task", "dataset", "kind (what the loader reads)", "verified real", "runs", "summary"]]
+              .to_markdown(index=False), ""]
     if (runs.profile != "default").any() or not runs.data_real.astype(bool).all():
         lines += ["Runs of another profile than `default` or on data that is not verified as the real dataset are "
                   "never compared with published numbers.", ""]
