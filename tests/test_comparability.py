@@ -233,3 +233,23 @@ def test_report_names_profiles_and_data_and_never_a_smoke_delta(smoke_and_preset
     assert "8.594" not in paper.split("Not compared")[0] and "not comparable: profile=smoke" in paper
     listed = pd.read_csv(out / "tables" / "not_comparable.csv")
     assert set(listed.run) == {"smoke", "old"} and {"paper_eadam2020_table2"} <= set(listed.table)
+
+
+def test_provenance_of_gan_and_synthetic_task_runs(tmp_path: Path) -> None:
+    """The GAN's CIFAR files, and the synthetic translation/detection sets, through real tiny runs."""
+    write_fake_cifar(tmp_path / "data", "cifar10", n_train=64, n_test=32)
+    cases = {
+        "gan": ["task=cifar10_wgan", f"task.data.root={tmp_path / 'data'}", "task.data.verify_checksums=false"],
+        "mt": ["task=synthetic_mt"],
+        "det": ["task=synthetic_det"],
+    }
+    records = {}
+    for case, overrides in cases.items():
+        outcome = run_inprocess([*overrides, "profile=smoke", "optimizer=adam"], tmp_path / case)
+        assert outcome.status == "completed", (case, outcome)
+        (folder,) = run_folders(tmp_path / case)
+        records[case] = _data(folder)
+    assert records["gan"]["dataset"] == "cifar10" and records["gan"]["check"] == "mismatch"
+    assert len(records["gan"]["files"]) == 7  # the test batch too (FID's real statistics may read it)
+    assert records["mt"]["dataset"] == "synthetic_mt" and records["mt"]["kind"] == "synthetic"
+    assert records["det"]["dataset"] == "synthetic_det" and records["det"]["real"] is False
