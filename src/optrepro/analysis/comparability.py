@@ -114,7 +114,9 @@ class Comparability:
             return f"no task config named {row.task}"
         preset = self.presets[scope]
         if isinstance(preset, dict):
-            preset = preset.get(stem.split("_")[0])
+            if stem.split("_")[0] not in preset:
+                return f"no preset for {scope} and task {stem} in docs/recipes.yaml"
+            preset = preset[stem.split("_")[0]]  # null there: the task's own recipe
         overrides = [f"task={stem}", f"optimizer={optimizer}", f"seed={int(row.seed)}"]
         return tuple([f"experiment={preset}", *overrides] if preset else overrides)
 
