@@ -15,6 +15,7 @@ import pandas as pd
 
 from optrepro.analysis import diagnostics as optimizer_diagnostics
 from optrepro.analysis import figures as figs
+from optrepro.analysis.comparability import Comparability, not_comparable_footer
 from optrepro.analysis.load import RunsData, load_runs
 from optrepro.analysis.report import Artifacts, write_report
 from optrepro.analysis.stats import LEVEL, MAX_SEEDS, METHOD, seeds_needed
@@ -56,21 +57,32 @@ def analyze(
     data.curves.to_csv(out_dir / "curves.csv", index=False, lineterminator="\n")
     data.incomplete.to_csv(out_dir / "incomplete.csv", index=False, lineterminator="\n")
 
-    comparison = comparison_tables(data, published, value_kind)
+    rule = Comparability(data, published)
+    comparison = comparison_tables(data, published, value_kind, rule)
     if not comparison.numeric.empty:
         tables_dir.mkdir(parents=True, exist_ok=True)
         comparison.numeric.to_csv(tables_dir / "comparison_all.csv", index=False, lineterminator="\n")
     for task, (numeric, display) in comparison.per_task.items():
         stem = f"comparison_{safe_name(task)}"
+        others = comparison.not_comparable.get(task)
+        footer = not_comparable_footer(others, by_ref=True)
         artifacts.tables[f"comparison_{task}"] = write_table(
-            tables_dir, stem, numeric, display, f"{task}: optimizer comparison"
+            tables_dir, stem, numeric, display, f"{task}: optimizer comparison", footer
         )["md"]
 
-    views = paper_views(data, published, value_kind)
-    for stem, (numeric, display, title) in views.items():
+    views = paper_views(data, published, value_kind, rule)
+    for stem, view in views.items():
         artifacts.tables[f"paper_{stem}"] = write_table(
-            tables_dir, f"paper_{safe_name(stem)}", numeric, display, title
+            tables_dir, f"paper_{safe_name(stem)}", view.numeric, view.display, view.title,
+            not_comparable_footer(view.not_comparable),
         )["md"]
+    excluded = [o.assign(table=f"comparison_{t}") for t, o in sorted(comparison.not_comparable.items())]
+    excluded += [v.not_comparable.assign(table=f"paper_{s}") for s, v in views.items() if len(v.not_comparable)]
+    if excluded:
+        tables_dir.mkdir(parents=True, exist_ok=True)
+        columns = ["table", "run", "task", "optimizer", "setting", "seed", "profile", "data_summary", "reason"]
+        pd.concat(excluded, ignore_index=True)[columns].to_csv(
+            tables_dir / "not_comparable.csv", index=False, lineterminator="\n")
 
     ablation = ablation_tables(data, value_kind)
     if not ablation.corners.empty:

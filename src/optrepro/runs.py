@@ -5,6 +5,7 @@ Layout of a run folder (README, "Single runs")::
     <results_dir>/<task>_<optimizer>_s<seed>_<hash>/
         config.yaml     fully resolved config (written first)
         env.json        git SHA, torch/CUDA versions, device name
+        data.json       the data files read and whether they are the real dataset (optrepro.data.provenance)
         metrics.jsonl   one JSON object per eval point
         checkpoint.pt   latest training state (atomic)
         summary.json    written last, atomically: the run is complete only when it exists
@@ -230,6 +231,10 @@ class RunDir:
         return self.path / "env.json"
 
     @property
+    def data_path(self) -> Path:
+        return self.path / "data.json"
+
+    @property
     def metrics_path(self) -> Path:
         return self.path / "metrics.jsonl"
 
@@ -355,8 +360,9 @@ class RunDir:
             return None
         return env if isinstance(env, dict) and _checksum_ok(env) else None
 
-    def create(self, cfg: DictConfig, device: torch.device | str | None) -> None:
-        """Make the folder and write config.yaml and env.json (config first: it names the run)."""
+    def create(self, cfg: DictConfig, device: torch.device | str | None,
+               data: Mapping[str, Any] | None = None) -> None:
+        """Make the folder and write config.yaml, env.json and data.json (config first: it names the run)."""
         if not self.writer:
             return
         self.verify(cfg)
@@ -372,6 +378,21 @@ class RunDir:
             previous.setdefault("resumed", []).append(env)
             env = previous
         atomic_write_json(self.env_path, _with_checksum(env))
+        if data is not None:
+            self.write_data(data)
+
+    def write_data(self, data: Mapping[str, Any]) -> None:
+        """data.json: what this attempt read. A resumed run whose data differs from the earlier attempt's
+        trained on both, so it is recorded as not real, whatever each attempt read."""
+        record = dict(data)
+        previous = _read_checked_json(self.data_path) if os.path.lexists(self.data_path) else None
+        if previous is not None:
+            previous.pop("checksum", None)
+            if _data_identity(previous) != _data_identity(record):
+                record["real"] = False
+                record["summary"] = f"{record.get('summary')}; the data changed between attempts of this run"
+                record["check"] = "changed"
+        atomic_write_json(self.data_path, _with_checksum(record))
 
     def append_metrics(self, row: Mapping[str, Any]) -> None:
         """Append one eval point; the line is flushed and fsynced so a kill cannot lose it."""
@@ -527,6 +548,20 @@ def _process_cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def _read_checked_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object file that passes its checksum, else None."""
+    try:
+        obj = json.loads(read_bytes(path).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) and _checksum_ok(obj) else None
+
+
+def _data_identity(record: Mapping[str, Any]) -> Any:
+    """The part of a data record that says which bytes were read (not the words about them)."""
+    return [record.get("dataset"), record.get("files"), record.get("manifest")]
 
 
 def _sha256(data: bytes) -> str:

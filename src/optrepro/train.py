@@ -238,7 +238,7 @@ def setup_run(cfg: DictConfig, run_dir: RunDir) -> tuple[Task, TaskProbe]:
                      dist=dist)
     task = build_task(cfg.task, ctx)
     probe = optimizer_diagnostics.attach(task, cfg.get("diagnostics"), int(cfg.seed))
-    run_dir.create(cfg, device)
+    run_dir.create(cfg, device, data=task.data_record())
     return task, probe
 
 

@@ -80,7 +80,14 @@ RUN_COLUMNS = [
     "cuda",
     "device_name",
     "hostname",
+    "profile",
+    "data_dataset",
+    "data_kind",
+    "data_real",
+    "data_summary",
 ]
+#: what a run folder without data.json (written before provenance was recorded) says about its data
+NO_PROVENANCE = "no data provenance recorded"
 INCOMPLETE_COLUMNS = ["run", "path", "task", "optimizer", "seed", "state", "last_step", "last_epoch"]
 CURVE_COLUMNS = [
     "run",
@@ -109,6 +116,8 @@ class RunsData:
     varying: dict[str, list[str]] = field(default_factory=dict)
     #: per run name, the parsed summary (for artifacts: trajectories, samples)
     summaries: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: per run name, its config.yaml (what the comparability rule composes the table's recipe against)
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def counted(self) -> pd.DataFrame:
         """Runs whose metric enters a mean: completed with a finite final value."""
@@ -300,6 +309,20 @@ def _settings_tree(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_data_record(folder: Path) -> dict[str, Any]:
+    """data.json's dataset, kind, verdict and summary; a missing or damaged one is never real."""
+    if not os.path.lexists(folder / "data.json"):
+        return {"data_dataset": None, "data_kind": None, "data_real": False, "data_summary": NO_PROVENANCE}
+    record = _read_json(folder / "data.json")
+    from optrepro.runs import json_checksum
+
+    if record is None or ("checksum" in record and json_checksum(record) != record["checksum"]):
+        return {"data_dataset": None, "data_kind": None, "data_real": False,
+                "data_summary": "data.json is damaged (unreadable or fails its checksum)"}
+    return {"data_dataset": record.get("dataset"), "data_kind": record.get("kind"),
+            "data_real": record.get("real") is True, "data_summary": str(record.get("summary") or "")}
+
+
 def _run_row(
     folder: Path, runs_dir: Path, cfg: dict[str, Any], summary: dict[str, Any], env: dict[str, Any]
 ) -> dict[str, Any]:
@@ -348,6 +371,8 @@ def _run_row(
         "cuda": env.get("cuda"),
         "device_name": env.get("device_name"),
         "hostname": env.get("hostname"),
+        "profile": str((cfg.get("profile") or {}).get("name") or "?"),
+        **read_data_record(folder),
     }
 
 
@@ -417,6 +442,21 @@ def _setting_labels(runs: pd.DataFrame, varying: dict[str, list[str]]) -> pd.Ser
     return pd.Series(labels, index=runs.index, dtype=object)
 
 
+def configured_tasks(config_dir: Path | None) -> dict[str, str]:
+    """Task config stem -> its task name (or the stem when the name is interpolated)."""
+    out: dict[str, str] = {}
+    if config_dir is None or not (Path(config_dir) / "task").is_dir():
+        return out
+    for path in sorted((Path(config_dir) / "task").glob("*.yaml")):
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError:
+            data = {}
+        name = data.get("name") if isinstance(data, dict) else None
+        out[path.stem] = name if isinstance(name, str) and "${" not in name else path.stem
+    return out
+
+
 # ------------------------------------------------------------------------------------- entry
 def _check_layout(folder: Path, cfg: dict[str, Any]) -> None:
     """Refuse run folders of another config layout: their keys and hashes mean other things."""
@@ -434,6 +474,7 @@ def load_runs(runs_dir: Path | str) -> RunsData:
     settings: list[dict[str, Any]] = []
     incomplete: list[dict[str, Any]] = []
     summaries: dict[str, dict[str, Any]] = {}
+    configs: dict[str, dict[str, Any]] = {}
     curve_parts: list[pd.DataFrame] = []
     for folder in find_run_dirs(runs_dir):
         try:
@@ -457,6 +498,7 @@ def load_runs(runs_dir: Path | str) -> RunsData:
         rows.append(row)
         settings.append(setting)
         summaries[row["run"]] = summary
+        configs[row["run"]] = cfg
         if curve is not None:
             curve_parts.append(curve)
 
@@ -484,7 +526,7 @@ def load_runs(runs_dir: Path | str) -> RunsData:
     else:
         curves = pd.DataFrame(columns=CURVE_COLUMNS)
     incomplete_frame = pd.DataFrame(incomplete, columns=INCOMPLETE_COLUMNS)
-    return RunsData(runs_dir, runs, curves, incomplete_frame, varying, summaries)
+    return RunsData(runs_dir, runs, curves, incomplete_frame, varying, summaries, configs)
 
 
 def _curve_frame(row: dict[str, Any], metrics: list[dict[str, Any]]) -> pd.DataFrame:

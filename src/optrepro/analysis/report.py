@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from optrepro.analysis import diagnostics as optimizer_diagnostics
-from optrepro.analysis.load import RunsData
+from optrepro.analysis.comparability import not_comparable_footer
+from optrepro.analysis.load import NO_PROVENANCE, RunsData, configured_tasks
 from optrepro.analysis.stats import LEVEL, METHOD
-from optrepro.analysis.tables import CI_HEADER, Ablation, Comparison, markdown
+from optrepro.analysis.tables import CI_HEADER, Ablation, Comparison, PaperView, markdown
 from optrepro.status import RunStatus
 
 
@@ -25,21 +25,6 @@ class Artifacts:
     figures: dict[str, dict[str, Path]] = field(default_factory=dict)  # task -> kind -> png
     global_figures: dict[str, Path] = field(default_factory=dict)  # kind -> png
     tables: dict[str, Path] = field(default_factory=dict)  # stem -> md path
-
-
-def configured_tasks(config_dir: Path | None) -> dict[str, str]:
-    """Task config stem -> its task name (or the stem when the name is interpolated)."""
-    out: dict[str, str] = {}
-    if config_dir is None or not (Path(config_dir) / "task").is_dir():
-        return out
-    for path in sorted((Path(config_dir) / "task").glob("*.yaml")):
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError:
-            data = {}
-        name = data.get("name") if isinstance(data, dict) else None
-        out[path.stem] = name if isinstance(name, str) and "${" not in name else path.stem
-    return out
 
 
 def _rel(path: Path, out_dir: Path) -> str:
@@ -55,6 +40,28 @@ def _environment(runs: pd.DataFrame) -> str:
     env["git_sha"] = env.git_sha.str[:12].where(~dirty, env.git_sha.str[:12] + " (uncommitted changes)")
     table = env.groupby(cols, sort=True, dropna=False).size().reset_index(name="runs")
     return table.to_markdown(index=False)
+
+
+def _runs_shown(runs: pd.DataFrame) -> list[str]:
+    """The profiles and the data of every run the report shows, near the top: what kind of numbers these are."""
+    if runs.empty:
+        return []
+    profiles = runs.profile.value_counts().sort_index()
+    lines = ["## Profiles and data", "",
+             "Profiles: " + ", ".join(f"`{p}` ({n} run{'s' if n != 1 else ''})" for p, n in profiles.items()) + ".",
+             ""]
+    frame = runs.assign(
+        dataset=runs.data_dataset.fillna("—"), kind=runs.data_kind.fillna("—"),
+        real=runs.data_real.map(lambda v: "yes" if v is True else "no"),
+        summary=runs.data_summary.fillna(NO_PROVENANCE))
+    table = frame.groupby(["task", "dataset", "kind", "real", "summary"], sort=True).size().reset_index(name="runs")
+    table = table.rename(columns={"kind": "kind (what the loader reads)", "real": "verified real"})
+    lines += [table[["task", "dataset", "kind (what the loader reads)", "verified real", "runs", "summary"]]
+              .to_markdown(index=False), ""]
+    if (runs.profile != "default").any() or not runs.data_real.astype(bool).all():
+        lines += ["Runs of another profile than `default` or on data that is not verified as the real dataset are "
+                  "never compared with published numbers.", ""]
+    return lines
 
 
 def _missing(data: RunsData, published: pd.DataFrame, config_dir: Path | None) -> list[str]:
@@ -106,7 +113,7 @@ def write_report(
     data: RunsData,
     published: pd.DataFrame,
     comparison: Comparison,
-    views: dict[str, tuple[pd.DataFrame, pd.DataFrame, str]],
+    views: dict[str, PaperView],
     ablation: Ablation,
     artifacts: Artifacts,
     config_dir: Path | None,
@@ -126,8 +133,11 @@ def write_report(
         f"{LEVEL:.0%} {METHOD} interval of the mean (n−1 degrees of freedom; column `{CI_HEADER}`), "
         "n = seeds counted (completed with a finite metric). "
         "Diverged and failed runs are counted in their own columns and never averaged. "
-        "Δ vs published = our mean − the published number.",
+        "Δ vs published = the mean of the comparable runs − the published number: a run is comparable only "
+        "when its config is the table's recipe (the run identity the recipe audit checks) and its data is the "
+        "real dataset (data.json); every other run is listed under the table as not comparable.",
         "",
+        *_runs_shown(runs),
     ]
     if runs.empty:
         lines += [
@@ -150,6 +160,8 @@ def write_report(
             "",
         ]
         lines += [markdown(comparison.per_task[task][1]), ""]
+        footer = not_comparable_footer(comparison.not_comparable.get(task), by_ref=True)
+        lines += [*footer, ""] if footer else []
         for kind, title in (
             ("curves", "Learning curves"),
             ("eps", "ε sensitivity (nominal ε and effective floor)"),
@@ -200,15 +212,17 @@ def write_report(
             "ours: mean ± std over seeds, [setting] when the config is not the paper's name).",
             "",
         ]
-        for stem, (_numeric, display, title) in views.items():
+        for stem, view in views.items():
             lines += [
-                f"### {title}",
+                f"### {view.title}",
                 "",
                 f"Tables: {_table_links(artifacts, out_dir, f'paper_{stem}')}",
                 "",
-                markdown(display),
+                markdown(view.display),
                 "",
             ]
+            footer = not_comparable_footer(view.not_comparable)
+            lines += [*footer, ""] if footer else []
 
     lines += ["## What is missing", ""]
     missing = _missing(data, published, config_dir)

@@ -2,7 +2,9 @@
 
 Every builder returns a numeric frame (written as CSV) and a display frame of formatted strings
 (written as Markdown and LaTeX). Means use only runs that completed with a finite metric;
-diverged, failed and NaN runs are counted in their own columns, never averaged.
+diverged, failed and NaN runs are counted in their own columns, never averaged. A published
+number is set against runs the comparability rule admits (:mod:`optrepro.analysis.comparability`:
+the table's recipe and the real data) and no others; those are listed as not comparable.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from optrepro.analysis.comparability import Comparability, Ref
 from optrepro.analysis.load import RunsData, format_value, short_key
 from optrepro.analysis.stats import (
     ALPHA,
@@ -127,14 +130,17 @@ def to_latex(display: pd.DataFrame) -> str:
 
 
 def write_table(
-    out_dir: Path, stem: str, numeric: pd.DataFrame, display: pd.DataFrame, title: str | None = None
+    out_dir: Path, stem: str, numeric: pd.DataFrame, display: pd.DataFrame, title: str | None = None,
+    footer: list[str] | None = None,
 ) -> dict[str, Path]:
-    """``stem``.csv (numbers), ``stem``.md and ``stem``.tex (formatted) under ``out_dir``."""
+    """``stem``.csv (numbers), ``stem``.md and ``stem``.tex (formatted) under ``out_dir``; ``footer``
+    lines (the runs not comparable with the published numbers) go under the Markdown table."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("csv", "md", "tex")}
     numeric.to_csv(paths["csv"], index=False, lineterminator="\n")
     md = display.to_markdown(index=False) if len(display) else "_(no rows)_"
-    paths["md"].write_text((f"**{title}**\n\n" if title else "") + md + "\n")
+    tail = "\n\n" + "\n".join(footer) if footer else ""
+    paths["md"].write_text((f"**{title}**\n\n" if title else "") + md + tail + "\n")
     paths["tex"].write_text(to_latex(display) if len(display) else "% no rows\n")
     return paths
 
@@ -199,6 +205,8 @@ def match_published(pub: pd.DataFrame, task: str, optimizer: str, opt_class: Any
 class Comparison:
     numeric: pd.DataFrame
     per_task: dict[str, tuple[pd.DataFrame, pd.DataFrame]]  # task -> (numeric, display)
+    #: task -> runs of settings with a published number that the rule does not admit (a ``reason`` column)
+    not_comparable: dict[str, pd.DataFrame] = field(default_factory=dict)
 
 
 def _group_estimates(frame: pd.DataFrame, value_kind: str) -> dict[str, Any]:
@@ -218,10 +226,15 @@ def _group_estimates(frame: pd.DataFrame, value_kind: str) -> dict[str, Any]:
     }
 
 
-def comparison_tables(data: RunsData, published: pd.DataFrame, value_kind: str = "final") -> Comparison:
-    """One row per (task, optimizer config, setting): mean ± std, n, 95% CI, diverged, published, Δ."""
+def comparison_tables(data: RunsData, published: pd.DataFrame, value_kind: str = "final",
+                      rule: Comparability | None = None) -> Comparison:
+    """One row per (task, optimizer config, setting): mean ± std, n, 95% CI, diverged, published, Δ.
+
+    Δ vs published is the mean of the comparable runs only (``comparable`` of ``runs``); NaN when none is."""
+    rule = rule or Comparability(data, published)
     records: list[dict[str, Any]] = []
     per_task: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
+    excluded: dict[str, list[pd.DataFrame]] = {}
     runs = data.runs
     for task, frame in runs.groupby("task", sort=True):
         task = str(task)
@@ -234,6 +247,12 @@ def comparison_tables(data: RunsData, published: pd.DataFrame, value_kind: str =
             first = group.iloc[0]
             pub = match_published(published, task, str(optimizer), first.opt_class, value_kind)
             pub_value = float(pub.value) if pub is not None else math.nan
+            ok = group.iloc[0:0]
+            if pub is not None:
+                ok, others = rule.split(group, (str(pub.paper), str(pub.table), str(pub.optimizer)))
+                if len(others):
+                    excluded.setdefault(task, []).append(others.assign(published_ref=f"{pub.paper}/{pub.table}"))
+            ok_est = mean_interval(ok[ok.status == RunStatus.COMPLETED][value_kind].astype(float).to_numpy())
             record = {
                 "task": task,
                 "metric": metric,
@@ -266,7 +285,10 @@ def comparison_tables(data: RunsData, published: pd.DataFrame, value_kind: str =
                 "published_metric": pub.metric if pub is not None else "",
                 "published_which": pub.which if pub is not None else "",
                 "published_ref": f"{pub.paper}/{pub.table}" if pub is not None else "",
-                "diff": est.mean - pub_value if pub is not None else math.nan,
+                "comparable": len(ok),
+                "comparable_n": ok_est.n,
+                "comparable_mean": ok_est.mean,
+                "diff": ok_est.mean - pub_value if pub is not None and ok_est.n else math.nan,
             }
             record["_est"], record["_best"] = est, g["best_est"]
             task_records.append(record)
@@ -278,7 +300,8 @@ def comparison_tables(data: RunsData, published: pd.DataFrame, value_kind: str =
     numeric_all = (
         pd.concat([n for n, _ in per_task.values()], ignore_index=True) if per_task else pd.DataFrame(columns=cols)
     )
-    return Comparison(numeric_all, per_task)
+    not_comparable = {task: pd.concat(parts, ignore_index=True) for task, parts in excluded.items()}
+    return Comparison(numeric_all, per_task, not_comparable)
 
 
 def _comparison_display(r: dict[str, Any], metric: str, mode: str, value_kind: str) -> dict[str, str]:
@@ -299,9 +322,18 @@ def _comparison_display(r: dict[str, Any], metric: str, mode: str, value_kind: s
         "failed": str(r["failed"]),
         f"best {metric}": fmt_estimate(r["_best"]),
         "published": pub,
-        "Δ vs published": fmt_signed(r["diff"], 3),
+        "comparable": f"{r['comparable']}/{r['runs']}" if math.isfinite(r["published"]) else DASH,
+        "Δ vs published": _diff_text(r),
         "time (s)": fmt(r["wall_time_mean"], 3),
     }
+
+
+def _diff_text(r: dict[str, Any]) -> str:
+    """Δ of the comparable runs' mean; says over how many when that is not every counted run."""
+    if not math.isfinite(r["diff"]):
+        return DASH
+    text = fmt_signed(r["diff"], 3)
+    return text if r["comparable_n"] == r["n"] else f"{text} (n={r['comparable_n']})"
 
 
 # ------------------------------------------------------------------------------------- paper views
@@ -315,9 +347,9 @@ def main_setting(frame: pd.DataFrame) -> str | None:
     return str(counts.sort_values(ascending=False, kind="stable").index[0])
 
 
-def ours_for(runs: pd.DataFrame, task: str, optimizer: str) -> tuple[pd.DataFrame, str | None]:
-    """Our runs standing for a published optimizer on a task: the exact config name, else its class
-    when only one config of that class ran; within it, the main setting."""
+def candidates_for(runs: pd.DataFrame, task: str, optimizer: str) -> pd.DataFrame:
+    """Our runs that could stand for a published optimizer on a task: the exact config name, else its
+    class when only one config of that class ran."""
     frame = runs[(runs.task == task) & (runs.optimizer == optimizer)]
     if frame.empty:
         by_class = runs[
@@ -325,29 +357,53 @@ def ours_for(runs: pd.DataFrame, task: str, optimizer: str) -> tuple[pd.DataFram
         ]
         if by_class.optimizer.nunique() == 1:
             frame = by_class
+    return frame
+
+
+def ours_for(runs: pd.DataFrame, task: str, optimizer: str) -> tuple[pd.DataFrame, str | None]:
+    """:func:`candidates_for`, within it the main setting."""
+    frame = candidates_for(runs, task, optimizer)
     if frame.empty:
         return frame, None
     setting = main_setting(frame)
     return frame[frame.setting == setting], setting
 
 
+@dataclass
+class PaperView:
+    """One published table laid out like the paper, ours beside it (comparable runs only)."""
+
+    numeric: pd.DataFrame
+    display: pd.DataFrame
+    title: str
+    #: runs that would stand for a cell but the rule does not admit, with a ``reason`` column
+    not_comparable: pd.DataFrame
+
+
 def paper_views(
-    data: RunsData, published: pd.DataFrame, value_kind: str = "final"
-) -> dict[str, tuple[pd.DataFrame, pd.DataFrame, str]]:
-    """Per published table id ``paper_table``: (numeric long frame, display wide frame, title)."""
-    views: dict[str, tuple[pd.DataFrame, pd.DataFrame, str]] = {}
+    data: RunsData, published: pd.DataFrame, value_kind: str = "final", rule: Comparability | None = None
+) -> dict[str, PaperView]:
+    """Per published table id ``paper_table``: its view. "ours" holds only runs the comparability rule
+    admits for that table; the other candidates are listed in ``not_comparable``."""
+    views: dict[str, PaperView] = {}
     if published.empty:
         return views
+    rule = rule or Comparability(data, published)
     for (paper, table), pub in published.groupby(["paper", "table"], sort=False):
         columns = list(dict.fromkeys(zip(pub.task, pub.which, strict=True)))
         optimizers = list(dict.fromkeys(pub.optimizer))
         long_rows, display_rows = [], []
+        excluded: list[pd.DataFrame] = []
         for opt in optimizers:
             display_row: dict[str, str] = {"optimizer": opt}
             for task, which in columns:
                 hit = pub[(pub.optimizer == opt) & (pub.task == task) & (pub.which == which)]
                 kind = which if which in VALUE_KINDS else value_kind
-                ours, setting = ours_for(data.runs, task, opt)
+                ref: Ref = (str(paper), str(table), str(opt))
+                comparable, others = rule.split(candidates_for(data.runs, task, opt), ref)
+                if len(others) and len(hit):
+                    excluded.append(others.drop_duplicates("run"))
+                ours, setting = ours_for(comparable, task, opt)
                 completed = ours[ours.status == RunStatus.COMPLETED]
                 est = mean_interval(completed[kind].astype(float).to_numpy()) if len(ours) else mean_interval([])
                 pub_value = float(hit.value.iloc[0]) if len(hit) else math.nan
@@ -369,6 +425,7 @@ def paper_views(
                         "ours_std": est.std,
                         "ours_n": est.n,
                         "ours_diverged": int((ours.status == RunStatus.DIVERGED).sum()) if len(ours) else 0,
+                        "not_comparable": int(others.run.nunique()),
                         "diff": est.mean - pub_value,
                     }
                 )
@@ -385,7 +442,9 @@ def paper_views(
         metric_names = ", ".join(dict.fromkeys(pub.metric))
         sources = "; ".join(dict.fromkeys(pub.source))
         title = f"{paper} {table} ({metric_names}) — published: {sources}"
-        views[f"{paper}_{table}"] = (pd.DataFrame(long_rows), pd.DataFrame(display_rows), title)
+        others_all = (pd.concat(excluded, ignore_index=True).drop_duplicates("run") if excluded
+                      else data.runs.iloc[0:0].assign(reason=pd.Series(dtype=object)))
+        views[f"{paper}_{table}"] = PaperView(pd.DataFrame(long_rows), pd.DataFrame(display_rows), title, others_all)
     return views
 
 

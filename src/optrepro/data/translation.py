@@ -151,9 +151,18 @@ def load_text(cfg: DictConfig) -> dict[str, tuple[list[str], list[str]]]:
     return {split: iwslt14.load_prepared(folder, split, src, tgt) for split in ("train", "valid", "test")}
 
 
+def text_provenance(cfg: DictConfig, counts: dict[str, int]) -> dict[str, Any]:
+    """data.json of what :func:`load_text` read: the synthetic grammar, or the prepared IWSLT14 files."""
+    from optrepro.data import provenance
+
+    if cfg.data.name == "synthetic":
+        return provenance.synthetic("synthetic_mt", f"a rule-based grammar, seed {int(cfg.data.seed)}")
+    return provenance.iwslt14(Path(str(cfg.data.root)), counts)
+
+
 def subset(pair: tuple[list[str], list[str]], n: Any) -> tuple[list[str], list[str]]:
     """The first ``n`` sentence pairs (all when ``n`` is None)."""
     return pair if n is None else (pair[0][: int(n)], pair[1][: int(n)])
 
 
-__all__ = ["Batch", "Split", "Vocab", "collate", "load_text", "subset", "token_batches"]
+__all__ = ["Batch", "Split", "Vocab", "collate", "load_text", "subset", "text_provenance", "token_batches"]

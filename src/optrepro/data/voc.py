@@ -111,8 +111,11 @@ class VOCDetectionData:
         self.root = Path(root).expanduser()
         self.images: list[str] = []
         self.targets: list[VOCTarget] = []
+        #: per split, the (image, annotation) files read: the run's data provenance
+        self.files: dict[str, list[tuple[str, str]]] = {}
         for split in splits:
             ds = open_voc_split(self.root, split, download)
+            read = self.files.setdefault(split, [])
             for image, xml in zip(ds.images, ds.annotations, strict=True):
                 if limit is not None and len(self.images) >= limit:
                     break
@@ -120,6 +123,7 @@ class VOCDetectionData:
                     raise DataMissingError(f"VOC annotation {xml} is missing (listed in {split}); "
                                            f"re-extract the archive or set task.data.download=true")
                 self.images.append(image)
+                read.append((image, xml))
                 self.targets.append(target_from_xml(ds.parse_voc_xml(ET.parse(xml).getroot())))
         if not self.images:
             raise UserError(f"the VOC splits {', '.join(splits)} under {self.root} list no images")

@@ -83,6 +83,9 @@ class Task(abc.ABC):
     #: why this task cannot train as a member of a population (:mod:`optrepro.population`); empty when
     #: it can, i.e. when it implements the three ``member_*`` methods below
     population_refusal: str = "its training step is not split into member_batch / member_loss / member_end_step"
+    #: what the task's loaders read (:mod:`optrepro.data.provenance`), set while building the data;
+    #: None for a task whose data is drawn from its seed
+    data_provenance: dict[str, Any] | None = None
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         from optrepro.tasks.schemas import validate
@@ -132,6 +135,14 @@ class Task(abc.ABC):
             key = attr.lstrip("_")
             if key in state:
                 setattr(self, attr, import_state(getattr(self, attr), state[key], self.ctx.device))
+
+    def data_record(self) -> dict[str, Any]:
+        """The run folder's data.json: ``data_provenance``, or a synthetic record for a task without files."""
+        if self.data_provenance is not None:
+            return self.data_provenance
+        from optrepro.data import provenance
+
+        return provenance.synthetic(str(self.cfg.get("name", "task")), "drawn by the task from its seed")
 
     def finalize(self, run_dir: Path) -> dict[str, Any]:
         """Write task artifacts into the run folder; return extra entries for summary.json."""

@@ -102,6 +102,15 @@ def hflip(image: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch
     return image.flip(-1), flipped
 
 
+def detection_provenance(cfg: DictConfig, train: DetectionData, test: DetectionData) -> dict[str, Any]:
+    """data.json of the detection data: the VOC files read (train and test splits), or the synthetic scenes."""
+    from optrepro.data import provenance
+
+    if train.source == "voc":
+        return provenance.voc(str(cfg.data.root), {**train.voc.files, **test.voc.files})
+    return provenance.synthetic("synthetic_det", f"random shapes, seed {int(cfg.data.seed)}")
+
+
 class DetectionTask(Task):
     population_refusal = "Faster R-CNN's images and proposals vary in size per member and do not stack"
     metric = "map50"
@@ -117,6 +126,7 @@ class DetectionTask(Task):
         self.metric = str(cfg.get("metric", "map50"))
         self.train_data = DetectionData(cfg, train=True)
         self.test_data = DetectionData(cfg, train=False)
+        self.data_provenance = detection_provenance(cfg, self.train_data, self.test_data)
         self.num_classes = len(self.train_data.class_names)
         self.model = build_detector(cfg.model, self.num_classes).to(ctx.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]

@@ -172,6 +172,9 @@ class GANTask(AdversarialTask):
         data = cfg.data
         images, labels = load_cifar(str(cfg.data.name), data.root, train=True, download=bool(data.download),
                                     verify_checksums=bool(data.get("verify_checksums", True)))
+        from optrepro.data import provenance
+
+        self.data_provenance = provenance.cifar(str(cfg.data.name), data.root)  # every file, test batch included
         if images.shape[0] < self.batch_size:
             raise UserError(f"task.batch_size={self.batch_size} exceeds the {images.shape[0]} training images")
         self.images = images.to(self.device)

@@ -67,6 +67,18 @@ def load_task_corpus(data: DictConfig) -> Corpus:
     return load_corpus(build_pydoc_corpus(root, int(data.get("vocab_size", 2000))))
 
 
+def corpus_provenance(data: DictConfig, corpus: Corpus) -> dict[str, Any]:
+    """data.json of the corpus read: PTB checked against its published md5s, the pydoc corpus as generated."""
+    from optrepro.data import provenance
+
+    files = {s: Path(p) for s, p in corpus.files.items()}
+    root = Path(str(data.root)).expanduser()
+    if data.name == "ptb":
+        return provenance.ptb(files, root)
+    return provenance.generated("pydoc", files, root, f"PTB-style corpus built from Python {sys.version.split()[0]}'s "
+                                "pydoc_data.topics")
+
+
 def _truncate(stream: torch.Tensor, limit: Any) -> torch.Tensor:
     return stream if limit is None else stream[: int(limit)]
 
@@ -87,6 +99,7 @@ class LanguageModelTask(Task):
         cfg = self.cfg  # validated and typed by tasks/schemas.py
         device = ctx.device
         corpus = load_task_corpus(cfg.data)
+        self.data_provenance = corpus_provenance(cfg.data, corpus)
         self.corpus_info = {
             "files": corpus.files,
             "sha256": {s: sha256_file(Path(p)) for s, p in corpus.files.items()},

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from optrepro.data.translation import Batch, Split, Vocab, collate, load_text, subset
+from optrepro.data.translation import Batch, Split, Vocab, collate, load_text, subset, text_provenance
 from optrepro.errors import UserError
 from optrepro.metrics.bleu import detok_bleu, remove_bpe, tokenized_bleu
 from optrepro.models.transformer import Seq2SeqTransformer, TransformerConfig, beam_search, label_smoothed_nll
@@ -58,6 +58,7 @@ class TranslationTask(Task):
         cfg = self.cfg  # validated and typed by tasks/schemas.py
         self.device = ctx.device
         text = load_text(cfg)
+        self.data_provenance = text_provenance(cfg, {split: len(pair[0]) for split, pair in text.items()})
         text["train"] = subset(text["train"], cfg.data.get("train_subset"))
         text["test"] = subset(text["test"], cfg.data.get("test_subset"))
         self.src_vocab = Vocab.build(text["train"][0])

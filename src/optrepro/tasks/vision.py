@@ -37,6 +37,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn import functional as F
 
+from optrepro.data import provenance
 from optrepro.data.gpu_pipeline import DeviceImages
 from optrepro.data.loader_pipeline import (
     LoaderImages,
@@ -144,6 +145,7 @@ class ImageClassificationTask(Task):
             size, resize = int(data.get("image_size", 224)), int(data.get("resize", 256))
             train = load_imagefolder(data.root, "train")
             test = load_imagefolder(data.root, "val")
+            self.data_provenance = provenance.imagefolder(data.root, {"train": train, "val": test})
             if len(train.classes) > int(cfg.num_classes):
                 raise UserError(
                     f"{data.root}/train has {len(train.classes)} classes but task.num_classes={cfg.num_classes}"
@@ -167,6 +169,7 @@ class ImageClassificationTask(Task):
 
             x_train, y_train = load_digits_split(train=True)
             x_test, y_test = load_digits_split(train=False)
+            self.data_provenance = provenance.digits()
         else:
             from optrepro.data.cifar import load_cifar
 
@@ -177,6 +180,7 @@ class ImageClassificationTask(Task):
             )
             x_train, y_train = load_cifar(self.data_name, train=True, **kw)
             x_test, y_test = load_cifar(self.data_name, train=False, **kw)
+            self.data_provenance = provenance.cifar(self.data_name, data.root)
         train_idx = self._subset(len(y_train), cfg.data.get("train_subset"), "train")
         if train_idx is not None:
             x_train, y_train = x_train[train_idx], y_train[train_idx]
