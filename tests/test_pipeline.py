@@ -67,7 +67,7 @@ def test_reproduce_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path) -> N
     proc = subprocess.run([sys.executable, "-m", "optrepro.reproduce", "--table", "eadam_table3", "--dry-run",
                            "--results", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "36 runs" in proc.stdout and "device-hours" in proc.stdout and "not measured" in proc.stdout
+    assert "36 runs" in proc.stdout and "device-hours" in proc.stdout and "not timed" in proc.stdout
     assert not any(tmp_path.iterdir())
 
 
