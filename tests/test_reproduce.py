@@ -66,6 +66,7 @@ def test_list_names_every_table_with_runs_and_hours_or_why_not(monkeypatch: pyte
         runs = sum(s.n_runs() for s in reproduce.plan(name, "0"))
         assert f" {runs} runs  {description}; " in lines[name], lines[name]
     # eadam_table3 trains PTB only: nothing timed, so it says why instead of "0.0 device-hours"
+    assert lines["eadam_table4"].endswith("not timed: voc_fasterrcnn data not found here")  # the preset's task
     assert lines["eadam_table3"].endswith("not timed: ptb_lstm1 data not found here")
     # eadam_table2: its 3 CIFAR-10 tasks x 4 optimizers at 0.1 s x 3600 steps = 1.2 h, its CIFAR-100 tasks untimed
     assert lines["eadam_table2"].endswith("; 1.2 device-hours (3 tasks not timed)")

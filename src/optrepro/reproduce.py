@@ -77,9 +77,18 @@ def plan(table: str, seeds: str) -> list[Sweep]:
     return sweeps
 
 
+def chosen_task(sweep: Sweep) -> str:
+    """The task a sweep trains when neither its command line nor its preset grid names one (an experiment
+    preset that selects it in its defaults, e.g. eadam_table4's voc_fasterrcnn)."""
+    from optrepro.config import compose_train, parse_overrides
+
+    fixed = [str(o.input_line) for o in parse_overrides(list(sweep.overrides)) if not o.is_sweep_override()]
+    return str(compose_train(fixed, return_hydra_config=True).hydra.runtime.choices.task)
+
+
 def runs_per_task(sweep: Sweep) -> dict[str, int]:
     """How many of a sweep's runs train each task."""
-    tasks = [t for t in sweep.values("task") if t]
+    tasks = [t for t in sweep.values("task") if t] or [chosen_task(sweep)]
     n = sweep.n_runs()
     return {t: n // max(len(tasks), 1) for t in tasks}
 
@@ -182,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--partition", default=None, help="SLURM partition (--launcher slurm)")
     parser.add_argument("--gpus-per-job", type=int, default=None, help="GPUs of each job (slurm, local)")
     parser.add_argument("--time-limit", type=int, default=None, metavar="MINUTES",
-                        help="time limit of each job in minutes (slurm, local); the job is requeued past it")
+                        help="time limit of each job in minutes (slurm, local); slurm requeues a job that reaches it")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
     parser.add_argument("--list", action="store_true", help="list the tables (runs, device-hours) and stop")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. hydra.launcher.account=X")
