@@ -39,6 +39,21 @@ def test_launcher_overrides_reach_hydra_submitit() -> None:
         launcher_overrides("slurm", time_limit_min=0)
 
 
+def test_submitit_launchers_need_the_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+
+    def without_submitit(name: str, *args: Any) -> Any:
+        return None if name.startswith("hydra_plugins.hydra_submitit") else find_spec(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_submitit)
+    for name in ("local", "slurm"):
+        with pytest.raises(UserError, match=r"pip install 'optrepro\[slurm\]'"):
+            launcher_overrides(name)
+    assert launcher_overrides("basic") == ["hydra/launcher=basic"]
+
+
 def test_reproduce_refuses_a_second_results_folder_or_launcher(capsys: pytest.CaptureFixture[str]) -> None:
     for override, hint in (("results_dir=/tmp/x", "--results (make: RESULTS=<folder>)"),
                            ("hydra/launcher=joblib", "--launcher (make: LAUNCHER=...)")):

@@ -7,6 +7,7 @@ pipeline again skips what is done and resumes what was interrupted.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import subprocess
@@ -145,6 +146,8 @@ def launcher_overrides(name: str, jobs: int = 1, partition: str | None = None, g
         raise UserError(f"GPUs per job must be 0 or more, got {gpus_per_job}")
     if time_limit_min is not None and time_limit_min < 1:
         raise UserError(f"the time limit is in minutes and must be at least 1, got {time_limit_min}")
+    if name in ("local", "slurm") and importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        raise UserError(f"the {name} launcher needs hydra-submitit-launcher; pip install 'optrepro[slurm]'")
     if name in ("auto", "population"):
         return None
     if name == "basic":
