@@ -123,6 +123,9 @@ def test_the_estimate_never_downloads(tmp_path: Path, no_network: list[Any]) -> 
                                overrides=[f"task.data.root={root}", "task.data.download=true"])
     assert isinstance(why, str) and "task.data.download=true" in why
     assert no_network == [] and not root.exists()
+    # an extra override the task has no key for: said, not a traceback
+    why = measure_step_seconds("toy2d", steps=1, warmup=0, overrides=[f"task.data.root={root}"])
+    assert why == "its config does not compose: Could not override 'task.data.root'."
 
 
 def test_dry_run_says_not_timed_and_downloads_nothing(tmp_path: Path, no_network: list[Any],

@@ -74,7 +74,9 @@ def measure_step_seconds(task: str, steps: int = 10, warmup: int = 3,
     theirs). ``overrides`` are the pipeline's extra run overrides (``task.data.root=...``); Hydra's are
     left out.
     """
-    from optrepro.config import resolve_device, resolve_interpolations, train_composer
+    from hydra.errors import HydraException
+
+    from optrepro.config import _first_line, resolve_device, resolve_interpolations, train_composer
     from optrepro.errors import UserError
     from optrepro.tasks import RunContext, build_task
     from optrepro.tasks.base import time_steps
@@ -86,6 +88,9 @@ def measure_step_seconds(task: str, steps: int = 10, warmup: int = 3,
             cfg = compose(run_overrides)
             if "download" in (cfg.task.get("data") or {}):
                 cfg = compose([*run_overrides, "task.data.download=false"])
+    except HydraException as exc:  # an extra override this task has no key for: its runs will be refused too
+        return f"its config does not compose: {_first_line(exc)}"
+    try:
         cfg = resolve_interpolations(cfg)
         device = resolve_device("auto")
         task_obj = build_task(cfg.task, RunContext(cfg, device, str(cfg.precision), 0))
