@@ -12,19 +12,31 @@ TASK ?= toy2d
 OPTIMIZERS ?= adam,eadam,adabelief
 EPS ?= 1e-16,1e-12,1e-8,1e-6,1e-4
 SEEDS ?= 0,1,2
-LAUNCHER ?= population
 JOBS ?= 2
 TABLE ?= all
 DRY_RUN ?=
+LIST ?=
 ARGS ?=
+# results folder of both: reproduce-table writes RESULTS/runs and RESULTS/<TABLE>, sweep-eps RESULTS/sweeps/<TASK>
+RESULTS ?= results
+# launcher: empty = each target's default (sweep-eps: population; reproduce-table: JOBS joblib processes);
+# basic, joblib, population, local (submitit on this machine) or slurm
+LAUNCHER ?=
+# slurm (and local) launcher: partition, GPUs of each job, each job's time limit in minutes
+PARTITION ?=
+GPUS_PER_JOB ?=
+TIME_LIMIT ?=
+SWEEP_DIR = $(RESULTS)/sweeps/$(TASK)
+RESULTS_DIR_IN_ARGS = error: ARGS sets results_dir; set RESULTS=<folder> instead (sweep-eps trains into \
+	RESULTS/sweeps/<TASK>/runs and writes the analysis next to them)
 
 .PHONY: help setup test test-all check-install demo reproduce-table sweep-eps bench gpu-check gpu-wheels lint format wandb-sync clean
 
 help:
 	@echo "make demo             the whole pipeline at CPU scale (no downloads), report in results/demo/"
 	@echo "make test             the test suite (installs everything first)"
-	@echo "make reproduce-table  TABLE=<name> paper-scale sweep + analysis (GPU, downloads data)"
-	@echo "make sweep-eps        TASK=... OPTIMIZERS=... EPS=... SEEDS=... an eps sweep + its analysis"
+	@echo "make reproduce-table  TABLE=<name> [RESULTS=...] [LAUNCHER=slurm PARTITION=...] paper-scale sweep + analysis; LIST=1 lists tables"
+	@echo "make sweep-eps        TASK=... OPTIMIZERS=... EPS=... SEEDS=... [RESULTS=...] an eps sweep + its analysis"
 	@echo "make bench            optimizer, training-throughput and population benchmarks -> results/bench/"
 	@echo "make gpu-check        OUT=... every CUDA path in <= 8 min on one GPU, JSON in OUT (results/bench/gpu)"
 	@echo "make gpu-wheels       the wheels the GPU machine's image lacks -> .gpu-wheels/ (carry it to run gpu_check.sh there)"
@@ -51,13 +63,20 @@ demo: setup
 	$(BIN)/python -m optrepro.demo --jobs $(JOBS)
 
 reproduce-table: setup
-	$(BIN)/python -m optrepro.reproduce --table $(TABLE) --seeds $(SEEDS) --jobs $(JOBS) $(if $(filter 1,$(DRY_RUN)),--dry-run)
+	$(BIN)/python -m optrepro.reproduce --table $(TABLE) --seeds $(SEEDS) --jobs $(JOBS) --results $(RESULTS) \
+		$(if $(LAUNCHER),--launcher $(LAUNCHER)) $(if $(PARTITION),--partition $(PARTITION)) \
+		$(if $(GPUS_PER_JOB),--gpus-per-job $(GPUS_PER_JOB)) $(if $(TIME_LIMIT),--time-limit $(TIME_LIMIT)) \
+		$(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(filter 1,$(LIST)),--list) $(ARGS)
 
 sweep-eps: setup
+	$(if $(findstring results_dir=,$(ARGS)),$(error $(RESULTS_DIR_IN_ARGS)))
 	$(BIN)/python -m optrepro.train -m task=$(TASK) optimizer=$(OPTIMIZERS) optimizer.eps=$(EPS) seed=$(SEEDS) \
-		hydra/launcher=$(LAUNCHER) $(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(JOBS)) \
-		results_dir=results/sweeps/$(TASK)/runs progress=false $(ARGS)
-	$(BIN)/python -m optrepro.analyze --runs results/sweeps/$(TASK)/runs --out results/sweeps/$(TASK)
+		hydra/launcher=$(or $(LAUNCHER),population) $(if $(filter joblib,$(LAUNCHER)),hydra.launcher.n_jobs=$(JOBS)) \
+		$(if $(PARTITION),hydra.launcher.partition=$(PARTITION)) \
+		$(if $(GPUS_PER_JOB),hydra.launcher.gpus_per_node=$(GPUS_PER_JOB)) \
+		$(if $(TIME_LIMIT),hydra.launcher.timeout_min=$(TIME_LIMIT)) \
+		results_dir=$(SWEEP_DIR)/runs progress=false $(ARGS)
+	$(BIN)/python -m optrepro.analyze --runs $(SWEEP_DIR)/runs --out $(SWEEP_DIR)
 
 bench: setup
 	$(BIN)/python scripts/bench_optim.py

@@ -42,6 +42,9 @@ def test_every_table_has_its_preset_and_plan() -> None:
     for table in TABLES:
         sweeps = plan(table, "0,1,2")
         assert sweeps and all(s.n_runs() > 0 for s in sweeps), table
+        # every run is counted under its task, also where the preset selects the task in its defaults
+        assert all(sum(runs_per_task(s).values()) == s.n_runs() for s in sweeps), table
+    assert runs_per_task(plan("eadam_table4", "0,1,2")[0]) == {"voc_fasterrcnn": 12}
     eadam2 = plan("eadam_table2", "0,1,2")[0]
     assert sum(runs_per_task(eadam2).values()) == eadam2.n_runs()
     ablation = {s.label: s for s in plan("ablation", "0")}
@@ -67,7 +70,9 @@ def test_reproduce_dry_run_prints_the_plan_and_runs_nothing(tmp_path: Path) -> N
     proc = subprocess.run([sys.executable, "-m", "optrepro.reproduce", "--table", "eadam_table3", "--dry-run",
                            "--results", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert "36 runs" in proc.stdout and "device-hours" in proc.stdout and "not measured" in proc.stdout
+    assert "36 runs" in proc.stdout and "estimated total: " in proc.stdout
+    # the PTB tasks are timed where their files are, else each says why (tests/test_reproduce.py: without data)
+    assert proc.stdout.count(" runs x ") + proc.stdout.count("not timed: ") == 3
     assert not any(tmp_path.iterdir())
 
 

@@ -7,6 +7,7 @@ pipeline again skips what is done and resumes what was interrupted.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import subprocess
@@ -63,20 +64,35 @@ def preset_grid(experiment: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in params.items()}
 
 
-def measure_step_seconds(task: str, steps: int = 10, warmup: int = 3) -> tuple[float, int] | str:
+def measure_step_seconds(task: str, steps: int = 10, warmup: int = 3,
+                         overrides: Sequence[str] = ()) -> tuple[float, int] | str:
     """Time ``steps`` training steps of ``task`` (with Adam) on this machine's default device.
 
-    Returns (seconds per step, steps per run), or the reason it could not be measured (e.g. the
-    dataset is not downloaded). Used to estimate a sweep's GPU hours before it starts.
+    Returns (seconds per step, steps per run), or the reason it could not be timed (e.g. the dataset
+    is not downloaded). Used to estimate a sweep's device-hours before it starts, so it never downloads:
+    where the task has a ``task.data.download`` switch the estimate composes it as false (the runs keep
+    theirs). ``overrides`` are the pipeline's extra run overrides (``task.data.root=...``); Hydra's are
+    left out.
     """
-    from optrepro.config import compose_train, resolve_device, resolve_interpolations
+    from hydra.errors import HydraException
+
+    from optrepro.config import _first_line, resolve_device, resolve_interpolations, train_composer
     from optrepro.errors import UserError
     from optrepro.tasks import RunContext, build_task
     from optrepro.tasks.base import time_steps
 
-    cfg = resolve_interpolations(compose_train([f"task={task}", "optimizer=adam"]))
-    device = resolve_device("auto")
+    run_overrides = [f"task={task}", "optimizer=adam",
+                     *(o for o in overrides if not o.lstrip("+~").startswith("hydra"))]
     try:
+        with train_composer() as compose:
+            cfg = compose(run_overrides)
+            if "download" in (cfg.task.get("data") or {}):
+                cfg = compose([*run_overrides, "task.data.download=false"])
+    except HydraException as exc:  # an extra override this task has no key for: its runs will be refused too
+        return f"its config does not compose: {_first_line(exc)}"
+    try:
+        cfg = resolve_interpolations(cfg)
+        device = resolve_device("auto")
         task_obj = build_task(cfg.task, RunContext(cfg, device, str(cfg.precision), 0))
     except UserError as exc:
         return str(exc)
@@ -110,12 +126,56 @@ def sweep_launcher(sweep: Sweep, jobs: int, populations: bool) -> list[str]:
     return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
 
 
+#: ``--launcher`` / ``LAUNCHER=`` choices of the pipelines; ``auto`` is :func:`sweep_launcher` without populations
+LAUNCHERS = ("auto", "basic", "joblib", "population", "local", "slurm")
+
+
+def launcher_overrides(name: str, jobs: int = 1, partition: str | None = None, gpus_per_job: int | None = None,
+                       time_limit_min: int | None = None) -> list[str] | None:
+    """The Hydra launcher overrides every sweep of a pipeline gets, or None where they depend on the sweep
+    (``auto``, ``population``: :func:`sweep_launcher`).
+
+    ``local`` and ``slurm`` are hydra-submitit-launcher (configs/hydra/launcher/local.yaml, slurm.yaml):
+    the same submitit job on this machine or on the cluster, so ``local`` tries the cluster path here.
+    """
+    from optrepro.errors import UserError
+
+    if name not in LAUNCHERS:
+        raise UserError(f"unknown launcher '{name}'; choose one of: {', '.join(LAUNCHERS)}")
+    if partition is not None and name != "slurm":
+        raise UserError(f"a partition is for the slurm launcher, not '{name}'; add LAUNCHER=slurm (--launcher slurm)")
+    if (gpus_per_job is not None or time_limit_min is not None) and name not in ("local", "slurm"):
+        raise UserError(f"GPUs per job and a time limit are for the slurm and local launchers, not '{name}'; "
+                        f"add LAUNCHER=slurm (--launcher slurm)")
+    if gpus_per_job is not None and gpus_per_job < 0:
+        raise UserError(f"GPUs per job must be 0 or more, got {gpus_per_job}")
+    if time_limit_min is not None and time_limit_min < 1:
+        raise UserError(f"the time limit is in minutes and must be at least 1, got {time_limit_min}")
+    if name in ("local", "slurm") and importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+        raise UserError(f"the {name} launcher needs hydra-submitit-launcher; pip install 'optrepro[slurm]'")
+    if name in ("auto", "population"):
+        return None
+    if name == "basic":
+        return ["hydra/launcher=basic"]
+    if name == "joblib":
+        return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"]
+    overrides = [f"hydra/launcher={name}"]
+    if partition is not None:
+        overrides.append(f"hydra.launcher.partition={partition}")
+    if gpus_per_job is not None:
+        overrides.append(f"hydra.launcher.gpus_per_node={gpus_per_job}")
+    if time_limit_min is not None:
+        overrides.append(f"hydra.launcher.timeout_min={time_limit_min}")
+    return overrides
+
+
 def run_sweeps(sweeps: Sequence[Sweep], results_dir: Path, jobs: int = 1, extra: Sequence[str] = (),
-               show_progress: bool = True, populations: bool = False) -> int:
+               show_progress: bool = True, populations: bool = False, launcher: Sequence[str] | None = None) -> int:
     """Run each sweep as a subprocess multirun; show one overall progress bar. Returns failures.
 
-    ``populations``: sweeps of tasks that batch run under ``hydra/launcher=population``. A sweep's
-    first override must then be its ``task=...``."""
+    ``launcher``: the launcher overrides of every sweep (:func:`launcher_overrides`); None: each sweep's own
+    (:func:`sweep_launcher`). ``populations``: sweeps of tasks that batch run under
+    ``hydra/launcher=population``. A sweep's first override must then be its ``task=...``."""
     from tqdm.auto import tqdm
 
     results_dir = Path(results_dir)
@@ -128,8 +188,8 @@ def run_sweeps(sweeps: Sequence[Sweep], results_dir: Path, jobs: int = 1, extra:
         bar.set_postfix_str(sweep.label)
         log = results_dir / ".sweeps" / f"{sweep.label}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        launcher = sweep_launcher(sweep, jobs, populations)
-        command = [sys.executable, "-m", "optrepro.train", "-m", *sweep.overrides, *launcher,
+        launch = sweep_launcher(sweep, jobs, populations) if launcher is None else list(launcher)
+        command = [sys.executable, "-m", "optrepro.train", "-m", *sweep.overrides, *launch,
                    f"results_dir={results_dir}", "progress=false", *extra]
         with open(log, "w") as out:
             proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)

@@ -1,8 +1,10 @@
 """``make reproduce-table TABLE=<name>``: a published table's sweep at paper scale, then its analysis.
 
-Prints the plan first (runs, and GPU hours estimated from a measured step time), stops there with
-``--dry-run``, otherwise runs the sweeps (finished runs are skipped) and writes the analysis into
-``results/<TABLE>/``.
+Prints the plan first (runs, and device-hours estimated from a measured step time, or why a task could
+not be timed), stops there with ``--dry-run`` (``--list``: every table in one line each), otherwise runs
+the sweeps with the chosen launcher (finished runs are skipped, interrupted ones resume) into
+``<results>/runs/`` and writes the analysis into ``<results>/<TABLE>/``. Extra arguments are Hydra
+overrides given to every run (``task.data.root=/datasets``, ``hydra.launcher.account=...``).
 """
 
 from __future__ import annotations
@@ -10,21 +12,36 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from optrepro.pipeline import Sweep, analyze, matched_outside_eps, measure_step_seconds, preset_grid, run_sweeps
+from optrepro.errors import UserError
+from optrepro.pipeline import (
+    LAUNCHERS,
+    Sweep,
+    analyze,
+    launcher_overrides,
+    matched_outside_eps,
+    measure_step_seconds,
+    preset_grid,
+    run_sweeps,
+)
 
-#: table name -> experiment presets (configs/experiment/) whose grids make it up
-TABLES: dict[str, list[str]] = {
-    "eadam_table2": ["eadam_table2"],
-    "eadam_table3": ["eadam_table3"],
-    "eadam_table4": ["eadam_table4"],
-    "adabelief_cifar": ["adabelief_cifar"],
-    "adabelief_imagenet": ["adabelief_imagenet"],
-    "adabelief_gan": ["adabelief_gan"],
-    "adabelief_sngan": ["adabelief_sngan"],
-    "adabelief_transformer": ["adabelief_transformer"],
+#: table name -> (one-line description, experiment presets (configs/experiment/) whose grids make it up)
+TABLES: dict[str, tuple[str, list[str]]] = {
+    "eadam_table2": ("EAdam Table 2: CIFAR-10/100 x VGG-11, ResNet-18, DenseNet-121; Adam, RAdam, AdaBelief, EAdam",
+                     ["eadam_table2"]),
+    "eadam_table3": ("EAdam Table 3: Penn Treebank perplexity, 1-3 layer AWD-LSTMs", ["eadam_table3"]),
+    "eadam_table4": ("EAdam Table 4: Faster R-CNN + FPN on PASCAL VOC, mAP", ["eadam_table4"]),
+    "adabelief_cifar": ("AdaBelief Figure 4: CIFAR-10/100 x ResNet-34, VGG-11, DenseNet-121, nine optimizers",
+                        ["adabelief_cifar"]),
+    "adabelief_imagenet": ("AdaBelief Table 2: ResNet-18 on ImageNet, 90 epochs", ["adabelief_imagenet"]),
+    "adabelief_gan": ("AdaBelief WGAN and WGAN-GP on CIFAR-10, FID", ["adabelief_gan"]),
+    "adabelief_sngan": ("AdaBelief Table 3: SN-GAN on CIFAR-10, FID", ["adabelief_sngan"]),
+    "adabelief_transformer": ("AdaBelief Table 1: Transformer on IWSLT14 de-en, BLEU", ["adabelief_transformer"]),
 }
+ABLATION_DESCRIPTION = "the 2x2 belief x eps-placement ablation on every paper task, plus the matched-floor pairs"
 #: the 2x2 ablation (README, "Optimizers") on every paper task
 ABLATION_TASKS = ("cifar10_resnet34", "cifar100_resnet34", "cifar10_vgg11", "cifar10_densenet121",
                   "ptb_lstm1", "ptb_lstm2", "ptb_lstm3", "cifar10_wgangp", "cifar10_sngan",
@@ -50,52 +67,147 @@ def plan(table: str, seeds: str) -> list[Sweep]:
                                                  "diagnostics.enabled=true")))
         return sweeps
     if table not in TABLES:
-        raise SystemExit(f"error: unknown TABLE '{table}'; choose one of: {', '.join([*TABLES, 'ablation', 'all'])}")
+        raise UserError(f"unknown TABLE '{table}'; choose one of: {', '.join([*TABLES, 'ablation', 'all'])} "
+                        f"(make reproduce-table LIST=1 lists them)")
     sweeps = []
-    for experiment in TABLES[table]:
+    for experiment in TABLES[table][1]:
         if experiment not in group_options("experiment"):
-            raise SystemExit(f"error: experiment preset '{experiment}' is not in configs/experiment/ yet")
+            raise UserError(f"experiment preset '{experiment}' is not in configs/experiment/ yet")
         sweeps.append(Sweep(experiment, (f"experiment={experiment}", f"seed={seeds}"), preset_grid(experiment)))
     return sweeps
 
 
+def chosen_task(sweep: Sweep) -> str:
+    """The task a sweep trains when neither its command line nor its preset grid names one (an experiment
+    preset that selects it in its defaults, e.g. eadam_table4's voc_fasterrcnn)."""
+    from optrepro.config import compose_train, parse_overrides
+
+    fixed = [str(o.input_line) for o in parse_overrides(list(sweep.overrides)) if not o.is_sweep_override()]
+    return str(compose_train(fixed, return_hydra_config=True).hydra.runtime.choices.task)
+
+
 def runs_per_task(sweep: Sweep) -> dict[str, int]:
     """How many of a sweep's runs train each task."""
-    tasks = [t for t in sweep.values("task") if t]
+    tasks = [t for t in sweep.values("task") if t] or [chosen_task(sweep)]
     n = sweep.n_runs()
     return {t: n // max(len(tasks), 1) for t in tasks}
 
 
-def estimate_hours(sweeps: list[Sweep]) -> list[str]:
-    """One line per task: measured seconds/step on this machine x steps x runs."""
-    lines, total = [], 0.0
+@dataclass
+class Estimate:
+    """Device-hours of a plan from the tasks that could be timed; the others are counted, not guessed."""
+
+    lines: list[str]  # one per task
+    hours: float  # timed tasks only
+    timed: int
+    untimed: dict[str, str]  # task -> why it could not be timed
+
+    def total_line(self) -> str:
+        if not self.timed:
+            return f"  estimated total: none (no task could be timed; {len(self.untimed)} not timed)"
+        rest = f"; {len(self.untimed)} more not timed, not counted" if self.untimed else ""
+        return f"  estimated total: {self.hours:.1f} device-hours on this machine for {self.timed} timed tasks{rest}"
+
+
+def estimate_hours(sweeps: Sequence[Sweep], overrides: Sequence[str] = (),
+                   measured: dict[str, tuple[float, int] | str] | None = None) -> Estimate:
+    """Measured seconds/step on this machine x steps x runs, per task. ``measured`` caches across calls."""
+    measured = {} if measured is None else measured
     counts: dict[str, int] = {}
     for sweep in sweeps:
         for task, n in runs_per_task(sweep).items():
             counts[task] = counts.get(task, 0) + n
+    estimate = Estimate([], 0.0, 0, {})
     for task, n in counts.items():
-        measured = measure_step_seconds(task)
-        if isinstance(measured, str):
-            lines.append(f"  {task:<24} {n:>4} runs   not measured: {measured}")
+        if task not in measured:
+            measured[task] = measure_step_seconds(task, overrides=overrides)
+        timing = measured[task]
+        if isinstance(timing, str):
+            estimate.untimed[task] = timing
+            estimate.lines.append(f"  {task:<24} {n:>4} runs   not timed: {timing}")
             continue
-        seconds, steps = measured
+        seconds, steps = timing
         hours = seconds * steps * n / 3600
-        total += hours
-        lines.append(f"  {task:<24} {n:>4} runs x {steps} steps x {seconds * 1000:.1f} ms/step = {hours:.1f} h")
-    lines.append(f"  estimated total: {total:.1f} device-hours on this machine (measured tasks only)")
+        estimate.hours += hours
+        estimate.timed += 1
+        estimate.lines.append(f"  {task:<24} {n:>4} runs x {steps} steps x {seconds * 1000:.1f} ms/step "
+                              f"= {hours:.1f} h")
+    return estimate
+
+
+def list_tables(seeds: str, overrides: Sequence[str] = ()) -> list[str]:
+    """One line per table: name, runs, estimated device-hours (or why not), description."""
+    measured: dict[str, tuple[float, int] | str] = {}
+    lines = []
+    for name, description in [*((n, d) for n, (d, _) in TABLES.items()), ("ablation", ABLATION_DESCRIPTION)]:
+        sweeps = plan(name, seeds)
+        est = estimate_hours(sweeps, overrides, measured)
+        if not est.timed:
+            first = next(iter(est.untimed.values()), "no task")
+            hours = f"not timed: {first}"
+        else:
+            hours = f"{est.hours:.1f} device-hours" + (f" ({len(est.untimed)} tasks not timed)" if est.untimed else "")
+        lines.append(f"{name:<22} {sum(s.n_runs() for s in sweeps):>5} runs  {description}; {hours}")
+    lines.append(f"{'all':<22} every table above (seeds {seeds})")
     return lines
+
+
+def check_overrides(overrides: Sequence[str]) -> None:
+    """The results folder and the launcher have their own options; a second way to set them would split a
+    table between two folders or launch it twice."""
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key == "results_dir":
+            raise UserError(f"'{o}': the results folder is --results (make: RESULTS=<folder>); "
+                            f"runs go to <folder>/runs and the analysis to <folder>/<TABLE>")
+        if key == "hydra/launcher":
+            raise UserError(f"'{o}': choose the launcher with --launcher (make: LAUNCHER=...), one of "
+                            f"{', '.join(LAUNCHERS)}")
+
+
+def execute(sweeps: Sequence[Sweep], results: Path, table: str, launcher: str = "auto", jobs: int = 1,
+            launch: Sequence[str] | None = None, overrides: Sequence[str] = ()) -> int:
+    """Run the sweeps into ``<results>/runs`` with the launcher, then the analysis into ``<results>/<table>``.
+    Returns the exit status (1 if a sweep or the analysis failed)."""
+    started = time.time()
+    failures = run_sweeps(sweeps, results / "runs", jobs=jobs, extra=overrides, launcher=launch,
+                          populations=launcher == "population")
+    out = results / table
+    code = analyze(results / "runs", out)
+    print(f"done in {(time.time() - started) / 3600:.2f} h; report: {out / 'REPORT.md'}")
+    return 1 if failures or code else 0
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", default="all")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
-    parser.add_argument("--results", default="results", help="output root (runs go to <results>/runs)")
-    parser.add_argument("--jobs", type=int, default=1, help="parallel jobs (joblib launcher)")
+    parser.add_argument("--results", default="results",
+                        help="results folder: runs go to <results>/runs, the analysis to <results>/<TABLE>")
+    parser.add_argument("--launcher", default="auto", choices=LAUNCHERS,
+                        help="auto: joblib with --jobs processes (basic for 1); population; basic; joblib; "
+                             "local: submitit on this machine; slurm: submitit on SLURM (one array job per sweep)")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel jobs of the auto and joblib launchers")
+    parser.add_argument("--partition", default=None, help="SLURM partition (--launcher slurm)")
+    parser.add_argument("--gpus-per-job", type=int, default=None, help="GPUs of each job (slurm, local)")
+    parser.add_argument("--time-limit", type=int, default=None, metavar="MINUTES",
+                        help="time limit of each job in minutes (slurm, local); slurm requeues a job that reaches it")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and stop")
+    parser.add_argument("--list", action="store_true", help="list the tables (runs, device-hours) and stop")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run, e.g. hydra.launcher.account=X")
     args = parser.parse_args(argv)
-
-    sweeps = plan(args.table, args.seeds)
+    try:
+        check_overrides(args.overrides)
+        launch = launcher_overrides(args.launcher, args.jobs, args.partition, args.gpus_per_job, args.time_limit)
+        if args.list:
+            print(f"tables (seeds {args.seeds}; device-hours from a few Adam steps per task timed here):")
+            for line in list_tables(args.seeds, args.overrides):
+                print(f"  {line}")
+            return
+        sweeps = plan(args.table, args.seeds)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
     results = Path(args.results)
     total = 0
     print(f"plan for TABLE={args.table} (seeds {args.seeds}):")
@@ -105,17 +217,15 @@ def main(argv: list[str] | None = None) -> None:
         grid = " ".join(sweep.overrides) + (f"  [preset grid: {sweep.preset_grid}]" if sweep.preset_grid else "")
         print(f"  {sweep.label:<28} {n:>5} runs   {grid}")
     print(f"  total: {total} runs; runs already finished under {results / 'runs'} are skipped")
-    print("time, measured here with a few Adam steps per task:")
-    for line in estimate_hours(sweeps):
+    shown = " ".join(launch) if launch is not None else f"{args.launcher} (per sweep)"
+    print(f"  launcher: {shown}" + (f"; every run also gets: {' '.join(args.overrides)}" if args.overrides else ""))
+    print("time, measured here with a few Adam steps per task (never downloading):")
+    estimate = estimate_hours(sweeps, args.overrides)
+    for line in [*estimate.lines, estimate.total_line()]:
         print(line)
     if args.dry_run:
         return
-    started = time.time()
-    failures = run_sweeps(sweeps, results / "runs", jobs=args.jobs)
-    out = results / args.table
-    code = analyze(results / "runs", out)
-    print(f"done in {(time.time() - started) / 3600:.2f} h; report: {out / 'REPORT.md'}")
-    sys.exit(1 if failures or code else 0)
+    sys.exit(execute(sweeps, results, args.table, args.launcher, args.jobs, launch, args.overrides))
 
 
 if __name__ == "__main__":
