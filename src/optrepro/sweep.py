@@ -115,8 +115,8 @@ def read_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
     """The one-screen end-of-sweep report: the counts line (``sweep: N jobs: ...``, which
-    ``optrepro.pipeline`` reads from the log), then one row per job: run, status, metric, final value,
-    and for a run that did not complete its reason."""
+    ``optrepro.pipeline`` reads from the log), then one row per job: run, status, metric, final value
+    (of a run that completed), and the reason of one that did not (a skipped run: why it ended before)."""
     counts: Counter[str] = Counter()
     for row in rows:
         counts[_status(row)] += 1
@@ -130,8 +130,7 @@ def format_summary(rows: list[dict[str, Any]]) -> str:
         run = Path(row["run_dir"]).name if row.get("run_dir") else f"job {row.get('job')}"
         value = row.get("value")
         shown = f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
-        reason = row.get("reason") if row["status"] in (RunStatus.FAILED, RunStatus.ERROR, RunStatus.DIVERGED) else None
-        table.append((run, _status(row), row.get("metric") or "-", shown, reason or ""))
+        table.append((run, _status(row), row.get("metric") or "-", shown, row.get("reason") or ""))
     widths = [max(len(str(r[i])) for r in table) for i in range(4)]
     for r in table:
         cells = [str(r[i]).ljust(widths[i]) for i in range(4)]
