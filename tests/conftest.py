@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -97,3 +98,32 @@ def summary(folder: Path) -> dict[str, Any]:
 
 def metrics(folder: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line]
+
+
+def sweep_table(stderr: str) -> dict[str, list[str]]:
+    """The end-of-sweep table (the lines after ``sweep: N jobs: ...``), by run: its cells split on runs of
+    two or more spaces (run, status, metric, value, and the reason where there is one)."""
+    lines = stderr.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("sweep: "))
+    assert re.split(r" {2,}", lines[start + 1].strip()) == ["run", "status", "metric", "value"], lines[start + 1]
+    rows = [re.split(r" {2,}", line.strip()) for line in lines[start + 2:] if line.startswith("  ")]
+    return {row[0]: row for row in rows}
+
+
+def assert_table_matches_the_runs(stderr: str, results: Path, jobs: int, skipped: bool = False) -> dict[str, list[str]]:
+    """One table row per run folder with the run's status (or skipped), its metric and, for a run that
+    completed, the final value summary.json holds; "-" and the reason for one that did not."""
+    table = sweep_table(stderr)
+    folders = run_folders(results)
+    assert len(table) == len(folders) == jobs, stderr
+    for folder in folders:
+        run = summary(folder)
+        row = table[folder.name]
+        assert row[2] == run["metric"]
+        if run["status"] == "completed":
+            assert row[1] == ("skipped" if skipped else "completed")
+            assert row[3] == f"{run['final'][run['metric']]:.4g}" and len(row) == 4, row
+        else:
+            assert row[1] == ("skipped" if skipped and run["status"] == "diverged" else run["status"]), row
+            assert row[3] == "-" and row[4] == run["reason"], row
+    return table

@@ -381,7 +381,11 @@ def test_ctrl_c_is_one_line_and_resumes(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130, err
-    assert [line for line in err.splitlines() if line.strip()] == [INTERRUPTED]
+    lines = [line for line in err.splitlines() if line.strip()]
+    (folder,) = run_folders(tmp_path)
+    # the run's own lines (its start line, one per eval point, all "<run>: ..."), then the one line that says it
+    assert lines[-1] == INTERRUPTED and all(line.startswith(f"{folder.name}: ") for line in lines[:-1]), lines
+    assert "Traceback" not in err
     resumed = cli(args, check=True)
     assert "resuming from step" in resumed.stderr
 

@@ -38,6 +38,7 @@ def _changed(path: str, value: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("path", "value"), [
     ("results_dir", "/elsewhere"), ("device", "cuda"), ("progress", False), ("wandb.mode", "online"),
+    ("wandb.verbose", True),
     ("checkpoint.every_steps", 10), ("sweep.jobs_per_gpu", 4), ("task.data.root", "/mnt/ptb"),
     ("task.data.download", True), ("task.data.num_workers", 8),
 ])  # fmt: skip

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import fault_hooks
-from conftest import cli, compose, metrics, run_folders, run_inprocess, summary
+from conftest import assert_table_matches_the_runs, cli, compose, metrics, run_folders, run_inprocess, summary
 from optrepro.optim import AdaBelief, AdamFamily, EAdam
 from optrepro.optim.population import PopulationAdam
 
@@ -321,6 +321,12 @@ def test_population_launcher_through_the_cli(tmp_path: Path) -> None:
     assert notes[1].startswith("job 3 runs alone: optimizer sgd (SGD) is not one of the Adam-family presets")
     assert "sweep: 4 jobs: 4 completed" in proc.stderr
     assert "Traceback" not in proc.stderr
+    assert_table_matches_the_runs(proc.stderr, tmp_path / "cli", jobs=4)  # the same table as any launcher's
+    for folder in run_folders(tmp_path / "cli"):  # members and the jobs alone: a start line, one line per eval
+        own = [line for line in err if line.startswith(f"{folder.name}: ")]
+        assert own[0].startswith(f"{folder.name}: start toy2d_quadratic_rotated seed 0 | "), own
+        assert [line.split(": ", 1)[1].split(" ")[1] for line in own[1:-1]] == [f"{s}/200" for s in (50, 100, 150, 200)]
+        assert own[-1].startswith(f"{folder.name}: completed loss=")
     _solo(jobs, tmp_path / "alone")
     pop, solo = _by_name(tmp_path / "cli"), _by_name(tmp_path / "alone")
     assert sorted(pop) == sorted(solo) and len(pop) == 4

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, cli, fault_env, metrics, run_folders, summary
+from conftest import REPO, assert_table_matches_the_runs, cli, fault_env, metrics, run_folders, summary
 
 TOY = ["task=toy2d", "profile=smoke"]
 SLOW_TOY = ["task=toy2d", "task.function=quadratic_rotated", "optimizer=adam", "task.steps=600",
@@ -47,12 +47,44 @@ def test_sweep_summary_counts_every_outcome_and_relaunch_is_idempotent(tmp_path:
     line = next(line for line in first.stderr.splitlines() if line.startswith("sweep: 8 jobs"))
     assert "diverged" in line and "failed" in line and "completed" in line
     assert "fault injected at step 100" in first.stderr
+    assert_table_matches_the_runs(first.stderr, tmp_path, jobs=8)
 
     second = cli(grid)
     assert second.returncode == 0, second.stderr
     line = next(line for line in second.stderr.splitlines() if line.startswith("sweep: 8 jobs"))
     # completed and diverged runs are not redone; failed ones are tried again (and fail again)
     assert "5 skipped" in line and "3 failed" in line
+    table = assert_table_matches_the_runs(second.stderr, tmp_path, jobs=8, skipped=True)
+    assert sorted(row[1] for row in table.values()) == ["failed"] * 3 + ["skipped"] * 5
+
+
+def test_format_summary_table() -> None:
+    from optrepro.sweep import format_summary
+
+    rows = [
+        {"job": 0, "status": "completed", "run_dir": "/r/toy2d_l1_adam_s0_aaa", "resumed": False, "metric": "loss",
+         "value": 0.0047955},
+        {"job": 1, "status": "completed", "run_dir": "/r/toy2d_l1_eadam_s0_bbb", "resumed": True, "metric": "loss",
+         "value": 1e-5},
+        {"job": 2, "status": "skipped", "run_dir": "/r/cifar10_resnet34_sgd_s1_ccc", "reason": None,
+         "metric": "test_acc", "value": 95.25},
+        {"job": 3, "status": "diverged", "run_dir": "/r/x_dd", "reason": "non-finite training loss at step 35",
+         "metric": "loss", "value": None},
+        {"job": 4, "status": "error", "run_dir": None, "reason": "optimizer.eps must be >= 0"},
+    ]
+    assert format_summary(rows).splitlines() == [
+        "sweep: 5 jobs: 1 completed, 1 resumed, 1 skipped, 1 diverged, 1 error",
+        "  run                          status     metric    value",
+        "  toy2d_l1_adam_s0_aaa         completed  loss      0.004796",
+        "  toy2d_l1_eadam_s0_bbb        resumed    loss      1e-05",
+        "  cifar10_resnet34_sgd_s1_ccc  skipped    test_acc  95.25",
+        "  x_dd                         diverged   loss      -         non-finite training loss at step 35",
+        "  job 4                        error      -         -         optimizer.eps must be >= 0",
+    ]
+    assert format_summary([]) == "sweep: 0 jobs: no jobs"
+    # rows written before outcomes carried the metric (an older outcomes.jsonl) still print
+    assert format_summary([{"job": 0, "status": "completed", "run_dir": "/r/a", "resumed": False}]).splitlines()[2] \
+        == "  a    completed  -       -"
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, cli, fault_env, metrics, run_folders, run_inprocess, summary
+from conftest import REPO, cli, compose, fault_env, metrics, run_folders, run_inprocess, summary
 
 SMOKE = ["task=toy2d", "profile=smoke"]
 
@@ -160,14 +160,41 @@ def test_failed_job_does_not_stop_a_sweep(tmp_path: Path) -> None:
     assert statuses == ["completed", "failed"]
 
 
-def test_wandb_offline_writes_its_run_files(tmp_path: Path) -> None:
-    cli([*SMOKE, f"results_dir={tmp_path}", "wandb.mode=offline"], env={"WANDB_MODE": "offline",
-        "WANDB_SILENT": "true"}, check=True)
+def _without_wandb_silent() -> dict[str, str]:
+    """This environment minus WANDB_SILENT, which would hide wandb's lines whatever wandb.verbose says."""
+    return {k: v for k, v in os.environ.items() if k != "WANDB_SILENT"}
+
+
+def test_wandb_offline_writes_its_run_files_and_says_nothing(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "optrepro.train", *SMOKE, f"results_dir={tmp_path}",
+                           "wandb.mode=offline"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**_without_wandb_silent(), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
     (folder,) = run_folders(tmp_path)
     offline = list((folder / "wandb").glob("offline-run-*"))
     assert len(offline) == 1
     assert list(offline[0].glob("run-*.wandb")), list(offline[0].iterdir())
     assert summary(folder)["status"] == "completed"
+    # wandb.verbose=false (the default): not a line of wandb's, only the run's own seven (start, 5 evals, end)
+    said = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(said) == 7 and all(line.startswith(f"{folder.name}: ") for line in said), said
+
+
+def test_wandb_verbose_gives_back_wandbs_own_lines(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "optrepro.train", *SMOKE, f"results_dir={tmp_path}",
+                           "wandb.mode=offline", "wandb.verbose=true"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**_without_wandb_silent(), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    wandb_lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("wandb:")]
+    assert len(wandb_lines) >= 5, proc.stderr  # its banner, history, summary and sync hint (some 30 lines)
+    assert any("wandb sync" in line for line in wandb_lines)
+
+
+def test_wandb_settings_follow_verbose() -> None:
+    from optrepro.tracking import settings
+
+    assert settings(False).silent is True
+    assert settings(True).silent is False
 
 
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
@@ -231,3 +258,105 @@ def test_run_status_is_stored_as_its_plain_string() -> None:
     assert json.dumps({"status": RunStatus.DIVERGED}) == '{"status": "diverged"}'
     assert f"{RunStatus.FAILED} {RunStatus.ERROR:>6}" == "failed  error"
     assert RunStatus("completed") is RunStatus.COMPLETED and RunStatus.SKIPPED == "skipped"
+
+
+# ------------------------------------------------------------------------------- terminal output
+def _start_words(optimizer: str) -> str:
+    from optrepro.config import resolve_interpolations
+    from optrepro.optim import describe
+    from optrepro.train import optimizer_text
+
+    cfg = resolve_interpolations(compose(["task=toy2d", f"optimizer={optimizer}"])[0])
+    return optimizer_text(cfg, describe(cfg.optimizer))
+
+
+def test_start_line_names_the_optimizer_settings_and_where_eps_sits() -> None:
+    assert _start_words("adam") == "adam lr=0.01 betas=(0.9, 0.999) eps=1e-08 outside sqrt weight_decay=0"
+    # eps inside the sqrt: its effective floor sqrt(eps / (1 - b2)) = sqrt(1e-5)
+    assert _start_words("eadam") == ("eadam lr=0.01 betas=(0.9, 0.999) eps=1e-08 inside sqrt (floor 0.00316) "
+                                     "weight_decay=0")
+    assert _start_words("adabelief") == ("adabelief lr=0.01 betas=(0.9, 0.999) eps=1e-16 inside and outside sqrt "
+                                         "(floor 3.16e-07) weight_decay=0")
+    assert _start_words("sgd") == "sgd lr=0.001 momentum=0.9 weight_decay=0"  # no eps to speak of
+    assert _start_words("fromage") == "fromage lr=0.01"
+
+
+def _terminal_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.strip()]
+
+
+def test_piped_run_prints_a_start_line_then_one_plain_line_per_eval_point(tmp_path: Path) -> None:
+    """stderr is a pipe here: no progress bar (no carriage return anywhere), and every eval point's
+    line stays, between the start line and the end line."""
+    proc = cli([*SMOKE, "optimizer=eadam", f"results_dir={tmp_path}"], check=True)
+    assert "\r" not in proc.stderr
+    (folder,) = run_folders(tmp_path)
+    lines = _terminal_lines(proc.stderr)
+    assert lines[0] == (f"{folder.name}: start toy2d_l1 seed 0 | {_start_words('eadam')} | fp32 on cpu -> {folder}")
+    rows = metrics(folder)
+    assert lines[1:-1] == [f"{folder.name}: step {r['step']}/100 loss={r['loss']:.4g} train_loss={r['train_loss']:.4g}"
+                           for r in rows]
+    assert lines[-1] == f"{folder.name}: completed loss={rows[-1]['loss']:.4g} -> {folder}"
+
+
+def test_progress_false_keeps_the_eval_lines(tmp_path: Path) -> None:
+    outcome_lines = _terminal_lines(cli([*SMOKE, f"results_dir={tmp_path}", "progress=false"], check=True).stderr)
+    assert len(outcome_lines) == 1 + 5 + 1  # start, the smoke profile's 5 eval points, end
+
+
+def test_on_a_terminal_the_eval_lines_stay_above_a_progress_bar(tmp_path: Path) -> None:
+    """stderr a pseudo-terminal (80 columns): the bar is drawn (carriage returns) and erased at the end,
+    and each eval point's line is written whole on its own line above it."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "optrepro.train", *SMOKE, f"results_dir={tmp_path}"], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=300) == 0
+    os.close(leader)
+    shown = b"".join(chunks).decode()
+    assert "\r" in shown and "%|" in shown  # a tqdm bar was drawn
+    (folder,) = run_folders(tmp_path)
+    screen = [line.rsplit("\r", 1)[-1] for line in shown.replace("\r\n", "\n").split("\n")]  # what stays
+    evals = [line for line in screen if ": step " in line]
+    assert evals == [f"{folder.name}: step {r['step']}/100 loss={r['loss']:.4g} train_loss={r['train_loss']:.4g}"
+                     for r in metrics(folder)]
+
+
+def test_progress_draws_a_bar_only_on_a_terminal() -> None:
+    import io
+
+    from optrepro.train import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    def shown(stream: io.StringIO, **options: bool) -> str:
+        with Progress("run", 10, stream=stream, **options) as progress:
+            for step in range(10):
+                progress.update(1)
+                if step == 4:
+                    progress.line("run: step 5/10 loss=1")
+        return stream.getvalue()
+
+    on_terminal = shown(Terminal())
+    assert "\r" in on_terminal and "\rrun: step 5/10 loss=1\n" in on_terminal
+    assert shown(io.StringIO()) == "run: step 5/10 loss=1\n"  # a pipe or a file: the line, nothing else
+    assert shown(Terminal(), bar=False) == "run: step 5/10 loss=1\n"  # progress=false
+    assert shown(Terminal(), show=False) == ""  # data-parallel ranks other than 0

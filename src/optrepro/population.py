@@ -26,7 +26,7 @@ import contextlib
 import functools
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ from optrepro.status import RunStatus
 from optrepro.train import (
     LoopState,
     Outcome,
+    Progress,
     check_divergence,
     eval_row,
     failures_recorded,
@@ -52,6 +53,7 @@ from optrepro.train import (
     save_checkpoint,
     say,
     setup_run,
+    start_line,
     store_errors_as_outcome,
 )
 
@@ -153,17 +155,17 @@ def _set_up(member: Member) -> None:
 
     cfg, run_dir = member.cfg, member.run_dir
     member.task, member.probe = setup_run(cfg, run_dir)
-    checkpoint = resume(member.task, run_dir)
     member.factors = describe(cfg.optimizer)
+    say(start_line(cfg, member.task, run_dir, member.factors))
+    checkpoint = resume(member.task, run_dir)
     member.tracker = Tracker(cfg, run_dir.path, config_hash(cfg), member.factors)
     member.state = LoopState.begin(checkpoint, member.task.ctx.device)
 
 
 # ---------------------------------------------------------------------------------- the loop
 def _train(members: list[Member], show_progress: bool) -> None:
-    """Step every active member until all have ended; each member's bookkeeping as in ``train_loop``."""
-    from tqdm.auto import tqdm
-
+    """Step every active member until all have ended; each member's bookkeeping as in ``train_loop``
+    (its eval lines printed above the one bar the population shows)."""
     for member in members:
         if member.task.done():  # resumed from its last checkpoint, killed before its summary
             _end(member)
@@ -173,11 +175,11 @@ def _train(members: list[Member], show_progress: bool) -> None:
     population = Population([m.task for m in live])
     total = sum(m.task.total_steps - m.task.step for m in live)
     name = f"population of {len(live)} ({live[0].cfg.task.name})"
-    with tqdm(total=total, desc=name, disable=not show_progress, dynamic_ncols=True, leave=False) as progress:
+    with Progress(name, total, bar=show_progress) as progress:
         while any(m.active for m in live):
             for member in live:
                 if member.active:
-                    with _member_failures(member):
+                    with _member_failures(member, progress.line):
                         member.batch = member.task.member_batch()
             active = torch.tensor([m.active for m in live])
             if not bool(active.any()):
@@ -186,61 +188,55 @@ def _train(members: list[Member], show_progress: bool) -> None:
             try:
                 results = population.step([stand_in if m.batch is None else m.batch for m in live], active)
             except Exception as exc:  # noqa: BLE001 - the shared step failed: every member it carried failed
-                _fail_all([m for m in live if m.active], exc)
+                _fail_all([m for m in live if m.active], exc, progress.line)
                 break
             for k, member in enumerate(live):
                 if member.active:
-                    with _member_failures(member):
-                        _after_step(member, *results[k])
+                    with _member_failures(member, progress.line):
+                        _after_step(member, progress, *results[k])
                     progress.update(1)
                     if not member.active or member.task.done():
-                        _end(member)
+                        _end(member, progress.line)
 
 
 @contextlib.contextmanager
-def _member_failures(member: Member) -> Iterator[None]:
+def _member_failures(member: Member, show: Callable[[str], None]) -> Iterator[None]:
     """The run's own exception policy (``train.failures_recorded``); a failed member ends now."""
     with failures_recorded(member.state, member.run_dir, stage="train"):
         yield
     if member.state.status == RunStatus.FAILED:
-        _end(member)
+        _end(member, show)
 
 
-def _fail_all(members: list[Member], exc: Exception) -> None:
+def _fail_all(members: list[Member], exc: Exception, show: Callable[[str], None]) -> None:
     for member in members:
-        with _member_failures(member):
+        with _member_failures(member, show):
             raise exc
 
 
-def _after_step(member: Member, loss: Any, stats: Any) -> None:
+def _after_step(member: Member, progress: Progress, loss: Any, stats: Any) -> None:
     task, state, run_dir = member.task, member.state, member.run_dir
     logs = task.member_end_step(loss, stats)
     state.add_loss(logs["loss"], task.step)
     evaluating = task.eval_due() or task.done()
     if check_divergence(state, task.step, evaluating):
-        _end(member)
+        _end(member, progress.line)
         return
     if evaluating:
         metrics = task.evaluate()
         row = eval_row(task, state, metrics, member.probe)
-        record_eval(task, state, row, metrics, run_dir, member.tracker, _NoProgress())
+        record_eval(task, state, row, metrics, run_dir, member.tracker, progress)
         save_checkpoint(task, state, run_dir)
     elif (every := int(member.cfg.checkpoint.every_steps)) and task.step % every == 0:
         save_checkpoint(task, state, run_dir)
 
 
-def _end(member: Member) -> None:
-    """Write the member's artifacts and summary (``train.finish``); it takes no further steps."""
+def _end(member: Member, show: Callable[[str], None] = say) -> None:
+    """Write the member's artifacts and summary (``train.finish``); it takes no further steps. Its
+    last line goes through ``show`` (above the population's bar while there is one)."""
     if member.outcome is None:
         member.outcome = finish(member.cfg, member.task, member.state, member.run_dir, member.tracker,
-                                member.factors)
-
-
-class _NoProgress:
-    """The per-run progress bar's interface; the population shows one bar for all members."""
-
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
+                                member.factors, show=show)
 
 
 def _index(tree: Any, k: int) -> Any:

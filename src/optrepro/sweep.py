@@ -2,8 +2,8 @@
 
 Each job appends its outcome to ``<sweep dir>/outcomes.jsonl`` (jobs may run in other processes or
 on other SLURM nodes); when the sweep ends the launcher process prints one screen: how many runs
-completed, were skipped (already done), resumed, diverged, failed or were rejected, with the
-failed runs' one-line reasons.
+completed, were skipped (already done), resumed, diverged, failed or were rejected, then a table of
+every run with its status and its final metric (the failed runs with their one-line reasons).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -24,6 +24,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from optrepro.status import RunStatus
+
+if TYPE_CHECKING:
+    from optrepro.train import Outcome
 
 OUTCOMES_FILE = "outcomes.jsonl"
 
@@ -83,6 +86,12 @@ def job_resources(cfg: DictConfig) -> Iterator[str | None]:
 
 
 # --------------------------------------------------------------------------- sweep summary
+def outcome_row(outcome: Outcome, job: int) -> dict[str, Any]:
+    """The outcomes.jsonl row of one job (every launcher records the same fields)."""
+    return {"status": outcome.status, "run_dir": outcome.run_dir, "reason": outcome.reason,
+            "resumed": outcome.resumed, "metric": outcome.metric, "value": outcome.value, "job": job}
+
+
 def record_outcome(sweep_dir: Path, row: dict[str, Any]) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with open(sweep_dir / OUTCOMES_FILE, "a") as f:
@@ -105,21 +114,33 @@ def read_outcomes(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
-    """The one-screen end-of-sweep report."""
+    """The one-screen end-of-sweep report: the counts line (``sweep: N jobs: ...``, which
+    ``optrepro.pipeline`` reads from the log), then one row per job: run, status, metric, final value
+    (of a run that completed), and the reason of one that did not (a skipped run: why it ended before)."""
     counts: Counter[str] = Counter()
     for row in rows:
-        status = row["status"]
-        if status == RunStatus.COMPLETED and row.get("resumed"):
-            status = "resumed"
-        counts[status] += 1
+        counts[_status(row)] += 1
     order = (RunStatus.COMPLETED, "resumed", RunStatus.SKIPPED, RunStatus.DIVERGED, RunStatus.FAILED, RunStatus.ERROR)
     head = ", ".join(f"{counts[s]} {s}" for s in order if counts[s]) or "no jobs"
     lines = [f"sweep: {len(rows)} jobs: {head}"]
+    if not rows:
+        return lines[0]
+    table = [("run", "status", "metric", "value", "")]
     for row in rows:
-        if row["status"] in (RunStatus.FAILED, RunStatus.ERROR, RunStatus.DIVERGED):
-            where = Path(row["run_dir"]).name if row.get("run_dir") else f"job {row.get('job')}"
-            lines.append(f"  {row['status']:>8}  {where}: {row.get('reason')}")
+        run = Path(row["run_dir"]).name if row.get("run_dir") else f"job {row.get('job')}"
+        value = row.get("value")
+        shown = f"{value:.4g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+        table.append((run, _status(row), row.get("metric") or "-", shown, row.get("reason") or ""))
+    widths = [max(len(str(r[i])) for r in table) for i in range(4)]
+    for r in table:
+        cells = [str(r[i]).ljust(widths[i]) for i in range(4)]
+        lines.append(("  " + "  ".join(cells) + ("  " + r[4] if r[4] else "")).rstrip())
     return "\n".join(lines)
+
+
+def _status(row: dict[str, Any]) -> str:
+    """A row's status, with a completed run that went on from a checkpoint counted as resumed."""
+    return "resumed" if row["status"] == RunStatus.COMPLETED and row.get("resumed") else str(row["status"])
 
 
 class SweepSummary(Callback):
@@ -129,14 +150,13 @@ class SweepSummary(Callback):
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return
+        from optrepro.train import Outcome
+
         value = getattr(job_return, "_return_value", None)
-        if value is not None and hasattr(value, "status"):
-            row = {"status": value.status, "run_dir": value.run_dir, "reason": value.reason,
-                   "resumed": value.resumed}
-        else:  # the job raised past optrepro.train.run (should not happen; recorded all the same)
-            row = {"status": RunStatus.FAILED, "run_dir": None, "reason": repr(value)[:300], "resumed": False}
-        row["job"] = hydra_cfg.job.num
-        record_outcome(Path(hydra_cfg.sweep.dir), row)
+        if not hasattr(value, "status"):  # the job raised past optrepro.train.run (should not happen)
+            # (not isinstance: under ``python -m optrepro.train`` the class is __main__.Outcome)
+            value = Outcome(RunStatus.FAILED, reason=repr(value)[:300])
+        record_outcome(Path(hydra_cfg.sweep.dir), outcome_row(value, int(hydra_cfg.job.num)))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -4,7 +4,8 @@ One wandb run per optrepro run: project ``optrepro``, group = task, job_type = o
 name (optimizer, eps, seed), the flattened config plus the optimizer's factors (second-moment kind,
 eps placement, effective floor) so the dashboard can group by any of them. The wandb run id is the
 run folder's content hash, so a resumed run continues the same wandb run. Files go under
-``<run folder>/wandb``; offline runs are uploaded later with ``make wandb-sync``.
+``<run folder>/wandb``; offline runs are uploaded later with ``make wandb-sync``. wandb says nothing
+on the terminal (some 30 lines a run otherwise) unless ``wandb.verbose=true``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ def display_name(cfg: DictConfig) -> str:
     return f"{name}{eps_part} seed={cfg.seed}"
 
 
+def settings(verbose: bool) -> Any:
+    """wandb.init's settings: silent (no banner, history or sync hints on the terminal) unless verbose.
+    Console capture into the run's output.log is unchanged either way."""
+    import wandb
+
+    return wandb.Settings() if verbose else wandb.Settings(silent=True)
+
+
 class Tracker:
     """Thin, failure-proof wrapper over a wandb run (or nothing when wandb.mode=disabled)."""
 
@@ -72,6 +81,7 @@ class Tracker:
                 dir=str(run_dir),
                 config=config,
                 mode=mode,
+                settings=settings(bool(cfg.wandb.get("verbose", False))),
             )
         except Exception as exc:  # noqa: BLE001 - wandb trouble must not stop training
             self._give_up("init", exc)

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,12 +50,14 @@ NO_SPACE = (errno.ENOSPC, errno.EROFS, errno.EDQUOT)
 
 @dataclass
 class Outcome:
-    """What became of one job; a sweep prints a table of these."""
+    """What became of one job; a sweep prints a table of these (``optrepro.sweep.format_summary``)."""
 
     status: RunStatus
     run_dir: str | None = None
     reason: str | None = None
     resumed: bool = False
+    metric: str | None = None  # the task's metric (summary.json "metric")
+    value: float | None = None  # its final value, for a run that completed (now or before: skipped)
 
 
 def say(message: str) -> None:
@@ -100,7 +102,10 @@ def previous_outcome(cfg: DictConfig, run_dir: RunDir) -> Outcome | None:
     previous = run_dir.finished_summary()
     if previous is not None and previous.get("status") in FINAL_STATUSES:
         say(f"{run_dir.path.name}: already {previous['status']} ({run_dir.path}); nothing to do")
-        return Outcome(RunStatus.SKIPPED, str(run_dir.path), previous.get("reason"))
+        metric = previous.get("metric")
+        value = (previous.get("final") or {}).get(metric) if previous["status"] == RunStatus.COMPLETED else None
+        return Outcome(RunStatus.SKIPPED, str(run_dir.path), previous.get("reason"), metric=metric,
+                       value=_number(value))
     if previous is not None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if run_dir.writer:
@@ -145,18 +150,21 @@ def train(cfg: DictConfig, run_dir: RunDir) -> Outcome:
     from optrepro.tracking import Tracker
 
     task, probe = setup_run(cfg, run_dir)
-    checkpoint = resume(task, run_dir)
     factors = describe(cfg.optimizer)
+    if run_dir.writer:
+        say(start_line(cfg, task, run_dir, factors))
+    checkpoint = resume(task, run_dir)
     tracker = Tracker(cfg, run_dir.path, config_hash(cfg), factors) if run_dir.writer else Tracker.disabled()
     state = LoopState.begin(checkpoint, task.ctx.device)
-    with (_progress_bar(cfg, run_dir.path.name, task.total_steps, task.step) as progress,
+    bar = bool(cfg.get("progress", True))
+    with (Progress(run_dir.path.name, task.total_steps, task.step, bar=bar, show=run_dir.writer) as progress,
           failures_recorded(state, run_dir, stage="train")):
         train_loop(task, probe, state, run_dir, tracker, progress, every=int(cfg.checkpoint.every_steps))
     return finish(cfg, task, state, run_dir, tracker, factors)
 
 
-def train_loop(task: Task, probe: TaskProbe, state: LoopState, run_dir: RunDir, tracker: Tracker, progress: Any,
-               every: int) -> None:
+def train_loop(task: Task, probe: TaskProbe, state: LoopState, run_dir: RunDir, tracker: Tracker,
+               progress: Progress, every: int) -> None:
     """Step until the task is done or diverges; evaluate, record and checkpoint at its eval points."""
     while not task.done():
         logs = task.train_step()
@@ -280,8 +288,8 @@ def eval_row(task: Task, state: LoopState, metrics: dict[str, Any], probe: TaskP
 
 
 def record_eval(task: Task, state: LoopState, row: dict[str, Any], metrics: dict[str, Any], run_dir: RunDir,
-                tracker: Tracker, progress: Any) -> None:
-    """Write the row (metrics.jsonl, wandb), restart the running loss, keep the best, show it."""
+                tracker: Tracker, progress: Progress) -> None:
+    """Write the row (metrics.jsonl, wandb), restart the running loss, keep the best, show it (one line)."""
     state.loss_sum.zero_()
     state.loss_count = 0
     run_dir.append_metrics(row)
@@ -290,7 +298,7 @@ def record_eval(task: Task, state: LoopState, row: dict[str, Any], metrics: dict
     value = metrics.get(task.metric)
     if task.track_best and value is not None and math.isfinite(value) and _better(value, state.best, task.mode):
         state.best = {"value": value, "step": task.step, "epoch": task.epoch}
-    progress.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k == task.metric or k.endswith("loss")})
+    progress.line(eval_line(run_dir.path.name, task, row))
 
 
 def save_checkpoint(task: Task, state: LoopState, run_dir: RunDir) -> None:
@@ -335,8 +343,9 @@ def _failure_reason(exc: Exception, stage: str) -> str:
 
 
 def finish(cfg: DictConfig, task: Task, state: LoopState, run_dir: RunDir, tracker: Tracker,
-           factors: dict[str, Any]) -> Outcome:
-    """Let the task write its artifacts, then summary.json (last: it marks the run done), and say so."""
+           factors: dict[str, Any], show: Callable[[str], None] = say) -> Outcome:
+    """Let the task write its artifacts, then summary.json (last: it marks the run done), and say so
+    (through ``show``: a population prints it above its progress bar)."""
     extras: dict[str, Any] = {}
     if state.status != RunStatus.FAILED and run_dir.writer:  # artifacts are written by rank 0 only
         run_dir.set_aside_symlinks()  # an artifact is never written through a link
@@ -349,11 +358,13 @@ def finish(cfg: DictConfig, task: Task, state: LoopState, run_dir: RunDir, track
     distributed.teardown()
     if not run_dir.writer:
         return Outcome(state.status, str(run_dir.path), state.reason)
-    shown = state.last_eval.get(task.metric)
-    shown_text = f" {task.metric}={shown:.4g}" if isinstance(shown, (int, float)) else ""
+    shown = _number(state.last_eval.get(task.metric))
+    shown_text = f" {task.metric}={shown:.4g}" if shown is not None else ""
     reason_text = f" ({state.reason})" if state.reason else ""
-    say(f"{run_dir.path.name}: {state.status}{shown_text}{reason_text} -> {run_dir.path}")
-    return Outcome(state.status, str(run_dir.path), state.reason, resumed=state.resumed)
+    show(f"{run_dir.path.name}: {state.status}{shown_text}{reason_text} -> {run_dir.path}")
+    value = shown if state.status == RunStatus.COMPLETED else None  # a diverged run's last value is no result
+    return Outcome(state.status, str(run_dir.path), state.reason, resumed=state.resumed, metric=task.metric,
+                   value=value)
 
 
 def run_summary(cfg: DictConfig, task: Task, state: LoopState, run_dir: RunDir, factors: dict[str, Any],
@@ -387,12 +398,94 @@ def _better(value: float, best: dict[str, Any] | None, mode: str) -> bool:
     return value > best["value"] if mode == "max" else value < best["value"]
 
 
-def _progress_bar(cfg: DictConfig, name: str, total: int, initial: int) -> Any:
-    from tqdm.auto import tqdm
+def _number(value: Any) -> float | None:
+    """``value`` as a float if it is a real number (not a bool, a string or None), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
 
-    show = bool(cfg.get("progress", True)) and rank() == 0
-    return tqdm(total=total, initial=initial, desc=name, disable=not show,
-                dynamic_ncols=True, leave=False, file=sys.stderr)
+
+# ---------------------------------------------------------------------------------- terminal
+EPS_PLACES = {"outside": "outside sqrt", "inside": "inside sqrt", "both": "inside and outside sqrt"}
+
+
+def start_line(cfg: DictConfig, task: Task, run_dir: RunDir, factors: dict[str, Any]) -> str:
+    """The run's first line: what it trains, with which optimizer settings, on what, and where it writes."""
+    return (f"{run_dir.path.name}: start {cfg.task.name} seed {cfg.seed} | {optimizer_text(cfg, factors)} | "
+            f"{task.ctx.precision} on {task.ctx.device} -> {run_dir.path}")
+
+
+def optimizer_text(cfg: DictConfig, factors: dict[str, Any]) -> str:
+    """``adam lr=0.001 betas=(0.9, 0.999) eps=1e-08 outside sqrt weight_decay=0``: the settings the eps
+    debate turns on, eps with its placement (and effective floor where it is not eps itself) from
+    ``optim.describe``, which reads them off the optimizer the config builds."""
+    opt = cfg.optimizer
+    parts = [optimizer_label(cfg)]
+    if opt.get("lr") is not None:
+        parts.append(f"lr={opt.lr:g}")
+    if opt.get("betas") is not None:
+        parts.append(f"betas=({', '.join(f'{b:g}' for b in opt.betas)})")
+    if opt.get("momentum") is not None:
+        parts.append(f"momentum={opt.momentum:g}")
+    place = factors.get("eps_placement")
+    if place is not None and factors.get("eps") is not None:
+        eps = f"eps={factors['eps']:g} {EPS_PLACES.get(place, place)}"
+        floor = factors.get("effective_floor")
+        if place != "outside" and floor is not None:
+            eps += f" (floor {floor:.3g})"
+        parts.append(eps)
+    elif isinstance(opt.get("eps"), (int, float)):
+        parts.append(f"eps={opt.eps:g}")
+    if opt.get("weight_decay") is not None:
+        parts.append(f"weight_decay={opt.weight_decay:g}")
+    return " ".join(parts)
+
+
+def eval_line(name: str, task: Task, row: dict[str, Any]) -> str:
+    """One eval point: where the run is, the task's metric first, then every loss in the row."""
+    where = f"step {task.step}/{task.total_steps}"
+    if task.epoch != float(task.step):  # tasks without epochs report their steps as epochs
+        where += f" epoch {task.epoch:.4g}"
+    keys = [task.metric, *(k for k in row if k.endswith("loss") and k != task.metric)]
+    values = " ".join(f"{k}={v:.4g}" for k in keys if (v := _number(row.get(k))) is not None)
+    return f"{name}: {where} {values}".rstrip()
+
+
+class Progress:
+    """What a run (or a population) shows while it trains: lines that stay (one per eval point), and,
+    only on a terminal, a progress bar below them. Piped to a file a bar would be one long line of
+    carriage returns, so there the lines are all there is."""
+
+    def __init__(self, desc: str, total: int, initial: int = 0, *, bar: bool = True, show: bool = True,
+                 stream: Any = None) -> None:
+        from tqdm.auto import tqdm
+
+        self.stream = stream if stream is not None else sys.stderr
+        self.show = show  # False on data-parallel ranks other than 0: they print nothing
+        on_terminal = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.bar = tqdm(total=total, initial=initial, desc=desc, disable=not (show and bar and on_terminal),
+                        dynamic_ncols=True, leave=False, file=self.stream)
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+
+    def line(self, text: str) -> None:
+        """Print ``text`` on its own line, above the bar if there is one."""
+        if not self.show:
+            return
+        if self.bar.disable:
+            print(text, file=self.stream, flush=True)
+        else:
+            self.bar.write(text, file=self.stream)
+
+    def close(self) -> None:
+        self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------------------------- entry point
@@ -485,4 +578,4 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["Outcome", "main", "run", "train"]
+__all__ = ["Outcome", "Progress", "main", "run", "train"]

@@ -51,7 +51,7 @@ class PopulationLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from optrepro.population import plan_groups, train_population
-        from optrepro.sweep import record_outcome
+        from optrepro.sweep import outcome_row, record_outcome
 
         setup_globals()
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
@@ -74,9 +74,7 @@ class PopulationLauncher(Launcher):
             outcomes = train_population([jobs[i] for i in group], show_progress=bool(jobs[group[0]].progress))
             for i, outcome in zip(group, outcomes, strict=True):
                 HydraConfig.instance().set_config(configs[i])
-                record_outcome(sweep_dir, {"status": outcome.status, "run_dir": outcome.run_dir,
-                                           "reason": outcome.reason, "resumed": outcome.resumed,
-                                           "job": int(configs[i].hydra.job.num)})
+                record_outcome(sweep_dir, outcome_row(outcome, int(configs[i].hydra.job.num)))
                 ret = JobReturn(overrides=list(job_overrides[i]), cfg=jobs[i], hydra_cfg=configs[i],
                                 working_dir=str(Path.cwd()), task_name=str(configs[i].hydra.job.name),
                                 status=JobStatus.COMPLETED)
