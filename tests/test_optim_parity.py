@@ -115,8 +115,11 @@ def rounding_drift(
 # pair <= 0.09 (most <= 0.01). 64 leaves 50x over the worst of those for machines that round the
 # chaotic tail's seeds less favourably.
 DRIFT_FACTOR = 64.0
-# A parity test is only a test while its tolerance is far below what a wrong rule does: a changed
-# constant, a moved eps or a missed bias correction moves this problem's trajectory by >= 1e-5.
+# A parity test is only a test while its tolerance is far below what a wrong rule does. Measured by
+# breaking the code once: Fromage's step 1e-6 too large moves the trajectory by 1e-6 (p_bound 1.05) /
+# 8e-6 (None), i.e. 1e5x / 5e3x the tolerance; dividing by 1 + lr^2 instead of its root, 1e-2; the
+# second-moment bias correction one step off, 4e-3 (AdaBelief) to 0.12 (EAdam), >= 4e8x. A tolerance
+# above 1e-7 of the trajectory's scale would no longer see the smallest of those.
 POWER_FLOOR = 1e-7
 
 
