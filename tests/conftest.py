@@ -7,19 +7,32 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
+
+# torch.compile's on-disk kernel cache is not keyed on ATEN_CPU_CAPABILITY: a cache filled on this CPU's
+# own kernels fails to compile under ATEN_CPU_CAPABILITY=default ("'at::vec' has not been declared",
+# seen in test_fused_agrees_with_foreach), so each capability gets its own cache (.ci/run uses both)
+if os.environ.get("ATEN_CPU_CAPABILITY"):
+    os.environ.setdefault(
+        "TORCHINDUCTOR_CACHE_DIR",
+        os.path.join(tempfile.gettempdir(), f"torchinductor_{os.getuid()}_{os.environ['ATEN_CPU_CAPABILITY']}"),
+    )
+
+import torch  # noqa: E402
 
 import fault_hooks
 
 REPO = Path(__file__).resolve().parents[1]
 
-# keep tests quiet and light on a 2-core machine
-torch.set_num_threads(1)
+# keep tests quiet and light on a 2-core machine: one thread unless OMP_NUM_THREADS says otherwise
+# (.ci/run runs the suite with 1 and with 2, so a result that depends on the thread split shows up)
+TEST_THREADS = os.environ.get("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(TEST_THREADS))
 
 # fault injection (tests/fault_hooks.py): here for in-process runs, through sitecustomize for subprocesses
 fault_hooks.install()
@@ -73,7 +86,7 @@ def run_inprocess(overrides: Sequence[str], results_dir: Path) -> Any:
 def cli(args: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None,
         timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess[str]:
     """``python -m optrepro.train ARGS`` in a fresh process."""
-    full_env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **fault_env(), **(env or {})}
+    full_env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": TEST_THREADS, **fault_env(), **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run([sys.executable, "-m", "optrepro.train", *args], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

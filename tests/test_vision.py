@@ -211,6 +211,8 @@ def test_digits_cnn_learns(tmp_path: Path) -> None:
     (folder,) = run_folders(tmp_path)
     rows = metrics(folder)
     assert [r["epoch"] for r in rows] == [float(e) for e in range(1, 21)]
+    # measured final test_acc over seeds 0-19, OMP_NUM_THREADS=1: 96.9-98.0 on this CPU's kernels and the
+    # same 96.9-98.0 with ATEN_CPU_CAPABILITY=default; 90 is 31 of the 450 test images below the worst seed
     assert rows[-1]["test_acc"] > 90.0 and rows[-1]["lr"] == pytest.approx(1e-4)  # x0.1 from epoch 15
     assert rows[0]["lr"] == pytest.approx(1e-3)
 
