@@ -169,8 +169,8 @@ class MTData:
     train_size: int = _f(6000, **POS)
     valid_size: int = _f(300, **POS)
     test_size: int = _f(500, **POS)
-    train_subset: int | None = _f(None, **NONNEG)
-    test_subset: int | None = _f(None, **NONNEG)
+    train_subset: int | None = _f(None, **POS)
+    test_subset: int | None = _f(None, **POS)
 
 
 @dataclass

@@ -33,7 +33,15 @@ from optrepro.data.translation import Batch, Split, Vocab, collate, load_text, s
 from optrepro.errors import UserError
 from optrepro.metrics.bleu import detok_bleu, remove_bpe, tokenized_bleu
 from optrepro.models.transformer import Seq2SeqTransformer, TransformerConfig, beam_search, label_smoothed_nll
-from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed, seed_rank_stream, time_steps
+from optrepro.tasks.base import (
+    BatchOrder,
+    RunContext,
+    Task,
+    check_fits,
+    derived_seed,
+    seed_rank_stream,
+    time_steps,
+)
 
 
 # ------------------------------------------------------------------------------- schedule
@@ -58,6 +66,9 @@ class TranslationTask(Task):
         cfg = self.cfg  # validated and typed by tasks/schemas.py
         self.device = ctx.device
         text = load_text(cfg)
+        for split in ("train", "test"):
+            check_fits(f"data.{split}_subset", cfg.data.get(f"{split}_subset"), len(text[split][0]),
+                       f"{split} sentence pairs")
         text["train"] = subset(text["train"], cfg.data.get("train_subset"))
         text["test"] = subset(text["test"], cfg.data.get("test_subset"))
         self.src_vocab = Vocab.build(text["train"][0])
