@@ -75,6 +75,10 @@ class TranslationTask(Task):
         self.tgt_vocab = Vocab.build(text["train"][1])
         self.data = {split: Split(*pair, self.src_vocab, self.tgt_vocab) for split, pair in text.items()}
         self.counts = {split: len(s) for split, s in self.data.items()}
+        longest = max(int(max(s.src_lens.max(initial=0), s.tgt_lens.max(initial=0))) for s in self.data.values())
+        if longest > int(cfg.model.max_positions):  # the model would refuse the first such batch mid-run
+            raise UserError(f"task.model.max_positions={cfg.model.max_positions} but the longest sentence has "
+                            f"{longest} tokens; use task.model.max_positions >= {longest}")
 
         self.max_tokens = int(cfg.max_tokens)
         self.dist = ctx.dist
@@ -231,8 +235,9 @@ class TranslationTask(Task):
                     logits = model.decode_step(tokens[:, -1], tokens.shape[1] - 1, src_mask, caches)
                 return F.log_softmax(logits.float(), dim=-1)
 
-            max_len = int(float(self.cfg.max_len_a) * src.shape[1] + float(self.cfg.max_len_b))
-            max_len = min(max_len, model.config.max_positions - 1)
+            # capped before int(): a huge max_len_a or max_len_b means "as long as the model allows"
+            max_len = int(min(float(self.cfg.max_len_a) * src.shape[1] + float(self.cfg.max_len_b),
+                              model.config.max_positions - 1))
             hyps = beam_search(step_fn, len(idx), beam, max_len, bos=Vocab.EOS, eos=Vocab.EOS, pad=Vocab.PAD,
                                device=self.device, lenpen=float(self.cfg.lenpen), forbid=(Vocab.BOS,))
             for i, h in zip(idx, hyps, strict=True):
