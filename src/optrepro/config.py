@@ -9,6 +9,7 @@ the run's ``config.yaml`` and its hash agree.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -194,7 +195,7 @@ def check_known_keys(cfg: DictConfig) -> None:
     def walk(node: DictConfig, spec: DictConfig, prefix: str) -> None:
         for key in node:
             name = f"{prefix}{key}"
-            if name in ("task", "optimizer"):
+            if name in ("task", "optimizer", "hydra"):  # checked by their schemas; hydra's own node, if composed
                 continue
             if key not in spec:
                 raise UserError(unknown_key_message(name, cfg, _show(node[key])))
@@ -363,9 +364,9 @@ def check_results_dir(results_dir: Path) -> None:
     if existing.exists() and not existing.is_dir():
         where = "" if existing == results_dir else f" ({existing} is a file)"
         raise UserError(f"results_dir {results_dir} is not a folder{where}; set results_dir=<a folder>")
-    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"results_dir {results_dir} is not writable ({existing}: permission denied); "
-                        "set results_dir=...")
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):  # worded as check_writable words it
+        reason = os.strerror(errno.EROFS if os.statvfs(existing).f_flag & os.ST_RDONLY else errno.EACCES)
+        raise UserError(f"results_dir {results_dir} is not writable ({reason}); set results_dir=...")
 
 
 def _compose_message(exc: BaseException, defaults: DictConfig | None, combo: Sequence[str]) -> str:
