@@ -180,7 +180,8 @@ def make_task(tmp_path: Path, overrides: list[str], optimizer: str = "adam") -> 
     root = tmp_path / "ptb"
     if not root.exists():
         write_fake_ptb(root, lines={"train": 300, "valid": 40, "test": 40}, vocab_size=40, seed=0)
-    ov = ["task=ptb_lstm1", f"optimizer={optimizer}", "profile=smoke", f"task.data.root={root}", *overrides]
+    ov = ["task=ptb_lstm1", f"optimizer={optimizer}", "profile=smoke", f"task.data.root={root}",
+          "task.data.train_tokens=null", "task.data.eval_tokens=null", *overrides]  # the fake corpus is smaller
     cfg, _ = compose(ov)
     cfg = resolve_interpolations(cfg)
     seed_everything(0)

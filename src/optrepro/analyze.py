@@ -1,5 +1,8 @@
 """Analysis entry point: ``python -m optrepro.analyze [--runs results/runs] [--out results]``.
 
+Both defaults are relative to the current folder (the project root, where ``make`` and the README run it);
+a runs folder that is missing or holds no run folder is refused (exit 2) rather than reported as empty.
+
 Reads every run folder, writes runs.csv / curves.csv, tables/ (Markdown, CSV, LaTeX), figures/
 (PNG, PDF) and REPORT.md under --out. CPU only; the same runs give the same table and figure bytes.
 """
@@ -159,14 +162,29 @@ def seeds_needed_table(
     return pd.DataFrame(out)
 
 
+def check_runs_folder(runs_dir: Path) -> None:
+    """A runs folder to analyse holds at least one run folder: a report of nothing would read as a result."""
+    from optrepro.runs import iter_run_dirs
+
+    if not runs_dir.is_dir():
+        what = "is not a folder" if runs_dir.exists() else "does not exist"
+        raise UserError(f"runs folder {runs_dir} {what}; pass --runs FOLDER (the results_dir of your runs; "
+                        f"default results/runs under the current folder)")
+    if next(iter_run_dirs(runs_dir), None) is None:
+        raise UserError(f"no run folders under {runs_dir} (a run folder holds config.yaml); train first, "
+                        "or pass --runs FOLDER")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console script ``optrepro-analyze``."""
     parser = argparse.ArgumentParser(prog="optrepro-analyze", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--runs", type=Path, default=Path("results/runs"), help="folder of run folders (recursive)"
+        "--runs", type=Path, default=Path("results/runs"),
+        help="folder of run folders, searched recursively (default: results/runs under the current folder)",
     )
     parser.add_argument(
-        "--out", type=Path, default=Path("results"), help="where tables/, figures/, REPORT.md go"
+        "--out", type=Path, default=Path("results"),
+        help="where tables/, figures/, REPORT.md go (default: results under the current folder)",
     )
     parser.add_argument(
         "--published",
@@ -200,23 +218,27 @@ def main(argv: list[str] | None = None) -> None:
         "--contrast", choices=FAMILY_EFFECTS, default=None, help="with --seeds-needed: only this contrast"
     )
     args = parser.parse_args(argv)
+    if args.seeds_needed is None and (args.task is not None or args.contrast is not None):
+        parser.error("--task and --contrast go with --seeds-needed")
+    try:
+        run_cli(args)
+    except UserError as exc:  # one line, exit 2: the project's user-error contract (train.main's too)
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_cli(args: argparse.Namespace) -> None:
+    """``main`` after parsing: a problem the user can fix is a UserError."""
     if args.seeds_needed is not None:
         if not args.seeds_needed > 0:
-            raise SystemExit(f"error: --seeds-needed must be > 0, got {args.seeds_needed:g}")
-        if not args.runs.exists():
-            raise SystemExit(f"error: runs folder {args.runs} does not exist")
-        try:
-            table = seeds_needed_table(args.runs, args.seeds_needed, args.task, args.contrast, args.value)
-        except UserError as exc:
-            raise SystemExit(f"error: {exc}") from None
+            raise UserError(f"--seeds-needed must be > 0, got {args.seeds_needed:g}")
+        check_runs_folder(args.runs)
+        table = seeds_needed_table(args.runs, args.seeds_needed, args.task, args.contrast, args.value)
         if table.empty:
-            raise SystemExit(f"error: no ablation contrast with 2 or more seeds under {args.runs}")
+            raise UserError(f"no ablation contrast with 2 or more seeds under {args.runs}")
         print(table.to_string(index=False))
         return
-    elif args.task is not None or args.contrast is not None:
-        parser.error("--task and --contrast go with --seeds-needed")
-    if not args.runs.exists():
-        print(f"note: runs folder {args.runs} does not exist; writing a report that says so", file=sys.stderr)
+    check_runs_folder(args.runs)
     if args.published is not None and not args.published.exists():
         print(
             f"note: published numbers {args.published} not found; tables show no published column values",

@@ -9,6 +9,7 @@ the run's ``config.yaml`` and its hash agree.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -100,15 +101,28 @@ def resolve_interpolations(cfg: DictConfig) -> DictConfig:
 
 # ------------------------------------------------------------------------------ validation
 def resolve_device(name: str) -> torch.device:
+    """The torch device ``device=`` names, refused in one line unless this machine has it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"device '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
-    return device
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+        if device.index is not None and device.index >= count:
+            raise UserError(f"device={name} but this machine has {count} CUDA device(s) "
+                            f"(cuda:0..cuda:{count - 1}); use one of those or device=auto")
+        return device
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise UserError(f"device={name} but MPS (Apple GPU) is not available here; use device=cpu or device=auto")
+        return device
+    raise UserError(f"device={name} is not supported by the training loop; use auto, cpu, cuda or cuda:N")
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -132,6 +146,7 @@ def validate_config(cfg: DictConfig) -> None:
     from optrepro.optim import build_optimizer
     from optrepro.tasks import schemas as task_schemas
 
+    check_known_keys(cfg)
     seed = cfg.get("seed")
     if not isinstance(seed, int) or isinstance(seed, bool) or not INT64[0] <= seed <= INT64[1]:
         raise UserError(f"seed must be an integer in [-2**63, 2**63), got {seed!r}")
@@ -149,6 +164,8 @@ def validate_config(cfg: DictConfig) -> None:
             raise UserError(f"optimizer.{key} must be a number, got {value!r}")
         if isinstance(value, float) and math.isnan(value):
             raise UserError(f"optimizer.{key} must be a number, got nan")
+    if cfg.optimizer.get("lr") == 0:  # every parameter would stay where it starts: a run that is no run
+        raise UserError("optimizer.lr=0 leaves every parameter where it starts (a no-op run); use optimizer.lr > 0")
     betas = cfg.optimizer.get("betas")
     if betas is not None and (not isinstance(betas, (ListConfig, list, tuple)) or len(betas) != 2):
         raise UserError(f"optimizer.betas must be a pair like [0.9,0.999], got {betas!r}")
@@ -160,6 +177,57 @@ def validate_config(cfg: DictConfig) -> None:
             message = f"optimizer ({cfg.optimizer.get('name')}): {message}"
         raise UserError(message) from None
     task_schemas.validate(cfg.task)  # unknown key, wrong type, out of range: one line naming the key
+
+
+def known_keys() -> DictConfig:
+    """The keys something reads outside ``task`` and ``optimizer`` (whose schemas check their own):
+    configs/train.yaml's, and the profile's name."""
+    spec = OmegaConf.load(CONFIG_DIR / "train.yaml")
+    for key in ("defaults", "hydra"):
+        spec.pop(key, None)
+    spec.profile = {"name": ""}
+    return spec
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """A key nothing reads (``+eps=1e-8``, ``+wandb.verbos=true``) is refused: the run would ignore it."""
+
+    def walk(node: DictConfig, spec: DictConfig, prefix: str) -> None:
+        for key in node:
+            name = f"{prefix}{key}"
+            if name in ("task", "optimizer", "hydra"):  # checked by their schemas; hydra's own node, if composed
+                continue
+            if key not in spec:
+                raise UserError(unknown_key_message(name, cfg, _show(node[key])))
+            if isinstance(node[key], DictConfig) and isinstance(spec[key], DictConfig):
+                walk(node[key], spec[key], f"{name}.")
+
+    walk(cfg, known_keys(), "")
+
+
+def unknown_key_message(key: str, cfg: DictConfig, value: str = "...") -> str:
+    """One line for a key nothing reads: what it is not, and where a key of that name lives, if anywhere."""
+    parent, _, last = key.rpartition(".")
+    homes = [path for path in _key_paths(cfg) if path.rpartition(".")[2] == last and path != key]
+    where = (f"; it is {' or '.join(homes[:3])} (set {homes[0]}={value})" if homes
+             else "; see `python -m optrepro.train --cfg job` for the keys")
+    if parent == "optimizer":
+        name = cfg.optimizer.get("name")
+        own = [k for k in cfg.optimizer if k not in ("name", "config_name")]
+        return (f"unknown config key '{key}': optimizer {name} has no {last} (its keys: {', '.join(own)}); "
+                f"leave {key} out for {name}")
+    if not parent:
+        return f"unknown config key '{key}': nothing reads a top-level {last}{where}"
+    return f"unknown config key '{key}': nothing reads it{where}"
+
+
+def _key_paths(node: Any, prefix: str = "") -> Iterator[str]:
+    """Every dotted key under ``node`` (dicts only; list items are not keys)."""
+    if isinstance(node, DictConfig):
+        for key in node:
+            path = f"{prefix}{key}"
+            yield path
+            yield from _key_paths(node._get_node(key), f"{path}.")
 
 
 def check_finite(node: Any, prefix: str) -> None:
@@ -216,6 +284,15 @@ def _show(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
+def _typed_value(combo: Sequence[str], key: str) -> str:
+    """The value ``key`` was given on the command line (``...`` if it was not)."""
+    for item in combo:
+        name, _, value = item.partition("=")
+        if name.lstrip("+~") == key:
+            return value
+    return "..."
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -246,31 +323,64 @@ def preflight(argv: Iterable[str]) -> None:
     """Compose and validate every single-run config a command line implies, before Hydra starts.
 
     Turns Hydra/OmegaConf's multi-line errors into one line and catches bad values of every
-    swept value before the first job trains.
+    swept value before the first job trains; in a sweep the line names the job (its overrides).
     """
     overrides = [a for a in argv if not a.startswith("-")]
     check_group_choices(overrides)
+    combos = expand_for_checking(overrides)
     with train_composer() as compose:
         defaults: dict[tuple[str, ...], DictConfig] = {}
-        for combo in expand_for_checking(overrides):
-            choices = tuple(o for o in combo if o.split("=", 1)[0].lstrip("+~") in GROUPS)
+        for combo in combos:
             try:
-                if choices not in defaults:
-                    defaults[choices] = compose(choices)
-                check_value_types(combo, defaults[choices])
-                cfg = compose(combo)
-            except UserError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any compose error is a config error
-                raise UserError(_compose_message(exc)) from None
-            validate_config(resolve_interpolations(cfg))
+                check_job(compose, combo, defaults)
+            except UserError as exc:
+                if len(combos) == 1:
+                    raise
+                raise UserError(f"sweep job '{' '.join(combo)}': {exc}") from None
 
 
-def _compose_message(exc: BaseException) -> str:
+def check_job(compose: Callable[..., DictConfig], combo: list[str], defaults: dict[tuple[str, ...], DictConfig]
+              ) -> None:
+    """One job of a command line: its value types, its composition, its values, its results folder."""
+    choices = tuple(o for o in combo if o.split("=", 1)[0].lstrip("+~") in GROUPS)
+    try:
+        if choices not in defaults:
+            defaults[choices] = compose(choices)
+        check_value_types(combo, defaults[choices])
+        cfg = compose(combo)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any compose error is a config error
+        raise UserError(_compose_message(exc, defaults.get(choices), combo)) from None
+    resolved = resolve_interpolations(cfg)
+    validate_config(resolved)
+    check_results_dir(Path(str(resolved.results_dir)))
+
+
+def check_results_dir(results_dir: Path) -> None:
+    """results_dir can be a folder here, without creating anything: a sweep makes ``.sweeps/`` in it before
+    its first job, so a file in its place must be refused before Hydra starts."""
+    existing = next(p for p in (results_dir, *results_dir.parents) if os.path.lexists(p) or p == p.parent)
+    if existing.exists() and not existing.is_dir():
+        where = "" if existing == results_dir else f" ({existing} is a file)"
+        raise UserError(f"results_dir {results_dir} is not a folder{where}; set results_dir=<a folder>")
+    if existing.is_dir() and not os.access(existing, os.W_OK | os.X_OK):  # worded as check_writable words it
+        reason = os.strerror(errno.EROFS if os.statvfs(existing).f_flag & os.ST_RDONLY else errno.EACCES)
+        raise UserError(f"results_dir {results_dir} is not writable ({reason}); set results_dir=...")
+
+
+def _compose_message(exc: BaseException, defaults: DictConfig | None, combo: Sequence[str]) -> str:
+    """Hydra's compose error as one line; a key that does not exist is named with where it does, never
+    with a ``+key`` hint (a key added with + that nothing reads would be silently ignored)."""
     text = f"{exc}\n{exc.__cause__ or ''}"
     first = _first_line(exc)
     if "not in struct" in text and first.startswith("Could not override '"):
         key = first.split("'")[1]
-        return (f"unknown config key '{key}' (see `python -m optrepro.train --cfg job` for the keys; "
-                f"add with +{key}=...)")
+        if defaults is not None:
+            return unknown_key_message(key, defaults, _typed_value(combo, key))
+        return f"unknown config key '{key}' (see `python -m optrepro.train --cfg job` for the keys)"
+    if first.startswith("Could not append to config. An item is already at '"):
+        key = first.split("'")[1]
+        owner = f" of {defaults.optimizer.name}" if defaults is not None and key.startswith("optimizer.") else ""
+        return f"{key} is already a key{owner}: set it without + ({key}={_typed_value(combo, key)})"
     return first

@@ -549,6 +549,30 @@ def _child_run(send: Any, cfg: DictConfig) -> None:
 
 
 INTERRUPTED = "interrupted; relaunch the same command to resume (each run continues from its last checkpoint)"
+#: Hydra's flags that each choose what the command does; Hydra takes one at a time
+MODES = {"-m": "-m", "--multirun": "-m", "-r": "--run", "--run": "--run", "-c": "--cfg", "--cfg": "--cfg",
+         "-i": "--info", "--info": "--info", "-sc": "-sc", "--shell-completion": "-sc"}
+#: flags after which nothing trains, so the command line is not checked as a run's; and those that compose from
+#: another config source than the one preflight checks (Hydra then says what is wrong itself)
+NO_RUN = ("-h", "--help", "--hydra-help", "--version", "--cfg", "--info", "-sc", "-cp", "--config-path", "-cn",
+          "--config-name", "-cd", "--config-dir", "--experimental-rerun")
+
+
+def command_modes(argv: list[str]) -> list[str]:
+    """The mode flags of ``argv`` (``-m``, ``--cfg``, ``--info``, ``-sc``, ``--run``) in their short spelling."""
+    return [MODES[a.split("=", 1)[0]] for a in argv if a.split("=", 1)[0] in MODES]
+
+
+def check_modes(modes: list[str]) -> None:
+    """Two modes at once is Hydra's ValueError traceback; say it in one line with the fix."""
+    distinct = sorted(set(modes))
+    if len(distinct) < 2:
+        return
+    if "--cfg" in distinct and "-m" in distinct:
+        raise UserError("--cfg shows one job's config and does not combine with -m; drop -m and give one "
+                        "value per swept key (e.g. optimizer=adam) to see that job's config")
+    raise UserError(f"{' and '.join(distinct)} cannot be combined: Hydra does one of --run, -m, --cfg, --info, "
+                    "-sc at a time")
 
 
 def main() -> None:
@@ -558,10 +582,12 @@ def main() -> None:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     argv = sys.argv[1:]
     try:
-        if not full_error and not any(a in ("-h", "--help", "--hydra-help", "--info", "-i") or
-                                      a.startswith(("--cfg", "-c")) for a in argv):
+        if not full_error:
             try:
-                preflight(argv)
+                modes = command_modes(argv)
+                check_modes(modes)
+                if not any(a.split("=", 1)[0] in NO_RUN for a in [*argv, *modes]):
+                    preflight(argv)
             except UserError as exc:
                 say(f"error: {exc}")
                 sys.exit(2)

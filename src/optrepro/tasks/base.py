@@ -35,6 +35,7 @@ import torch
 from omegaconf import DictConfig
 
 from optrepro.distributed import Dist
+from optrepro.errors import UserError
 from optrepro.optim import build_optimizer
 
 
@@ -217,6 +218,14 @@ def derived_seed(*parts: Any) -> int:
     """A stable 63-bit seed from any parts (independent of PYTHONHASHSEED)."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def check_fits(key: str, value: Any, available: int, what: str) -> None:
+    """``task.<key>`` asks for no more than the data has. A subset larger than its split would silently be
+    all of it, a batch larger than the training set would give epochs of no batch: both refused in one line
+    while the task is built, before the run folder is made."""
+    if value is not None and int(value) > available:
+        raise UserError(f"task.{key}={value} but there are only {available} {what}; use task.{key} <= {available}")
 
 
 class BatchOrder:

@@ -51,7 +51,7 @@ from optrepro.data.textcorpus import (
 )
 from optrepro.errors import UserError
 from optrepro.models.awd_lstm import AWDLSTM, Hidden, detach_hidden
-from optrepro.tasks.base import RunContext, Task, derived_seed, seed_rank_stream, time_steps
+from optrepro.tasks.base import RunContext, Task, check_fits, derived_seed, seed_rank_stream, time_steps
 
 CORPORA = ("ptb", "pydoc")
 
@@ -106,6 +106,9 @@ class LanguageModelTask(Task):
             "vocab_size": len(corpus.vocab),
             "tokens": {s: int(corpus.split(s).numel()) for s in ("train", "valid", "test")},
         }
+        check_fits("data.train_tokens", cfg.data.get("train_tokens"), corpus.train.numel(), "training tokens")
+        check_fits("data.eval_tokens", cfg.data.get("eval_tokens"), min(corpus.valid.numel(), corpus.test.numel()),
+                   "tokens in the shorter of valid and test")
         train = _truncate(corpus.train, cfg.data.get("train_tokens"))
         valid = _truncate(corpus.valid, cfg.data.get("eval_tokens"))
         test = _truncate(corpus.test, cfg.data.get("eval_tokens"))

@@ -169,8 +169,8 @@ class MTData:
     train_size: int = _f(6000, **POS)
     valid_size: int = _f(300, **POS)
     test_size: int = _f(500, **POS)
-    train_subset: int | None = _f(None, **NONNEG)
-    test_subset: int | None = _f(None, **NONNEG)
+    train_subset: int | None = _f(None, **POS)
+    test_subset: int | None = _f(None, **POS)
 
 
 @dataclass
@@ -200,7 +200,7 @@ class TranslationSchema(TaskSchema):
     eval_every_epochs: int = _f(**POS)
     beam: int = _f(**POS)
     average_last: int = _f(**POS)
-    lenpen: float = _f(**NONNEG)
+    lenpen: float = _f(min=0, max=10)  # len**lenpen divides a score: fairseq's 0..2 in practice; 1024**100 overflows
     max_len_a: float = _f(**NONNEG)
     max_len_b: float = _f(**NONNEG)
     label_smoothing: float = _f(**UNIT)

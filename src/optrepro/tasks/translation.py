@@ -33,7 +33,15 @@ from optrepro.data.translation import Batch, Split, Vocab, collate, load_text, s
 from optrepro.errors import UserError
 from optrepro.metrics.bleu import detok_bleu, remove_bpe, tokenized_bleu
 from optrepro.models.transformer import Seq2SeqTransformer, TransformerConfig, beam_search, label_smoothed_nll
-from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed, seed_rank_stream, time_steps
+from optrepro.tasks.base import (
+    BatchOrder,
+    RunContext,
+    Task,
+    check_fits,
+    derived_seed,
+    seed_rank_stream,
+    time_steps,
+)
 
 
 # ------------------------------------------------------------------------------- schedule
@@ -59,12 +67,19 @@ class TranslationTask(Task):
         self.device = ctx.device
         text = load_text(cfg)
         self.data_provenance = text_provenance(cfg, {split: len(pair[0]) for split, pair in text.items()})
+        for split in ("train", "test"):
+            check_fits(f"data.{split}_subset", cfg.data.get(f"{split}_subset"), len(text[split][0]),
+                       f"{split} sentence pairs")
         text["train"] = subset(text["train"], cfg.data.get("train_subset"))
         text["test"] = subset(text["test"], cfg.data.get("test_subset"))
         self.src_vocab = Vocab.build(text["train"][0])
         self.tgt_vocab = Vocab.build(text["train"][1])
         self.data = {split: Split(*pair, self.src_vocab, self.tgt_vocab) for split, pair in text.items()}
         self.counts = {split: len(s) for split, s in self.data.items()}
+        longest = max(int(max(s.src_lens.max(initial=0), s.tgt_lens.max(initial=0))) for s in self.data.values())
+        if longest > int(cfg.model.max_positions):  # the model would refuse the first such batch mid-run
+            raise UserError(f"task.model.max_positions={cfg.model.max_positions} but the longest sentence has "
+                            f"{longest} tokens; use task.model.max_positions >= {longest}")
 
         self.max_tokens = int(cfg.max_tokens)
         self.dist = ctx.dist
@@ -221,8 +236,9 @@ class TranslationTask(Task):
                     logits = model.decode_step(tokens[:, -1], tokens.shape[1] - 1, src_mask, caches)
                 return F.log_softmax(logits.float(), dim=-1)
 
-            max_len = int(float(self.cfg.max_len_a) * src.shape[1] + float(self.cfg.max_len_b))
-            max_len = min(max_len, model.config.max_positions - 1)
+            # capped before int(): a huge max_len_a or max_len_b means "as long as the model allows"
+            max_len = int(min(float(self.cfg.max_len_a) * src.shape[1] + float(self.cfg.max_len_b),
+                              model.config.max_positions - 1))
             hyps = beam_search(step_fn, len(idx), beam, max_len, bos=Vocab.EOS, eos=Vocab.EOS, pad=Vocab.PAD,
                                device=self.device, lenpen=float(self.cfg.lenpen), forbid=(Vocab.BOS,))
             for i, h in zip(idx, hyps, strict=True):

@@ -47,7 +47,7 @@ from optrepro.data.loader_pipeline import (
     seeded_keys,
 )
 from optrepro.errors import UserError
-from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed, seed_rank_stream
+from optrepro.tasks.base import BatchOrder, RunContext, Task, check_fits, derived_seed, seed_rank_stream
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
 PIPELINES = ("auto", "dataloader", "device")
@@ -91,6 +91,7 @@ class ImageClassificationTask(Task):
         self.mean, self.std = self._norm_stats()
 
         self._build_data()
+        check_fits("batch_size", self.batch_size, self.n_train, "training images")
         self.order = BatchOrder(self.n_train, self.batch_size, seed=derived_seed("vision-order", ctx.seed))
         self._perm_cache: tuple[int, torch.Tensor] | None = None
 
@@ -127,7 +128,8 @@ class ImageClassificationTask(Task):
 
     def _subset(self, n: int, size: Any, tag: str) -> torch.Tensor | None:
         """A fixed random subset (same for every run and seed), or None for all of it."""
-        if size is None or int(size) >= n:
+        check_fits(f"data.{tag}_subset", size, n, f"{tag} images in {self.data_name}")
+        if size is None or int(size) == n:
             return None
         gen = torch.Generator().manual_seed(derived_seed("vision-subset", self.data_name, tag))
         return torch.randperm(n, generator=gen)[: int(size)].sort().values
