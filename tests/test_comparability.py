@@ -120,7 +120,8 @@ def test_provenance_of_real_tiny_runs(tmp_path: Path, monkeypatch: pytest.Monkey
         "imagefolder": ["task=imagenet_resnet18", f"task.data.root={data / 'imagenet'}", "task.batch_size=4",
                         "task.data.train_subset=8", "task.data.test_subset=6"],
         "digits": ["task=digits_cnn"],
-        "ptb": ["task=ptb_lstm1", f"task.data.root={data / 'ptb'}"],
+        "ptb": ["task=ptb_lstm1", f"task.data.root={data / 'ptb'}", "task.data.train_tokens=null",
+                "task.data.eval_tokens=null"],  # the fake corpus is smaller than smoke's token limits
         "pydoc": ["task=textlm_lstm1", f"task.data.root={data / 'pydoc'}"],
         "voc": ["task=voc_fasterrcnn", f"task.data.root={data / 'voc'}", "task.model.backbone=tiny",
                 "task.model.min_size=96", "task.model.max_size=128"],

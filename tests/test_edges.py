@@ -46,8 +46,10 @@ def nothing_under(folder: Path) -> bool:
                        "(set optimizer.eps=1e-8)"),
         (["+eps=1e-8"], "error: unknown config key 'eps': nothing reads a top-level eps; it is optimizer.eps "
                         "(set optimizer.eps=1e-08)"),
-        (["+wandb.verbose=true"], "error: unknown config key 'wandb.verbose': nothing reads it; see "
-                                  "`python -m optrepro.train --cfg job` for the keys"),
+        (["+wandb.quiet=true"], "error: unknown config key 'wandb.quiet': nothing reads it; see "
+                                "`python -m optrepro.train --cfg job` for the keys"),
+        # + on a key that exists: set it without +
+        (["+wandb.verbose=true"], "error: wandb.verbose is already a key: set it without + (wandb.verbose=true)"),
         # + on a schema-checked node: refused with the reason
         (["optimizer=sgd", "+optimizer.eps=1e-8"], "error: optimizer.eps is not an argument of SGD"),
         (["+task.nope=1"], "error: unknown config key 'task.nope' (not a key of the Toy2D task schema"),
