@@ -152,8 +152,18 @@ def arms(data: RunsData) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else runs.iloc[0:0]
 
 
-def _points(curves: pd.DataFrame, run: str, metric: str) -> pd.DataFrame:
-    return curves[(curves.run == run) & (curves.key == metric)][["step", "epoch", "wall_time", "value"]]
+class _Curves:
+    """A grid's curves indexed by (run, key) once: a mask over every row per run and target would be
+    quadratic in the grid's size."""
+
+    COLUMNS = ["step", "epoch", "wall_time", "value"]
+
+    def __init__(self, curves: pd.DataFrame) -> None:
+        self.groups = {key: g[self.COLUMNS] for key, g in curves.groupby(["run", "key"], sort=False)}
+        self.empty = pd.DataFrame(columns=self.COLUMNS)
+
+    def points(self, run: str, metric: str) -> pd.DataFrame:
+        return self.groups.get((run, metric), self.empty)
 
 
 def _published_value(published: pd.DataFrame, task: str, spec: dict[str, Any]) -> tuple[float, str | None, str]:
@@ -233,11 +243,12 @@ def targets_for_runs(cfg: SpeedConfig, data: RunsData, published: pd.DataFrame,
                      curves: pd.DataFrame | None = None) -> list[Target]:
     """Targets of the tasks of a grid; reference targets from its own arms."""
     seeds = arms(data)
+    indexed = _Curves(data.curves)
     primary = {str(t): (str(f.metric.iloc[0]), str(f["mode"].iloc[0])) for t, f in data.runs.groupby("task")}
 
     def reference(task: str, arm: str, metric: str, mode: str) -> tuple[float, str]:
         runs = seeds[(seeds.task == task) & (seeds.optimizer == arm)]
-        bests = [best_value(_points(data.curves, r, metric).value.to_numpy(float), mode) for r in runs.run]
+        bests = [best_value(indexed.points(r, metric).value.to_numpy(float), mode) for r in runs.run]
         bests = [b for b in bests if math.isfinite(b)]
         if not bests:
             return math.nan, f"no runs of arm {arm} with {metric} in this grid"
@@ -258,12 +269,13 @@ def targets_frame(targets: list[Target]) -> pd.DataFrame:
 def run_table(data: RunsData, targets: list[Target]) -> pd.DataFrame:
     """Per run of an arm and target: reached, and the first step / epoch / wall-clock second."""
     seeds = arms(data)
+    indexed = _Curves(data.curves)
     rows = []
     for t in targets:
         if not math.isfinite(t.value):
             continue
         for _, run in seeds[seeds.task == t.task].iterrows():
-            hit = time_to_target(_points(data.curves, run.run, t.metric), t.value, t.mode)
+            hit = time_to_target(indexed.points(run.run, t.metric), t.value, t.mode)
             rows.append({"run": run.run, "task": t.task, "optimizer": run.optimizer, "setting": run.setting,
                          "seed": int(run.seed), "status": run.status, "target": t.id, "metric": t.metric,
                          "mode": t.mode, "target_value": t.value, **hit})
