@@ -187,3 +187,20 @@ def test_old_runs_without_a_config_file_get_the_default_target(tmp_path: Path) -
     targets = speed.targets_for_runs(cfg, data, pd.DataFrame(columns=["task", "optimizer"]))
     assert {(t.task, t.id, t.value) for t in targets} == {("cifar10_vgg11", "reference_best", 80.0),
                                                          ("fake_task", "reference_best", 80.0)}
+
+
+def test_every_configured_published_target_resolves() -> None:
+    """configs/analysis/speed.yaml names rows of the committed published files that exist (a typo would
+    leave a task without its target)."""
+    from optrepro.analysis.curves import load_published_curves
+    from optrepro.analysis.tables import load_published
+    from optrepro.analyze import DEFAULT_PUBLISHED_CURVES
+
+    cfg = speed.load_speed_config(REPO / "configs" / "analysis" / "speed.yaml")
+    assert cfg.required_share == 0.6 and cfg.r_max == 4.0
+    published, curves = load_published(PUBLISHED), load_published_curves(DEFAULT_PUBLISHED_CURVES)
+    targets = speed.resolve_targets(cfg, sorted(cfg.tasks), published, {}, lambda *a: (math.nan, "not here"), curves)
+    pub = [t for t in targets if t.kind in ("published", "published_curve")]
+    assert {t.task for t in pub} == {t for t, e in cfg.tasks.items() if any(
+        s["kind"] in ("published", "published_curve") for s in e.get("targets") or [])}
+    assert all(math.isfinite(t.value) and t.mode in ("max", "min") for t in pub), [t for t in pub if t.value != t.value]
