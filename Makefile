@@ -41,6 +41,7 @@ help:
 	@echo "make gpu-check        OUT=... every CUDA path in <= 8 min on one GPU, JSON in OUT (results/bench/gpu)"
 	@echo "make gpu-wheels       the wheels the GPU machine's image lacks -> .gpu-wheels/ (carry it to run gpu_check.sh there)"
 	@echo "make check-install    pip install . (not editable) into a scratch venv, train toy2d from elsewhere"
+	@echo "make published-curves REF=<AdaBelief-Optimizer checkout> [COMMIT=sha] rebuild results/published_curves.csv.gz"
 	@echo "make lint             ruff"
 	@echo "make wandb-sync       upload offline wandb runs under results/"
 	@echo "make clean            remove caches (never results/)"
@@ -111,3 +112,12 @@ clean:
 
 check-install: setup
 	$(BIN)/python -m pytest -q -m slow tests/test_install.py
+
+# the AdaBelief authors' per-epoch curves as data (README, Speed): REF = a checkout of their repo
+REF ?=
+COMMIT ?=
+
+.PHONY: published-curves
+published-curves: setup
+	$(if $(REF),,$(error set REF=<a checkout of juntang-zhuang/Adabelief-Optimizer>))
+	$(BIN)/python scripts/published_curves.py --ref $(REF) $(if $(COMMIT),--commit $(COMMIT))
