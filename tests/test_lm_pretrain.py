@@ -270,3 +270,33 @@ def test_transformer_scale_cfg_job_shows_its_recipe() -> None:
     assert cfg["task"]["grad_clip"] == 1.0 and cfg["task"]["weight_decay_on"] == "matrices"
     full, _ = compose(["experiment=transformer_scale"])
     assert full.task.model.n_layer == 12  # gpt_124m unless the grid says otherwise
+
+
+# ---------------------------------------------------------------------------------------- the plan
+def test_transformer_scale_plan_has_every_size_and_the_matched_floors() -> None:
+    from optrepro import reproduce
+
+    sweeps = reproduce.plan("transformer_scale", "0,1,2")
+    labels = [s.label for s in sweeps]
+    assert labels == [f"{kind}-{size}" for size in ("gpt_30m", "gpt_60m", "gpt_124m", "gpt_350m")
+                      for kind in ("transformer_scale", "matched")]
+    grid, matched = sweeps[0], sweeps[1]
+    eps = [float(e) for e in grid.values("optimizer.eps")]
+    assert min(eps) == 1e-25 and 1e-4 in eps and grid.n_runs() == 4 * len(eps) * 3
+    floors = sorted(float(e) for e in matched.values("optimizer.eps"))
+    expected = sorted(math.sqrt(e / (1 - 0.95)) for e in eps if e <= 1e-4 and e != 1e-8)  # 1e-8's is in the grid
+    assert floors == pytest.approx(expected, rel=1e-12) and matched.n_runs() == 2 * len(floors) * 3
+    # sizes are estimated apart; a GPU preset on a CPU machine says its compute instead of a time
+    assert reproduce.runs_per_task(grid) == {"lm_pretrain_fineweb[gpt_30m]": grid.n_runs()}
+    if not torch.cuda.is_available():
+        assert "PFLOP per run" in str(reproduce.measure("lm_pretrain_fineweb[gpt_124m]", []))
+
+
+def test_the_size_timing_runs_on_random_gpt2_tokens() -> None:
+    """The path a GPU takes (gpt_tiny is timed on a CPU too): shards of the GPT-2 vocabulary, made here."""
+    from optrepro import reproduce
+
+    timing = reproduce.measure("lm_pretrain_fineweb[gpt_tiny]", ["task.seq_len=64", "task.batch_size=4"])
+    assert isinstance(timing, tuple), timing
+    seconds, steps = timing
+    assert seconds > 0 and steps == compose(["task=lm_pretrain_fineweb"])[0].task.steps
