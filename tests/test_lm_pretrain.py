@@ -300,3 +300,29 @@ def test_the_size_timing_runs_on_random_gpt2_tokens() -> None:
     assert isinstance(timing, tuple), timing
     seconds, steps = timing
     assert seconds > 0 and steps == compose(["task=lm_pretrain_fineweb"])[0].task.steps
+
+
+# ---------------------------------------------------------------------------------------- populations
+def test_population_steps_match_runs_alone_with_clipping(token_root: Path) -> None:
+    """Two corners as one population vs each alone, clipping active (a small grad_clip): the first steps'
+    losses and the parameters after them agree to float32 rounding."""
+    from optrepro.population import Population
+
+    corners = ("ablation_adam", "ablation_belief_inside")
+    extra = (*SMALL, "task.grad_clip=0.05", "task.model.n_layer=1", "task.seq_len=16")
+    members = [lm_task(token_root, *extra, optimizer=c) for c in corners]
+    solos = [lm_task(token_root, *extra, optimizer=c) for c in corners]
+    assert not LMPretrainTask.population_refusal_for(members[0].cfg)
+    population = Population(members)
+    active = torch.ones(len(members), dtype=torch.bool)
+    for step in range(3):
+        results = population.step([task.member_batch() for task in members], active)
+        for k, (member, solo, result) in enumerate(zip(members, solos, results, strict=True)):
+            together = member.member_end_step(*result)["loss"]
+            out = solo.train_step()
+            assert out["grad_norm"] > 0.05  # the clip is active in every step
+            assert torch.allclose(together, out["loss"], rtol=1e-5, atol=0), (step, k)
+    for member, solo in zip(members, solos, strict=True):
+        assert (member.step, member.pos) == (solo.step, solo.pos)
+        for (name, p), q in zip(member.model.named_parameters(), solo.model.parameters(), strict=True):
+            assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name

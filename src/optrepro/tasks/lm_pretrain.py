@@ -79,8 +79,7 @@ def check_state_eps(optimizer: torch.optim.Optimizer) -> None:
 class LMPretrainTask(Task):
     metric = "val_loss"
     mode = "min"
-    population_refusal = ("its gradient is clipped to a global norm per run, which the population step "
-                          "(one batched update of all members) does not do")
+    population_refusal = ""
     data_parallel_refusal = "runs on one device (the GPU presets fit one H100/H200); no data parallel yet"
     state_attrs = ("step", "model", "optimizer", "pos", "epochs_done", "tokens_seen")
 
@@ -93,6 +92,7 @@ class LMPretrainTask(Task):
         self.steps, self.eval_every = int(cfg.steps), int(cfg.eval_every)
         self.warmup, self.min_lr_ratio = int(cfg.warmup_steps), float(cfg.min_lr_ratio)
         self.grad_clip = float(cfg.grad_clip)
+        self.member_clip_norm = self.grad_clip  # a population clips each member's gradient the same way
 
         self.encoding_name = str(cfg.data.encoding)
         root, prefix, meta = self._prepare(cfg.data)
@@ -137,6 +137,9 @@ class LMPretrainTask(Task):
             params = list(self.model.parameters())
         self.optimizer = ctx.make_optimizer(params)
         check_state_eps(self.optimizer)
+        name_of = {id(p): n for n, p in self.model.named_parameters()}
+        #: names in the optimizer's order (its groups in turn): the order population members receive them
+        self._param_names = [name_of[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
         self.peak_lr = float(self.optimizer.param_groups[0]["lr"])
         self._set_lr()
         self.pos = 0  # stream position of the next window
@@ -204,6 +207,26 @@ class LMPretrainTask(Task):
         lr = cosine_lr(self.step, self.peak_lr, self.warmup, self.steps, self.min_lr_ratio)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+
+    def member_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        self._set_lr()
+        self.model.train()
+        return self._next_batch()
+
+    def member_loss(self, params: list[torch.Tensor], buffers: list[torch.Tensor],
+                    batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, Any]]:
+        from torch.func import functional_call
+
+        x, y = batch
+        named = dict(zip(self._param_names, params, strict=True))  # the tied head follows the embedding
+        with self.ctx.autocast():
+            logits = functional_call(self.model, named, (x,))
+        return next_token_loss(logits, y), {}
+
+    def member_end_step(self, loss: torch.Tensor, stats: dict[str, Any]) -> dict[str, Any]:
+        self.step += 1
+        self.tokens_seen += self.batch_size * self.seq_len
+        return {"loss": loss.detach()}
 
     def train_step(self) -> dict[str, Any]:
         self._set_lr()
