@@ -45,6 +45,16 @@ def test_shapes_and_tied_weights() -> None:
 
 
 def test_gpt2_small_preset_has_gpt2s_parameter_count() -> None:
+    """GPT-2 small's published size, 124,439,808 parameters (Hugging Face's ``gpt2``; the slow test below builds
+    that model to compare), from the 124M preset's shape with the exact vocabulary, on the meta device."""
+    with torch.device("meta"):
+        model = GPT(GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768))
+    assert model.num_parameters() == 124_439_808
+    assert model.num_parameters(non_embedding=True) == 124_439_808 - (50257 + 1024) * 768
+
+
+@pytest.mark.slow
+def test_gpt2_small_preset_matches_hugging_face_gpt2() -> None:
     """Built on the meta device (no memory): the same count as Hugging Face's GPT-2 (an independent build)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
