@@ -256,16 +256,20 @@ def prepare_hf(dataset: str, name: str | None, split: str, out: Path, encoding_n
     tokenized into shards under ``out`` with prefix = the dataset's last path part."""
     from datasets import load_dataset
 
+    encoding = get_encoding(encoding_name)  # before the download: a missing BPE file fails at once
     kwargs: dict[str, Any] = {"split": split, "streaming": True}
     if data_files:
         kwargs["data_files"] = data_files
-    ds = load_dataset(dataset, name, **kwargs)
+    try:
+        ds = load_dataset(dataset, name, **kwargs)
+    except (ConnectionError, FileNotFoundError, ValueError) as exc:  # offline, a wrong name or config
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataMissingError(f"cannot read the dataset {dataset!r} (name {name!r}): {first}") from None
     prefix = f"{Path(dataset).name.replace('-', '_')}_{encoding_name}"
     source = {"builder": "huggingface datasets", "dataset": dataset, "name": name, "split": split,
               "max_tokens": max_tokens, "val_tokens": int(val_tokens)}
     texts = (row[text_key] for row in ds)
-    return write_splits(texts, out, prefix, get_encoding(encoding_name), val_tokens, shard_tokens, max_tokens,
-                        source)
+    return write_splits(texts, out, prefix, encoding, val_tokens, shard_tokens, max_tokens, source)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
