@@ -254,6 +254,7 @@ def test_smoke_run_with_per_kind_diagnostics(tmp_path: Path, token_root: Path) -
     (folder,) = run_folders(tmp_path / "runs")
     rows = metrics(folder)
     assert [r["step"] for r in rows] == [10, 20]
+    assert rows[-1]["heldin_ppl"] == pytest.approx(math.exp(rows[-1]["heldin_loss"]))  # the gap's held-in side
     for kind in ("embedding", "attention", "mlp", "norm_bias"):
         assert 0.0 <= rows[-1][f"opt/floor_share/{kind}"] <= 1.0, kind
     s = summary(folder)

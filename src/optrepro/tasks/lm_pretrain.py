@@ -82,6 +82,9 @@ class LMPretrainTask(Task):
     population_refusal = ""
     data_parallel_refusal = "runs on one device (the GPU presets fit one H100/H200); no data parallel yet"
     state_attrs = ("step", "model", "optimizer", "pos", "epochs_done", "tokens_seen")
+    #: held-in (training) metrics beside the val ones: the generalization gap is held-in minus val
+    gap_pairs = {"heldin_loss": "val_loss", "heldin_ppl": "val_ppl"}
+    gap_metric = "heldin_loss"
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
@@ -116,6 +119,15 @@ class LMPretrainTask(Task):
         self.eval_x = torch.from_numpy(held_out[:-1].reshape(eval_rows, self.seq_len)).to(self.device)
         self.eval_y = torch.from_numpy(held_out[1:].reshape(eval_rows, self.seq_len)).to(self.device)
         self.unigram_val_loss = self._unigram(held_out[1:])
+        # held-in set (the generalization gap: heldin_loss - val_loss): the first tokens of the training stream,
+        # the first windows every run trains on, as many as the val set unless task.heldin_size says (0: off)
+        size = int(cfg.data.eval_tokens) if cfg.heldin_size is None else int(cfg.heldin_size)
+        heldin_rows = min(size, self.train_len - 1) // self.seq_len
+        self.heldin_x = self.heldin_y = None
+        if heldin_rows:
+            seen = train.window(0, heldin_rows * self.seq_len + 1)
+            self.heldin_x = torch.from_numpy(seen[:-1].reshape(heldin_rows, self.seq_len)).to(self.device)
+            self.heldin_y = torch.from_numpy(seen[1:].reshape(heldin_rows, self.seq_len)).to(self.device)
 
         m = cfg.model
         n_vocab = int(meta["n_vocab"])
@@ -247,16 +259,24 @@ class LMPretrainTask(Task):
         return out
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
+    def split_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Mean next-token cross entropy over fixed windows (eval mode, no RNG touched)."""
         self.model.eval()
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        for i in range(0, self.eval_x.size(0), self.eval_batch_size):
+        for i in range(0, x.size(0), self.eval_batch_size):
             with self.ctx.autocast():
-                logits = self.model(self.eval_x[i : i + self.eval_batch_size])
-            total += next_token_loss(logits, self.eval_y[i : i + self.eval_batch_size], reduction="sum").double()
+                logits = self.model(x[i : i + self.eval_batch_size])
+            total += next_token_loss(logits, y[i : i + self.eval_batch_size], reduction="sum").double()
         self.model.train()
-        val_loss = float(total) / self.eval_y.numel()
-        return {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0)), "tokens": float(self.tokens_seen)}
+        return float(total) / y.numel()
+
+    def evaluate(self) -> dict[str, float]:
+        val_loss = self.split_loss(self.eval_x, self.eval_y)
+        out = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0)), "tokens": float(self.tokens_seen)}
+        if self.heldin_x is not None:
+            heldin = self.split_loss(self.heldin_x, self.heldin_y)
+            out.update({"heldin_loss": heldin, "heldin_ppl": math.exp(min(heldin, 700.0))})
+        return out
 
     # --- loop interface ----------------------------------------------------------------
     def done(self) -> bool:

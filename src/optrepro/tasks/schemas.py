@@ -195,6 +195,7 @@ class LMPretrainSchema(TaskSchema):
     grad_clip: float = _f(1.0, **NONNEG)
     weight_decay_on: str = _f("matrices", choices=("matrices", "all"))
     param_dtype: str = _f("fp32", choices=("fp32", "bf16", "fp16"))
+    heldin_size: int | None = _f(None, **NONNEG)  # held-in training tokens (null: as many as eval_tokens, 0: off)
 
 
 def _check_lm_pretrain(cfg: DictConfig) -> None:
