@@ -101,11 +101,10 @@ def forward_check(
     torch.manual_seed(rec["init_seed"])
     model = build()
     check_summary(model, rec)
-    if seed_init:
-        model.double()
-        out = rf.forward_modes(model, inputs, rec["train_seed"])
-        for mode in ("eval", "train"):
-            compare(out[mode], rec["seed"][mode], f"same-seed init, {mode}")
+    if seed_init:  # the init is the same iff the eval output is (train mode is covered by the recipe)
+        model.double().eval()
+        with torch.no_grad():
+            close(rf.first(model(*inputs)), rec["seed"]["eval"], "same-seed init, eval")
     model.double()
     rf.fill_recipe(model, (names or (lambda m: positional_names(m, rec["state"])))(model))
     rf.align_spectral_norms(model)
@@ -258,10 +257,9 @@ def sngan_preset_kwargs(kind: str, overrides: tuple[str, ...] = ()) -> dict[str,
     return {k: task[k] for k in keys}
 
 
-@pytest.mark.xfail(reason="needs t8 knobs (task.g_bn_eps, task.g_embedding_init)", strict=False)
-def test_sngan_generator_matches_reference() -> None:
+def check_sngan_generator(overrides: tuple[str, ...] = ()) -> None:
     rec = fixture("sngan")["sngan_G"]
-    kwargs = sngan_preset_kwargs("G")
+    kwargs = sngan_preset_kwargs("G", overrides)
     # same-seed init: both draw orthogonal weights module by module, but in a different module order
     # (ours: linear, then per block bn1, conv1, bn2, conv2, shortcut; StudioGAN's: conv2d0 first), so
     # only the recipe weights are compared
@@ -274,10 +272,9 @@ def test_sngan_generator_matches_reference() -> None:
     )
 
 
-@pytest.mark.xfail(reason="needs t8 knobs (task.d_shortcut)", strict=False)
-def test_sngan_discriminator_matches_reference() -> None:
+def check_sngan_discriminator(overrides: tuple[str, ...] = ()) -> None:
     rec = fixture("sngan")["sngan_D"]
-    kwargs = sngan_preset_kwargs("D")
+    kwargs = sngan_preset_kwargs("D", overrides)
     forward_check(
         lambda: gan.SNGANDiscriminator(64, 10, **kwargs),
         rec,
@@ -287,18 +284,43 @@ def test_sngan_discriminator_matches_reference() -> None:
     )
 
 
-@pytest.mark.xfail(reason="needs t8 knobs (task.g_embedding_init)", strict=False)
-def test_sngan_generator_embedding_init_matches_reference() -> None:
+def check_sngan_embedding_init(overrides: tuple[str, ...] = ()) -> None:
     """The recipe overwrites the init, so the embeddings' init is checked on its own: orthogonal
     10 x 256 tables have orthonormal rows (norm sqrt(10)) whatever the seed; float32 QR keeps that to
     ~n * 2^-24 relative, checked to 1e-4."""
     rec = fixture("sngan")["sngan_G"]
     torch.manual_seed(0)
-    model = gan.SNGANGenerator(128, 64, 10, **sngan_preset_kwargs("G"))
+    model = gan.SNGANGenerator(128, 64, 10, **sngan_preset_kwargs("G", overrides))
     ours = {sngan_g_names(n): p.norm().item() for n, p in model.named_parameters() if ".gain." in n or ".bias.w" in n}
     assert ours.keys() == rec["init_embedding_norms"].keys()
     for name, norm in rec["init_embedding_norms"].items():
         assert abs(ours[name] - norm) <= 1e-4 * norm, (name, ours[name], norm)
+
+
+@pytest.mark.xfail(reason="needs t8 knobs (task.g_bn_eps, task.g_embedding_init, task.d_shortcut)", strict=False)
+@pytest.mark.parametrize("check", ["generator", "discriminator", "embedding_init"])
+def test_sngan_matches_reference(check: str) -> None:
+    SNGAN_CHECKS[check]()
+
+
+SNGAN_CHECKS: dict[str, Callable[..., None]] = {
+    "generator": check_sngan_generator,
+    "discriminator": check_sngan_discriminator,
+    "embedding_init": check_sngan_embedding_init,
+}
+#: each knob switched to its corrected variant, and the check that must then fail
+CORRECTED = {
+    "task.d_shortcut=clean": "discriminator",
+    "task.g_bn_eps=1e-5": "generator",
+    "task.g_embedding_init=zeros": "embedding_init",
+}
+
+
+@pytest.mark.xfail(reason="needs t8 knobs (task.g_bn_eps, task.g_embedding_init, task.d_shortcut)", strict=False)
+@pytest.mark.parametrize("override", sorted(CORRECTED))
+def test_sngan_corrected_variant_does_not_match_reference(override: str) -> None:
+    with pytest.raises(AssertionError):
+        SNGAN_CHECKS[CORRECTED[override]]((override,))
 
 
 def test_sngan_counts_match_reference() -> None:
@@ -358,10 +380,20 @@ def test_awd_lstm_counts_and_forward_match_reference(task: str) -> None:
 @pytest.mark.xfail(reason="needs t8 knobs (task.model.freeze_weight_hh)", strict=False)
 @pytest.mark.parametrize("task", ["ptb_lstm1", "ptb_lstm3"])
 def test_awd_lstm_trains_the_reference_weights(task: str) -> None:
+    check_awd_grads(task)
+
+
+@pytest.mark.xfail(reason="needs t8 knobs (task.model.freeze_weight_hh)", strict=False)
+def test_awd_lstm_corrected_variant_trains_other_weights() -> None:
+    with pytest.raises(AssertionError):
+        check_awd_grads("ptb_lstm3", ("task.model.freeze_weight_hh=false",))
+
+
+def check_awd_grads(task: str, overrides: tuple[str, ...] = ()) -> None:
     """Which parameters get a gradient in a training step: the reference's raw hidden-to-hidden
     matrices get none (WeightDrop wraps the dropped copy in a new Parameter)."""
     small = fixture("awd")[task]["small"]
-    model = awd_model(task, small["ntoken"]).double()
+    model = awd_model(task, small["ntoken"], overrides).double()
     rf.fill_recipe(model, awd_names)
     model.train()
     words = torch.tensor(small["words"])
