@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "tests" / "fixtures" / "reference"
-REPOS = ("Adabelief-Optimizer", "EAdam-optimizer", "SNGAN-AdaBelief", "AdaBound")
+REPOS = ("Adabelief-Optimizer", "EAdam-optimizer", "SNGAN-AdaBelief", "AdaBound", "fairseq-adabelief")
 
 # ------------------------------------------------------------------------------------------------
 # shared with the test: seeded weights, seeded inputs, the tiny optimizer problem
@@ -314,6 +314,7 @@ def repo_full(name: str) -> str:
         "EAdam-optimizer": "yuanwei2019/EAdam-optimizer",
         "SNGAN-AdaBelief": "juntang-zhuang/SNGAN-AdaBelief",
         "AdaBound": "Luolc/AdaBound",
+        "fairseq-adabelief": "juntang-zhuang/fairseq-adabelief",
     }[name]
 
 
@@ -506,6 +507,97 @@ def imagenet(commits: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def import_fairseq(root: Path) -> types.ModuleType:
+    """fairseq of the AdaBelief fork (2020) on current Python/NumPy, with three runtime shims: its config
+    dataclasses use dataclass instances as field defaults (refused since Python 3.11 unless hashable),
+    it imports ``collections.Collection`` (moved to collections.abc) and uses ``np.float``/``np.int``."""
+    import collections
+    import collections.abc
+    import dataclasses
+
+    import numpy as np
+
+    original = dataclasses.dataclass
+
+    def hashable_dataclass(cls: Any = None, /, **kwargs: Any) -> Any:
+        def wrap(c: type) -> type:
+            out = original(c, **kwargs)
+            if out.__hash__ is None:
+                out.__hash__ = object.__hash__  # type: ignore[assignment]
+            return out
+
+        return wrap if cls is None else wrap(cls)
+
+    collections.Collection = collections.abc.Collection  # type: ignore[attr-defined]
+    for alias, value in (("float", float), ("int", int), ("bool", bool)):
+        if not hasattr(np, alias):
+            setattr(np, alias, value)
+    dataclasses.dataclass = hashable_dataclass  # type: ignore[assignment]
+    sys.path.insert(0, str(root))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            import fairseq.models.transformer as transformer_module
+    finally:
+        dataclasses.dataclass = original
+        sys.path.remove(str(root))
+    return transformer_module
+
+
+TRANSFORMER_VOCAB = (50, 40)  # source and target dictionary sizes, fairseq's 4 special symbols included
+
+
+def transformer(ref: Path, commits: dict[str, str]) -> dict[str, Any]:
+    """fairseq's ``transformer_iwslt_de_en`` with ``--share-decoder-input-output-embed`` (the fork's
+    run_adabelief.sh / run_adam.sh), on small dictionaries: counts, and an eval forward with the recipe
+    weights (train mode draws its dropout masks in an order of its own, so it is not recorded)."""
+    import argparse
+
+    module = import_fairseq(ref / "fairseq-adabelief")
+    from fairseq.data import Dictionary
+
+    def dictionary(size: int) -> Any:
+        d = Dictionary()
+        for i in range(size - len(d)):
+            d.add_symbol(f"w{i}")
+        return d
+
+    args = argparse.Namespace(
+        share_decoder_input_output_embed=True,
+        share_all_embeddings=False,
+        max_source_positions=1024,
+        max_target_positions=1024,
+    )
+    module.transformer_iwslt_de_en(args)
+    task = types.SimpleNamespace(
+        source_dictionary=dictionary(TRANSFORMER_VOCAB[0]), target_dictionary=dictionary(TRANSFORMER_VOCAB[1])
+    )
+    print("  transformer", flush=True)
+    torch.manual_seed(0)
+    model = module.TransformerModel.build_model(args, task)
+    src = {
+        "repo": f"{repo_full('fairseq-adabelief')}@{commits['fairseq-adabelief']}",
+        "file": "fairseq/models/transformer.py (transformer_iwslt_de_en), run_adabelief.sh",
+    }
+    record: dict[str, Any] = {
+        "source": src,
+        "vocab": list(TRANSFORMER_VOCAB),
+        "pad": task.source_dictionary.pad(),
+        **parameter_summary(model),
+        "state": state_entries(model),
+    }
+    gen = torch.Generator().manual_seed(12)
+    src_tokens = torch.randint(4, TRANSFORMER_VOCAB[0], (2, 7), generator=gen)
+    prev = torch.randint(4, TRANSFORMER_VOCAB[1], (2, 6), generator=gen)
+    prev[:, 0] = task.target_dictionary.eos()
+    model.double()
+    fill_recipe(model)
+    model.eval()
+    with torch.no_grad():
+        logits, _extra = model(src_tokens, torch.full((2,), 7), prev)
+    record.update(src_tokens=src_tokens.tolist(), prev_output_tokens=prev.tolist(), eval=stats(logits))
+    return {"iwslt14_transformer": record}
+
+
 # ------------------------------------------------------------------------------------------------
 # optimizers
 # ------------------------------------------------------------------------------------------------
@@ -669,7 +761,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", type=Path, required=True, help="folder with the reference checkouts")
     parser.add_argument("--commit", action="append", default=[], help="NAME=SHA for a checkout without .git")
-    parser.add_argument("--only", nargs="*", default=None, help="cifar awd dcgan sngan imagenet optim (default: all)")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="cifar awd dcgan sngan imagenet transformer optim (default: all)"
+    )
     args = parser.parse_args(argv)
     given = dict(item.split("=", 1) for item in args.commit)
     commits = {name: commit_of(args.ref, name, given) for name in REPOS}
@@ -681,6 +775,7 @@ def main(argv: list[str] | None = None) -> None:
         "dcgan": lambda: dcgan(args.ref, commits),
         "sngan": lambda: sngan(args.ref, commits),
         "imagenet": lambda: imagenet(commits),
+        "transformer": lambda: transformer(args.ref, commits),
         "optim": lambda: optimizer_records(args.ref, commits),
     }
     for name, job in jobs.items():

@@ -405,6 +405,65 @@ def check_awd_grads(task: str, overrides: tuple[str, ...] = ()) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# Transformer (fairseq's transformer_iwslt_de_en of the AdaBelief fork)
+# ------------------------------------------------------------------------------------------------
+
+
+def fairseq_sources(name: str) -> list[str]:
+    """The fairseq state entries our entry ``name`` is made of (our fused q/k/v = fairseq's q, k, v)."""
+    parts = name.split(".")
+    if parts[0] in ("src_embed", "tgt_embed"):
+        # the tied target table is filled last under its output-projection name on the reference side
+        return ["encoder.embed_tokens.weight" if parts[0] == "src_embed" else "decoder.output_projection.weight"]
+    side, layer, rest = parts[0], parts[1], parts[2:]
+    base = f"{side}.layers.{layer}."
+    leaf = rest[-1]
+    if rest[0] in ("attn", "self_attn", "cross_attn"):
+        attn = "self_attn" if rest[0] in ("attn", "self_attn") else "encoder_attn"
+        proj = {"qkv": ["q", "k", "v"], "kv": ["k", "v"], "q": ["q"], "out": ["out"]}[rest[1]]
+        return [f"{base}{attn}.{p}_proj.{leaf}" for p in proj]
+    if rest[0] == "ffn":
+        return [f"{base}{rest[1]}.{leaf}"]
+    norms = {
+        "encoder": {"norm1": "self_attn_layer_norm", "norm2": "final_layer_norm"},
+        "decoder": {"norm1": "self_attn_layer_norm", "norm2": "encoder_attn_layer_norm", "norm3": "final_layer_norm"},
+    }
+    return [f"{base}{norms[side][rest[0]]}.{leaf}"]
+
+
+def test_transformer_matches_reference() -> None:
+    from omegaconf import OmegaConf
+
+    from optrepro.config import compose_train
+    from optrepro.models.transformer import Seq2SeqTransformer, TransformerConfig
+
+    rec = fixture("transformer")["iwslt14_transformer"]
+    model_cfg = OmegaConf.to_container(compose_train(["task=iwslt14_transformer"]).task.model, resolve=True)
+    model = Seq2SeqTransformer(*rec["vocab"], rec["pad"], TransformerConfig(**model_cfg))  # type: ignore[arg-type]
+    # fused q/k/v projections change the shapes, not the totals
+    assert rf.parameter_summary(model)["parameters"] == rec["parameters"]
+    ref_shapes = {n: s for n, s in rec["state"]}
+    model.double().eval()
+    state = model.state_dict()
+    with torch.no_grad():
+        used = []
+        for name, value in state.items():
+            if name == "positions":
+                continue
+            sources = fairseq_sources(name)
+            used += sources
+            parts = [rf.recipe_tensor(n, ref_shapes[n]) for n in sources]
+            value.copy_(torch.cat(parts, dim=0))
+        skip = ("_float_tensor", ".version", "decoder.embed_tokens.weight")  # not weights; the tied alias
+        assert sorted(used) == sorted(n for n in ref_shapes if not n.endswith(skip))
+        logits = model(torch.tensor(rec["src_tokens"]), torch.tensor(rec["prev_output_tokens"]))
+    # fairseq's attention takes its softmax in float32 (utils.softmax: F.softmax(x, dtype=torch.float32)), so its
+    # attention weights carry 2^-24 ~ 6e-8 relative rounding into every layer (12 attention blocks
+    # plus 6 cross-attention); checked to 1e-6 of the output scale instead of FWD_RTOL
+    close(logits, rec["eval"], "transformer eval, recipe weights", rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------
 # ImageNet ResNet-18 (torchvision's, as the reference script builds it)
 # ------------------------------------------------------------------------------------------------
 
