@@ -598,6 +598,55 @@ def transformer(ref: Path, commits: dict[str, str]) -> dict[str, Any]:
     return {"iwslt14_transformer": record}
 
 
+def faster_rcnn(ref: Path, commits: dict[str, str]) -> dict[str, Any]:
+    """Parameter counts of EAdam's detector, from its mmdetection config (mmdetection needs mmcv's
+    compiled ops, not available here, so the counts are derived from the config's architecture, per
+    component). The ResNet-50 body is counted on torchvision's resnet50 without its classifier, the
+    same bottleneck layout as mmdet's ResNet(depth=50, style='pytorch'); its BatchNorm affine
+    parameters are parameters there (norm_cfg requires_grad=True, norm_eval only fixes the statistics)."""
+    import torchvision
+
+    configs = ref / "EAdam-optimizer" / "mmdetection-master" / "configs"
+    base: dict[str, Any] = {}
+    exec((configs / "_base_" / "models" / "faster_rcnn_r50_fpn.py").read_text(), {"dict": dict}, base)  # noqa: S102
+    voc: dict[str, Any] = {}
+    voc_file = configs / "pascal_voc" / "faster_rcnn_r50_fpn_1x_voc0712.py"
+    exec(voc_file.read_text(), {"dict": dict}, voc)  # noqa: S102
+    model = base["model"]
+    num_classes = voc["model"]["roi_head"]["bbox_head"]["num_classes"]
+    neck, rpn, head = model["neck"], model["rpn_head"], model["roi_head"]["bbox_head"]
+    out = neck["out_channels"]
+    body = torchvision.models.resnet50()
+    body_params = {n: p.numel() for n, p in body.named_parameters() if not n.startswith("fc.")}
+    frozen = model["backbone"]["frozen_stages"]
+    frozen_prefixes = ("conv1.", "bn1.") + tuple(f"layer{i}." for i in range(1, frozen + 1))
+    is_bn = {n: ".bn" in n or n.startswith("bn1.") or ".downsample.1." in n for n in body_params}
+    anchors = len(rpn["anchor_generator"]["scales"]) * len(rpn["anchor_generator"]["ratios"])
+    cls_out = 1 if rpn["loss_cls"]["use_sigmoid"] else 2
+    fc, roi = head["fc_out_channels"], head["roi_feat_size"]
+    reg_out = 4 if head["reg_class_agnostic"] else 4 * num_classes
+    counts = {
+        "backbone_conv": sum(v for n, v in body_params.items() if not is_bn[n]),
+        "backbone_bn_affine": sum(v for n, v in body_params.items() if is_bn[n]),
+        "backbone_trainable": sum(v for n, v in body_params.items() if not n.startswith(frozen_prefixes)),
+        "fpn": sum(c * out + out + out * out * 9 + out for c in neck["in_channels"]),
+        "rpn": (rpn["in_channels"] * rpn["feat_channels"] * 9 + rpn["feat_channels"])
+        + (rpn["feat_channels"] * anchors * cls_out + anchors * cls_out)
+        + (rpn["feat_channels"] * anchors * 4 + anchors * 4),
+        "box_head": (head["in_channels"] * roi * roi * fc + fc) + (fc * fc + fc),
+        "box_cls": fc * (num_classes + 1) + num_classes + 1,
+        "box_reg": fc * reg_out + reg_out,
+    }
+    src = {
+        "repo": f"{repo_full('EAdam-optimizer')}@{commits['EAdam-optimizer']}",
+        "file": "mmdetection-master/configs/pascal_voc/faster_rcnn_r50_fpn_1x_voc0712.py "
+        "(+ _base_/models/faster_rcnn_r50_fpn.py)",
+        "derived": "from the config's architecture (mmdetection not run)",
+    }
+    print("  faster_rcnn", flush=True)
+    return {"voc_faster_rcnn": {"source": src, "num_classes": num_classes, "fc_out_channels": fc, **counts}}
+
+
 # ------------------------------------------------------------------------------------------------
 # optimizers
 # ------------------------------------------------------------------------------------------------
@@ -762,7 +811,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ref", type=Path, required=True, help="folder with the reference checkouts")
     parser.add_argument("--commit", action="append", default=[], help="NAME=SHA for a checkout without .git")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="cifar awd dcgan sngan imagenet transformer optim (default: all)"
+        "--only",
+        nargs="*",
+        default=None,
+        help="cifar awd dcgan sngan imagenet transformer detection optim (default: all)",
     )
     args = parser.parse_args(argv)
     given = dict(item.split("=", 1) for item in args.commit)
@@ -776,6 +828,7 @@ def main(argv: list[str] | None = None) -> None:
         "sngan": lambda: sngan(args.ref, commits),
         "imagenet": lambda: imagenet(commits),
         "transformer": lambda: transformer(args.ref, commits),
+        "detection": lambda: faster_rcnn(args.ref, commits),
         "optim": lambda: optimizer_records(args.ref, commits),
     }
     for name, job in jobs.items():

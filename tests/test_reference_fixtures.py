@@ -464,6 +464,59 @@ def test_transformer_matches_reference() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# Faster R-CNN (EAdam Table 4): counts per component, from the mmdetection config's architecture
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def detector() -> nn.Module:
+    """The voc_fasterrcnn preset's detector; its ImageNet weights file is replaced by a fresh ResNet-50's
+    state (counts do not depend on the values)."""
+    import tempfile
+
+    import torchvision
+
+    from optrepro.config import compose_train
+    from optrepro.models.detection import build_detector
+
+    cfg = compose_train(["task=voc_fasterrcnn"]).task
+    fresh = torchvision.models.resnet50().state_dict()
+    with tempfile.NamedTemporaryFile(suffix=".pth") as f, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch, "load", lambda *args, **kwargs: fresh)
+        model_cfg = cfg.model.copy()
+        model_cfg.backbone_weights = f.name
+        return build_detector(model_cfg, 20)
+
+
+def count(module: nn.Module, trainable: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable)
+
+
+def test_faster_rcnn_counts_match_reference(detector: nn.Module) -> None:
+    rec = fixture("detection")["voc_faster_rcnn"]
+    m: Any = detector
+    assert count(m.backbone.body) == rec["backbone_conv"]  # BatchNorm is FrozenBatchNorm2d here: buffers
+    assert count(m.backbone.fpn) == rec["fpn"]
+    assert count(m.rpn) == rec["rpn"]
+    assert count(m.roi_heads.box_head) == rec["box_head"]
+    assert count(m.roi_heads.box_predictor.cls_score) == rec["box_cls"]
+    # torchvision's predictor also regresses a box for the background class (4 outputs more); those rows
+    # never get a gradient (the box loss reads the ground-truth class's box only)
+    assert count(m.roi_heads.box_predictor.bbox_pred) == rec["box_reg"] + 4 * (rec["fc_out_channels"] + 1)
+
+
+@pytest.mark.xfail(
+    reason="deviation found by the fixture: mmdet trains the BatchNorm affine parameters of "
+    "layer2-4 (norm_cfg requires_grad=True; norm_eval only fixes the statistics), the "
+    "preset freezes them (FrozenBatchNorm2d)",
+    strict=True,
+)
+def test_faster_rcnn_trainable_backbone_matches_reference(detector: nn.Module) -> None:
+    rec = fixture("detection")["voc_faster_rcnn"]
+    assert count(detector.backbone.body, trainable=True) == rec["backbone_trainable"]  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------------------------------------
 # ImageNet ResNet-18 (torchvision's, as the reference script builds it)
 # ------------------------------------------------------------------------------------------------
 
