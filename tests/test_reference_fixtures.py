@@ -554,6 +554,14 @@ def preset_cfgs() -> dict[str, Any]:
 @pytest.mark.parametrize("key", sorted(OPTIM["presets"]))
 def test_optimizer_steps_match_reference(key: str, preset_cfgs: dict[str, Any]) -> None:
     rec = OPTIM["presets"][key]
+    cfg = preset_cfgs[key]
+    changed = {
+        k: (cfg.get(k), v) for k, v in rec["kwargs"].items() if (list(cfg[k]) if k == "betas" else cfg.get(k)) != v
+    }
+    assert not changed, (
+        f"{key}: the preset's values changed since the fixture was written {changed}; regenerate "
+        "with scripts/reference_fixtures.py --ref DIR --only optim (README, Reference fixtures)"
+    )
     steps = rf.run_optimizer(lambda params: build_optimizer(params, source_variant(preset_cfgs[key])))
     for step, label, got in ((1, "step1", steps[0]), (3, "step3", steps[2])):
         for i, (ours, ref) in enumerate(zip(got, rec[label], strict=True)):
