@@ -737,13 +737,24 @@ class RefOptimizers:
             )
         eadam = load_module(ref / "EAdam-optimizer" / "EAdam.py", "_ref_eadam")
         self.classes["eadam"] = (eadam.EAdam, src("EAdam-optimizer", "EAdam.py"))
-        eradam = load_module(
-            ref / "EAdam-optimizer" / "cifar-classification" / "optimizations" / "RAdam.py", "_ref_eadam_radam"
-        )
-        self.classes["radam@eadam"] = (
-            eradam.RAdam,
-            src("EAdam-optimizer", "cifar-classification/optimizations/RAdam.py"),
-        )
+        # EAdam's tables ran the copies next to each experiment's script (cifar-classification/main.py,
+        # the nlp notebook's folder, mmdetection's tools/ imported by mmdet/apis/train.py)
+        for table, folder in (
+            ("eadam_table2", "cifar-classification/optimizations"),
+            ("eadam_table3", "nlp"),
+            ("eadam_table4", "mmdetection-master/tools"),
+        ):
+            for cls_name in ("EAdam", "RAdam", "AdaBelief"):
+                path = ref / "EAdam-optimizer" / folder / f"{cls_name}.py"
+                module = load_module(path, f"_ref_{table}_{cls_name}")
+                if cls_name == "EAdam" and not hasattr(module, "NAdam"):
+                    # cifar-classification/optimizations/EAdam.py calls super(NAdam, self), a name it
+                    # never defines (the CIFAR runs used the compiled .pyc, issue 24): the name is supplied
+                    module.NAdam = module.EAdam  # type: ignore[attr-defined]
+                self.classes[f"{cls_name.lower()}@{table}"] = (
+                    getattr(module, cls_name),
+                    src("EAdam-optimizer", f"{folder}/{cls_name}.py"),
+                )
         adabound = load_module(ref / "AdaBound" / "adabound" / "adabound.py", "_ref_adabound")
         self.classes["adabound"] = (adabound.AdaBound, src("AdaBound", "adabound/adabound.py"))
         torch_src = {"repo": f"pytorch/pytorch (torch {torch.__version__})", "file": "torch/optim"}
@@ -752,10 +763,10 @@ class RefOptimizers:
 
     def lookup(self, experiment: str, cfg: dict[str, Any]) -> tuple[type, dict[str, str]]:
         name = cfg["name"]
+        if f"{name}@{experiment}" in self.classes:
+            return self.classes[f"{name}@{experiment}"]
         if name == "adabelief":
             return self.classes[f"adabelief@{cfg['version']}"]
-        if name == "radam" and experiment.startswith("eadam"):
-            return self.classes["radam@eadam"]
         return self.classes[name]
 
 
