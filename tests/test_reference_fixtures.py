@@ -535,7 +535,8 @@ OPTIM = fixture("optim")
 
 def source_variant(cfg: Any) -> Any:
     """EAdam's CIFAR preset runs the compiled EAdam.cpython-37.pyc rule (``eps_outside``, issue 24),
-    which current Python cannot execute; the fixture is from EAdam.py, the variant without it."""
+    which current Python cannot execute; the fixture is from the source file next to it
+    (cifar-classification/optimizations/EAdam.py, EAdam.py's rule), the variant without it."""
     if cfg.get("name") == "eadam" and cfg.get("eps_outside"):
         cfg = cfg.copy()
         cfg.eps_outside = False
@@ -586,7 +587,7 @@ def test_optimizer_fixture_starts_where_the_problem_does() -> None:
 @pytest.mark.xfail(reason="needs t8 knobs (optimizer.eps_outside)", strict=False)
 def test_eadam_cifar_preset_runs_the_compiled_rule(preset_cfgs: dict[str, Any]) -> None:
     """The CIFAR EAdam preset adds the compiled file's outer eps: its first step differs from
-    EAdam.py's (the source fixture) by more than the float64 tolerance, by about eps / sqrt(v) relative."""
+    the source file's (the fixture) by more than the float64 tolerance, by about eps / sqrt(v) relative."""
     key = "eadam_table2/cifar10_resnet18/eadam"
     cfg = preset_cfgs[key]
     assert cfg.eps_outside is True
