@@ -804,6 +804,22 @@ def optimizer_records(ref: Path, commits: dict[str, str]) -> dict[str, Any]:
                 "step3": steps[2],
             }
             print(f"  {key}: {cls.__name__} {kwargs} not passed {not_passed}", flush=True)
+    # every adabelief-pytorch release at its own defaults (the presets above all pin 0.2.0's core), with
+    # and without amsgrad, coupled-or-decoupled weight decay as each release defaults to
+    records["adabelief_versions"] = {}
+    for version in ("0.0.5", "0.1.0", "0.2.0", "0.2.1"):
+        cls, src = refs.classes[f"adabelief@{version}"]
+        for amsgrad in (False, True):
+            kwargs = {"lr": 1e-2, "weight_decay": 1e-2, "amsgrad": amsgrad}
+            with contextlib.redirect_stdout(io.StringIO()):
+                steps = run_optimizer(lambda params, cls=cls, kwargs=kwargs: cls(params, **kwargs))
+            records["adabelief_versions"][f"{version}/amsgrad={amsgrad}"] = {
+                "source": src,
+                "version": version,
+                "kwargs": kwargs,
+                "step1": steps[0],
+                "step3": steps[2],
+            }
     return records
 
 

@@ -597,3 +597,21 @@ def test_eadam_cifar_preset_runs_the_compiled_rule(preset_cfgs: dict[str, Any]) 
     )
     ref = torch.tensor(rec["step1"][0], dtype=torch.float64)
     assert not torch.allclose(ours, ref, rtol=OPT_RTOL, atol=OPT_ATOL)
+
+
+@pytest.mark.parametrize("key", sorted(OPTIM["adabelief_versions"]))
+def test_adabelief_releases_match_reference(key: str) -> None:
+    """Each adabelief-pytorch release's file at its own defaults, against ``AdaBelief(version=...)``."""
+    from optrepro.optim import AdaBelief
+
+    rec = OPTIM["adabelief_versions"][key]
+    steps = rf.run_optimizer(lambda params: AdaBelief(params, version=rec["version"], **rec["kwargs"]))
+    for label, got in (("step1", steps[0]), ("step3", steps[2])):
+        for i, (ours, ref) in enumerate(zip(got, rec[label], strict=True)):
+            torch.testing.assert_close(
+                torch.tensor(ours, dtype=torch.float64),
+                torch.tensor(ref, dtype=torch.float64),
+                rtol=OPT_RTOL,
+                atol=OPT_ATOL,
+                msg=lambda m, i=i, label=label: f"{key} {label} {i}: {m}",
+            )
