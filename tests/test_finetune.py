@@ -297,3 +297,42 @@ def test_every_glue_task_composes_with_its_recipe() -> None:
         assert opt["lr"] == lr and cfg.task.batch_size == batch, task
         assert opt["betas"] == [0.9, 0.98] and opt["eps"] == 1e-6 and opt["weight_decay"] == 0.1, task
         assert opt["decoupled_weight_decay"] is True, task
+
+
+# ------------------------------------------------------------------------------------- analysis and the plan
+def test_the_analysis_counts_runs_at_chance_beside_the_intervals() -> None:
+    import pandas as pd
+
+    from optrepro.analysis.tables import at_chance
+
+    frame = pd.DataFrame({"final": [55.0, 71.0, 50.0, math.nan, 80.0], "chance_level": [52.7] * 5,
+                          "mode": ["max"] * 5})
+    assert at_chance(frame, "final") == 2  # 50.0 (below the majority share) and the NaN run
+    assert at_chance(frame.assign(chance_level=math.nan), "final") is None  # a task without a chance level
+
+
+def test_reproduce_plans_the_table_with_five_seeds_and_the_matched_floor() -> None:
+    from optrepro import reproduce
+
+    assert reproduce.at_least_seeds("0,1,2", 5) == "0,1,2,3,4"
+    assert reproduce.at_least_seeds("7", 5) == "7,0,1,2,3"
+    assert reproduce.at_least_seeds("0,1,2,3,4,5", 5) == "0,1,2,3,4,5"
+    sweeps = reproduce.plan("finetune_glue", "0")
+    assert sweeps[0].n_runs() == 5 * 9 * 5  # tasks x (5 presets + 4 corners) x seeds
+    matched = next(s for s in sweeps if s.label == "matched-glue_rte")
+    eps = next(o for o in matched.overrides if o.startswith("optimizer.eps=")).split("=")[1].split(",")
+    # beta2 0.98: the floors sqrt(eps / 0.02) of the inside eps 1e-8, 1e-7 and the recipe's 1e-6
+    assert [float(e) for e in eps] == pytest.approx([math.sqrt(e / 0.02) for e in (1e-8, 1e-7, 1e-6)], rel=1e-12)
+    assert sum(s.n_runs() for s in sweeps) == 225 + 5 * (4 * 2 * 5 + 2 * 3 * 5)
+
+
+def test_the_estimate_times_real_steps_of_a_local_checkpoint(checkpoint: Path, glue_root: Path) -> None:
+    from optrepro.pipeline import measure_step_seconds
+
+    timing = measure_step_seconds("glue_sst2", steps=2, warmup=1, overrides=[
+        f"task.model.name={checkpoint}", "task.data.source=tsv", f"task.data.root={glue_root}"])
+    assert not isinstance(timing, str), timing
+    seconds, steps = timing
+    assert seconds > 0 and steps == 10 * math.ceil(256 / 32)  # the recipe's 10 epochs of batch 32, last kept
+    why = measure_step_seconds("glue_rte", steps=1, warmup=0, overrides=["task.model.name=/nonexistent/ckpt"])
+    assert isinstance(why, str) and "task.model.name=/nonexistent/ckpt" in why

@@ -224,7 +224,8 @@ class GlueFinetuneTask(Task):
         named = dict(self.model.named_parameters())
         for name, kind in parameter_kinds(self.model).items():
             kinds[kind] = kinds.get(kind, 0) + named[name].numel()
-        return {"finetune": {"glue_task": self.glue, "model": str(self.cfg.model.name), "metric": self.metric,
+        return {"chance_level": chance,  # the analysis' per-seed failure count (analysis/tables.py at_chance)
+                "finetune": {"glue_task": self.glue, "model": str(self.cfg.model.name), "metric": self.metric,
                              "chance": chance, "failed": failed(final, chance), "final": final,
                              "train_examples": len(self.train), "dev_examples": len(self.dev),
                              "warmup_steps": self.warmup_steps, "parameters_by_kind": kinds}}
