@@ -194,6 +194,7 @@ def _task(checkpoint: Path, root: Path, seed: int = 0, lr: float = 1e-3, **task:
 
     overrides = ["task=glue_sst2", "optimizer=adamw", f"task.model.name={checkpoint}", "task.data.source=tsv",
                  f"task.data.root={root}", f"optimizer.lr={lr}", "task.max_seq_length=32",
+                 "task.warmup_steps=null", "task.decay_steps=null",
                  *(f"task.{k}={v}" for k, v in task.items())]
     cfg, _ = compose(overrides)
     cfg = resolve_interpolations(cfg)
@@ -272,7 +273,7 @@ def test_the_run_through_the_loop_writes_failure_and_provenance(checkpoint: Path
                                                                 tmp_path: Path) -> None:
     outcome = run_inprocess(["task=glue_sst2", "profile=smoke", "optimizer=ablation_belief_inside",
                              f"task.model.name={checkpoint}", "task.data.source=tsv", f"task.data.root={glue_root}",
-                             "seed=3"], tmp_path)
+                             "seed=3", "diagnostics.enabled=true"], tmp_path)
     assert outcome.status == "completed", outcome.reason
     (folder,) = run_folders(tmp_path)
     s = summary(folder)
@@ -284,6 +285,7 @@ def test_the_run_through_the_loop_writes_failure_and_provenance(checkpoint: Path
     assert set(info["parameters_by_kind"]) == {"embedding", "attention", "mlp", "head", "norm_bias"}
     rows = metrics(folder)
     assert rows and "val_acc" in rows[-1] and "heldin_acc" in rows[-1]
+    assert math.isfinite(rows[-1]["opt/floor_share"])  # the mechanism diagnostics see both decay groups
     data = (folder / "data.json").read_text()
     assert "SST-2/train.tsv" in data and '"real": false' in data
 

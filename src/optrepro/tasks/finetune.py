@@ -13,9 +13,10 @@ Adam at eps 1e-6, so an eps floor may matter most here. What it does, in the ord
   both references do; dropout draws from the global RNG the loop checkpoints: a resumed run is exact.
 * optimizer: weight decay on matrices only (``task.decay_mask=matrices``: no decay on biases and norms, HF
   Trainer's rule, :func:`optrepro.models.param_kinds.weight_decay_groups`) or on everything (``all``: fairseq).
-* schedule: linear warm-up to the optimizer's lr over ``warmup_ratio`` of the run, then linear decay to 0
-  at the last step (fairseq ``polynomial_decay`` with power 1 and end lr 0; HF's ``linear``); gradient
-  clipping at ``clip_norm`` (0: off).
+* schedule: linear warm-up to the optimizer's lr over ``warmup_steps`` (or ``warmup_ratio`` of the decay
+  horizon), then linear decay to 0 at step ``decay_steps`` (null: the run's last step) -- fairseq's
+  ``polynomial_decay`` (power 1, end lr 0) over its ``max_update``, which training may not reach (RoBERTa's
+  RTE config: 2036 updates, 10 epochs are 1560), and HF's ``linear``; gradient clipping at ``clip_norm`` (0: off).
 * metrics per epoch on dev: ``val_loss`` and the task's GLUE metrics (:mod:`optrepro.metrics.glue`), the
   primary one in ``metric``; the held-in subset of the training set as ``heldin_*`` (the generalization gap);
   summary.json says whether the run failed (its final primary metric at a constant predictor's level).
@@ -62,7 +63,9 @@ class GlueFinetuneTask(Task):
         check_fits("batch_size", self.batch_size, len(self.train), "training examples")
         self.order = BatchOrder(len(self.train), self.batch_size, seed=derived_seed("finetune-order", ctx.seed),
                                 drop_last=False)
-        self.warmup_steps = round(float(cfg.warmup_ratio) * self.total_steps)
+        self.decay_steps = int(cfg.decay_steps) if cfg.decay_steps is not None else self.total_steps
+        self.warmup_steps = (int(cfg.warmup_steps) if cfg.warmup_steps is not None
+                             else round(float(cfg.warmup_ratio) * self.decay_steps))
 
         from optrepro.models.param_kinds import weight_decay_groups
 
@@ -131,7 +134,7 @@ class GlueFinetuneTask(Task):
 
     # --- the step -------------------------------------------------------------------------------
     def _set_lr(self) -> None:
-        s, total, warm = self.step, self.total_steps, self.warmup_steps
+        s, total, warm = self.step, self.decay_steps, self.warmup_steps
         factor = (s + 1) / warm if s < warm else max(0.0, (total - s) / max(total - warm, 1))
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor

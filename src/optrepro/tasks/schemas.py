@@ -400,6 +400,8 @@ class FinetuneSchema(TaskSchema):
     eval_batch_size: int = _f(64, **POS)
     max_seq_length: int = _f(512, **POS)
     warmup_ratio: float = _f(0.06, **UNIT)
+    warmup_steps: int | None = _f(None, **NONNEG)  # null: warmup_ratio x the decay horizon
+    decay_steps: int | None = _f(None, **POS)  # the linear decay's horizon (fairseq max_update); null: the run
     clip_norm: float = _f(0.0, **NONNEG)
     decay_mask: str = _f("matrices", choices="optrepro.tasks.finetune:DECAY_MASKS")
     heldin_size: int | None = _f(None, **NONNEG)
