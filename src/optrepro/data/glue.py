@@ -157,4 +157,31 @@ def write_glue_tsv(root: Path | str, task: str, split: str, text_a: Sequence[str
     return path
 
 
+def prefetch(model: str, tasks: Sequence[str] = TASKS) -> None:
+    """Download the GLUE tasks and the checkpoint into the HF caches once (a login node with network; runs on
+    offline compute nodes then read the caches with task.data.download=false)."""
+    import datasets
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    for task in tasks:
+        ds = datasets.load_dataset(HUB_DATASET, task)
+        print(f"{HUB_DATASET} {task}: " + ", ".join(f"{k} {len(v):,}" for k, v in ds.items()))
+    AutoTokenizer.from_pretrained(model)
+    AutoModelForSequenceClassification.from_pretrained(model, num_labels=2)
+    print(f"{model}: in the HF cache")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m optrepro.data.glue", description=prefetch.__doc__)
+    parser.add_argument("--model", default="FacebookAI/roberta-base", help="hub name of the checkpoint")
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated GLUE tasks")
+    args = parser.parse_args(argv)
+    prefetch(args.model, [t for t in args.tasks.split(",") if t])
+
+
+if __name__ == "__main__":
+    main()
+
 __all__ = ["HUB_DATASET", "SOURCES", "TASKS", "TSV", "GlueSplit", "load_split", "num_labels", "write_glue_tsv"]
