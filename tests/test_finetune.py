@@ -338,3 +338,24 @@ def test_the_estimate_times_real_steps_of_a_local_checkpoint(checkpoint: Path, g
     assert seconds > 0 and steps == 10 * math.ceil(256 / 32)  # the recipe's 10 epochs of batch 32, last kept
     why = measure_step_seconds("glue_rte", steps=1, warmup=0, overrides=["task.model.name=/nonexistent/ckpt"])
     assert isinstance(why, str) and "task.model.name=/nonexistent/ckpt" in why
+
+
+@pytest.mark.parametrize("arch", ["vit_base_patch16_224", "resnet50"])
+def test_timm_vision_backbones_classify_into_their_kinds(arch: str) -> None:
+    """The vision fine-tuning backbones (timm ViT-B/16, ResNet-50), at a tiny depth, random weights."""
+    import timm
+
+    from optrepro.models.param_kinds import parameter_kinds
+
+    if arch.startswith("vit"):
+        model = timm.create_model(arch, pretrained=False, num_classes=10, img_size=32, depth=1)
+        kinds = parameter_kinds(model)
+        assert kinds["pos_embed"] == kinds["cls_token"] == kinds["patch_embed.proj.weight"] == "embedding"
+        assert kinds["blocks.0.attn.qkv.weight"] == kinds["blocks.0.attn.proj.weight"] == "attention"
+        assert kinds["blocks.0.mlp.fc1.weight"] == kinds["blocks.0.mlp.fc2.weight"] == "mlp"
+        assert kinds["head.weight"] == "head" and kinds["norm.weight"] == kinds["blocks.0.norm1.bias"] == "norm_bias"
+    else:
+        model = timm.create_model(arch, pretrained=False, num_classes=10, layers=(1, 1, 1, 1))
+        kinds = parameter_kinds(model)
+        assert kinds["fc.weight"] == "head" and kinds["conv1.weight"] == kinds["layer1.0.conv1.weight"] == "mlp"
+        assert kinds["bn1.weight"] == kinds["fc.bias"] == "norm_bias"
