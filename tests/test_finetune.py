@@ -211,6 +211,13 @@ def test_the_optimizer_gets_the_mask_and_the_recipe(checkpoint: Path, glue_root:
     assert [g["weight_decay"] for g in everything.optimizer.param_groups] == [pytest.approx(0.1)]
 
 
+def test_a_final_metric_of_zero_is_a_failure_not_a_missing_value(checkpoint: Path, glue_root: Path) -> None:
+    task = _task(checkpoint, glue_root, epochs=1, batch_size=32)
+    task._last_eval = {"val_acc": 0.0}
+    info = task.finalize(None)["finetune"]
+    assert info["final"] == 0.0 and info["failed"] and task._last_eval == {"val_acc": 0.0}  # not re-evaluated
+
+
 def test_schedule_warms_up_then_decays_to_zero(checkpoint: Path, glue_root: Path) -> None:
     task = _task(checkpoint, glue_root, epochs=2, batch_size=32, warmup_ratio=0.25)  # 16 steps, 4 of warm-up
     assert task.total_steps == 16 and task.warmup_steps == 4

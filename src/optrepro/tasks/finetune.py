@@ -221,7 +221,8 @@ class GlueFinetuneTask(Task):
     def finalize(self, run_dir: Any) -> dict[str, Any]:
         from optrepro.models.param_kinds import parameter_kinds
 
-        final = self._last_eval.get(self.metric) or (self.evaluate().get(self.metric))
+        last = self._last_eval if self.metric in self._last_eval else self.evaluate()
+        final = last.get(self.metric)  # 0.0 is a value (a Matthews correlation at chance), not a missing one
         chance = chance_level(self.glue, self.dev_labels)
         kinds: dict[str, int] = {}
         named = dict(self.model.named_parameters())
