@@ -31,6 +31,7 @@ CASES: dict[str, tuple[str, tuple[str, Any], tuple[str, Any]]] = {
     "gan": ("cifar10_dcgan", ("nz", "x"), ("gp_lambda", -1.0)),
     "ring_gan": ("ring_gan", ("modes", [1, 2]), ("modes", 2)),
     "detection": ("synthetic_det", ("epochs", "x"), ("flip_prob", 2.0)),
+    "finetune_glue": ("glue_rte", ("batch_size", "x"), ("warmup_ratio", 1.0)),
 }
 
 

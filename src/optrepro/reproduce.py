@@ -43,6 +43,8 @@ TABLES: dict[str, tuple[str, list[str]]] = {
     "adabelief_transformer": ("AdaBelief Table 1: Transformer on IWSLT14 de-en, BLEU", ["adabelief_transformer"]),
     "transformer_scale": ("GPT-2-style pretraining on FineWeb-Edu: 4 sizes x the 2x2 corners x 8 eps, plus the "
                           "outside corners at every eps's matched floor", ["transformer_scale"]),
+    "finetune_glue": ("Fine-tuning RoBERTa-base on GLUE RTE, MRPC, CoLA, STS-B, SST-2: Adam-family presets, the 2x2 "
+                      "corners, an eps sweep with the matched floor; >= 5 seeds", ["finetune_glue"]),
 }
 #: the pretraining task of transformer_scale and its sizes (configs/task/model/), one sweep per size
 LM_TASK = "lm_pretrain_fineweb"
@@ -54,11 +56,55 @@ ABLATION_TASKS = ("cifar10_resnet34", "cifar100_resnet34", "cifar10_vgg11", "cif
 ABLATION_CORNERS = "ablation_adam,ablation_eadam,ablation_belief_outside,ablation_belief_inside"
 
 
+#: the fine-tuning table: its tasks, the fewest seeds it runs, the nominal eps of its sweep (beside the recipe's 1e-6)
+FINETUNE_TASKS = ("glue_rte", "glue_mrpc", "glue_cola", "glue_stsb", "glue_sst2")
+FINETUNE_MIN_SEEDS = 5
+FINETUNE_EPS = (1e-8, 1e-7)
+
+
+def at_least_seeds(seeds: str, n: int) -> str:
+    """``seeds`` extended by the next unused integers to ``n`` seeds (small GLUE tasks vary strongly with the
+    seed, so the fine-tuning table never runs fewer than 5); more seeds than ``n`` are kept as given."""
+    chosen = [int(s) for s in seeds.split(",") if s.strip()]
+    candidate = 0
+    while len(chosen) < n:
+        if candidate not in chosen:
+            chosen.append(candidate)
+        candidate += 1
+    return ",".join(str(s) for s in chosen)
+
+
+def finetune_plan(seeds: str) -> list[Sweep]:
+    """experiment=finetune_glue (tasks x presets and corners), then per task the eps sweep: the four corners at
+    each of FINETUNE_EPS, and the outside corners at the inside corners' floors sqrt(eps / (1 - beta2)) for those
+    eps and the recipe's (the placement-at-a-matched-floor pairs)."""
+    seeds = at_least_seeds(seeds, FINETUNE_MIN_SEEDS)
+    sweeps = [Sweep("finetune_glue", ("experiment=finetune_glue", f"seed={seeds}"), preset_grid("finetune_glue"))]
+    eps = ",".join(repr(e) for e in FINETUNE_EPS)
+    for t in FINETUNE_TASKS:
+        recipe_eps = float(compose_optimizer_eps(t))
+        matched = matched_outside_eps(t, [*FINETUNE_EPS, recipe_eps])
+        sweeps.append(Sweep(f"eps-{t}", (f"task={t}", f"optimizer={ABLATION_CORNERS}", f"optimizer.eps={eps}",
+                                         f"seed={seeds}", "diagnostics.enabled=true")))
+        sweeps.append(Sweep(f"matched-{t}", (f"task={t}", "optimizer=ablation_adam,ablation_belief_outside",
+                                             f"optimizer.eps={matched}", f"seed={seeds}", "diagnostics.enabled=true")))
+    return sweeps
+
+
+def compose_optimizer_eps(task: str) -> float:
+    """The eps the corners run at under the task's recipe (the matched floor's inside eps)."""
+    from optrepro.config import compose_train
+
+    return float(compose_train([f"task={task}", "optimizer=ablation_eadam"]).optimizer.eps)
+
+
 def plan(table: str, seeds: str) -> list[Sweep]:
     from optrepro.config import group_options
 
     if table == "all":
         return [s for name in [*TABLES, "ablation"] for s in plan(name, seeds)]
+    if table == "finetune_glue":
+        return finetune_plan(seeds)
     if table == "ablation":
         tasks = [t for t in ABLATION_TASKS if t in group_options("task")]
         # the corners at the task's ε, and the outside corners at its inside floor (placement at a matched floor)

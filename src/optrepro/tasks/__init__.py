@@ -22,6 +22,7 @@ TASK_KINDS: dict[str, str] = {
     "ring_gan": "optrepro.tasks.ring_gan:RingGANTask",
     "translation": "optrepro.tasks.translation:TranslationTask",
     "detection": "optrepro.tasks.detection:DetectionTask",
+    "finetune_glue": "optrepro.tasks.finetune:GlueFinetuneTask",
 }
 
 

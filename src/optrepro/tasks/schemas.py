@@ -423,6 +423,46 @@ def _check_detection(cfg: DictConfig) -> None:
     check_backbone_weights(cfg.model)  # one-line DataMissingError naming the file
 
 
+# ------------------------------------------------------------------------------ fine-tuning (GLUE)
+@dataclass
+class FinetuneData:
+    task: str = _f(choices="optrepro.data.glue:TASKS")
+    source: str = _f("hub", choices="optrepro.data.glue:SOURCES")
+    root: str | None = None  # source=tsv: the folder holding GLUE's RTE/, MRPC/, CoLA/, STS-B/, SST-2/
+    download: bool = True  # false: hub data and checkpoint from the local HF cache only
+    train_subset: int | None = _f(None, **POS)
+    dev_subset: int | None = _f(None, **POS)
+
+
+@dataclass
+class FinetuneModel:
+    name: str = _f(nonempty=True)  # a hub name (FacebookAI/roberta-base) or a local save_pretrained folder
+    tokenizer: str | None = None  # null: the model's own
+    revision: str | None = None
+
+
+@dataclass
+class FinetuneSchema(TaskSchema):
+    data: FinetuneData = field(default_factory=FinetuneData)
+    model: FinetuneModel = field(default_factory=FinetuneModel)
+    lr: float = _f(**POS)  # the recipe's peak lr for this task (configs/recipe/finetune/ reads it)
+    epochs: int = _f(**POS)
+    batch_size: int = _f(**POS)
+    eval_batch_size: int = _f(64, **POS)
+    max_seq_length: int = _f(512, **POS)
+    warmup_ratio: float = _f(0.06, **UNIT)
+    warmup_steps: int | None = _f(None, **NONNEG)  # null: warmup_ratio x the decay horizon
+    decay_steps: int | None = _f(None, **POS)  # the linear decay's horizon (fairseq max_update); null: the run
+    clip_norm: float = _f(0.0, **NONNEG)
+    decay_mask: str = _f("matrices", choices="optrepro.tasks.finetune:DECAY_MASKS")
+    heldin_size: int | None = _f(None, **NONNEG)
+
+
+def _check_finetune(cfg: DictConfig) -> None:
+    if cfg.data.source == "tsv" and not cfg.data.root:
+        raise UserError("task.data.source=tsv reads GLUE's TSV files under task.data.root; set task.data.root")
+
+
 # ------------------------------------------------------------------------------ registry
 #: task kind -> (schema, the checks that relate two keys)
 SCHEMAS: dict[str, tuple[type, Callable[[DictConfig], None] | None]] = {
@@ -434,6 +474,7 @@ SCHEMAS: dict[str, tuple[type, Callable[[DictConfig], None] | None]] = {
     "gan": (GANSchema, _check_gan),
     "ring_gan": (RingGANSchema, None),
     "detection": (DetectionSchema, _check_detection),
+    "finetune_glue": (FinetuneSchema, _check_finetune),
 }
 
 _store = ConfigStore.instance()
