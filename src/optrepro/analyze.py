@@ -18,6 +18,7 @@ import pandas as pd
 
 from optrepro.analysis import diagnostics as optimizer_diagnostics
 from optrepro.analysis import figures as figs
+from optrepro.analysis import gap
 from optrepro.analysis.comparability import Comparability, not_comparable_footer
 from optrepro.analysis.load import RunsData, load_runs
 from optrepro.analysis.report import Artifacts, write_report
@@ -112,6 +113,10 @@ def analyze(
         verdicts = "\n".join(f"- {ablation.sentences[t]}" for t in sorted(ablation.sentences))
         (tables_dir / "ablation_verdicts.md").write_text(f"{ablation.family_note()}\n\n{verdicts}\n")
 
+    gaps = gap.gap_table(data)
+    if not gaps.empty:
+        write_table(tables_dir, "generalization_gap", gaps, gap.display(gaps), f"generalization gap ({gap.SIGN})")
+    gap_figures = gap.gap_curves(data, figures_dir) if make_figures else {}
     if make_figures and not data.runs.empty:
         for kind, paths in (
             ("curves", figs.learning_curves(data, figures_dir)),
@@ -126,7 +131,8 @@ def analyze(
         if toy is not None:
             artifacts.global_figures["toy2d"] = toy
 
-    write_report(out_dir, data, published, comparison, views, ablation, artifacts, config_dir, value_kind)
+    write_report(out_dir, data, published, comparison, views, ablation, artifacts, config_dir, value_kind,
+                 extra_sections=gap.report_section(gaps, gap_figures, out_dir))
     return artifacts
 
 
