@@ -99,21 +99,34 @@ def train_command(space: Space, optimizer: str, results: Path, extra: list[str])
             *space.overrides, *extra, f"results_dir={results}", "progress=false"]
 
 
-def launcher_args(jobs: int) -> list[str]:
-    return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+LAUNCHERS = ("basic", "joblib", "population")
 
 
-def trial_command(space: Space, arm: str, results: Path, jobs: int = 1, extra: list[str] | None = None) -> list[str]:
-    """``optrepro.train -m`` with the Optuna sweeper over the arm's space: ``budget`` trials, one study per arm."""
+def launcher_args(jobs: int, launcher: str = "basic") -> list[str]:
+    """``basic``: one run after another (``jobs`` > 1 makes it joblib); ``population``: the runs of a sweep
+    train as one batched model (hydra/launcher=population; the tasks that batch: digits, toy2d, ...)."""
+    if launcher == "population":
+        return ["hydra/launcher=population"]
+    if launcher == "joblib" or jobs > 1:
+        return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={max(jobs, 1)}"]
+    return []
+
+
+def trial_command(space: Space, arm: str, results: Path, jobs: int = 1, extra: list[str] | None = None,
+                  launcher: str = "basic") -> list[str]:
+    """``optrepro.train -m`` with the Optuna sweeper over the arm's space: ``budget`` trials, one study per arm.
+    Optuna asks for ``jobs`` trials at a time (all ``budget`` of them with the population launcher: the
+    quasi-random and random samplers do not learn from earlier trials, so nothing is lost by asking at once)."""
     params = space.arms[arm]
+    batch = space.budget if launcher == "population" else max(jobs, 1)
     sampler = ["hydra/sweeper/sampler=sobol", f"hydra.sweeper.sampler.dims=[{','.join(params)}]"] \
         if space.sampler == "sobol" else ["hydra/sweeper/sampler=random"]
     return train_command(space, arm, results / "trials", [
         f"seed={space.trial_seed}", "hydra/sweeper=optuna", *sampler,
         f"hydra.sweeper.sampler.seed={space.sampler_seed}", f"hydra.sweeper.n_trials={space.budget}",
-        f"hydra.sweeper.n_jobs={max(jobs, 1)}", f"hydra.sweeper.direction={space.direction}",
+        f"hydra.sweeper.n_jobs={batch}", f"hydra.sweeper.direction={space.direction}",
         f"hydra.sweeper.study_name={space.name}-{arm}", "hydra.sweeper.max_failure_rate=1.0",
-        f"hydra.sweep.dir={results / 'sweeps' / arm}", *launcher_args(jobs),
+        f"hydra.sweep.dir={results / 'sweeps' / arm}", *launcher_args(jobs, launcher),
         *(f"{key}={value}" for key, value in params.items()), *(extra or [])])
 
 
@@ -180,7 +193,7 @@ def chosen_overrides(run_dir: Path, keys: list[str]) -> list[str]:
 
 # ------------------------------------------------------------------------------------- the protocol
 def tune(space: Space, results: Path, jobs: int = 1, extra: list[str] | None = None,
-         say: Any = print) -> dict[str, Any]:
+         say: Any = print, launcher: str = "basic") -> dict[str, Any]:
     """Trials, selection, reruns and paper-setting runs of every arm; returns what the report needs."""
     results.mkdir(parents=True, exist_ok=True)
     log = results / "tune.log"
@@ -192,7 +205,7 @@ def tune(space: Space, results: Path, jobs: int = 1, extra: list[str] | None = N
         sweep_dir = results / "sweeps" / arm
         shutil.rmtree(sweep_dir, ignore_errors=True)  # this call's outcome records only; run folders stay
         say(f"{arm}: {space.budget} trial(s) of {', '.join(space.arms[arm])} ({space.sampler})")
-        run_command(trial_command(space, arm, results, jobs, extra), log)
+        run_command(trial_command(space, arm, results, jobs, extra, launcher), log)
         pick = select(trial_runs(sweep_dir), space.objective, space.mode)
         if pick is None:
             raise UserError(f"{arm}: no trial completed with a finite {space.objective}; see {log}")
@@ -204,10 +217,11 @@ def tune(space: Space, results: Path, jobs: int = 1, extra: list[str] | None = N
     mid = time.perf_counter()
     for arm, pick in chosen.items():
         run_command(train_command(space, arm, results / "runs",
-                                  [f"seed={seeds}", *pick["overrides"], *launcher_args(jobs), *(extra or [])]), log)
+                                  [f"seed={seeds}", *pick["overrides"], *launcher_args(jobs, launcher),
+                                   *(extra or [])]), log)
     say(f"reruns with seeds {seeds} -> {results / 'runs'}")
     run_command(train_command(space, ",".join(space.arms), results / "paper",
-                              [f"seed={seeds}", *launcher_args(jobs), *(extra or [])]), log)
+                              [f"seed={seeds}", *launcher_args(jobs, launcher), *(extra or [])]), log)
     say(f"papers' settings with seeds {seeds} -> {results / 'paper'}")
     timings["reruns_s"] = time.perf_counter() - mid
     timings["total_s"] = time.perf_counter() - start
@@ -221,13 +235,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", default=None, help="rerun seeds, comma-separated (default: the space's)")
     parser.add_argument("--results", type=Path, default=None, help="default: results/tune/<space>")
     parser.add_argument("--jobs", type=int, default=1, help="parallel jobs (joblib launcher) per sweep")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="basic",
+                        help="how each sweep's runs train: basic (one by one), joblib (--jobs processes), "
+                        "population (one batched model; tasks that support it, e.g. digits)")
     parser.add_argument("overrides", nargs="*", help="extra train overrides for every run (e.g. profile=smoke)")
     args = parser.parse_args(argv)
     try:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
         space = load_space(args.space, args.budget, seeds)
         results = args.results or Path("results") / "tune" / space.name
-        outcome = tune(space, results, args.jobs, args.overrides)
+        outcome = tune(space, results, args.jobs, args.overrides, launcher=args.launcher)
         from optrepro.analysis.tune_report import write_tune_report
 
         report = write_tune_report(space, results, outcome)
