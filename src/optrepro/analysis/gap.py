@@ -98,8 +98,8 @@ def display(table: pd.DataFrame) -> pd.DataFrame:
     out = []
     for _, r in table.iterrows():
         interval = f" [{_num(r.gap_lo)}, {_num(r.gap_hi)}]" if math.isfinite(r.gap_lo) else ""
-        vs = (f"{_num(r.vs_sgd_mean)} [{_num(r.vs_sgd_lo)}, {_num(r.vs_sgd_hi)}] ({r.vs_sgd_n})"
-              if r.vs_sgd_n else "—")
+        vs_interval = f" [{_num(r.vs_sgd_lo)}, {_num(r.vs_sgd_hi)}]" if math.isfinite(r.vs_sgd_lo) else ""
+        vs = f"{_num(r.vs_sgd_mean)}{vs_interval} ({r.vs_sgd_n})" if r.vs_sgd_n else "—"
         out.append({"task": r.task, "setting": r.setting, "gap of": r.gap_metric,
                     "gap (held-in − test)": f"{_num(r.gap_mean)}{interval} (n={r.n})",
                     "Δ gap vs SGD (paired)": vs, "verdict": r.verdict})

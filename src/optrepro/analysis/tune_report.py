@@ -83,7 +83,8 @@ def arm_results(data: RunsData, arms: list[str]) -> dict[str, str]:
     for arm in arms:
         sub = runs[(runs.optimizer == arm) & (runs.status == RunStatus.COMPLETED)] if len(runs) else runs
         est = mean_interval(sub.final.astype(float).to_numpy()) if len(sub) else mean_interval([])
-        out[arm] = "—" if est.n == 0 else f"{fmt(est.mean)} {fmt_interval(est)} (n={est.n})"
+        interval = f" {fmt_interval(est)}" if est.has_interval else ""
+        out[arm] = "—" if est.n == 0 else f"{fmt(est.mean)}{interval} (n={est.n})"
     return out
 
 
