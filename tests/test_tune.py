@@ -185,3 +185,20 @@ def test_gap_compared_with_sgd_paired_by_seed() -> None:
     ppl = gap_table(_gap_data({"adam": [-30.0, -31.0, -29.5], "sgd": [-5.0, -6.0, -5.5]}, "heldin_ppl"))
     assert ppl.set_index("setting").loc["adam"].verdict.startswith("more overfitting than SGD")
     assert set(gap_table(_gap_data({"adam": adam})).verdict) == {"no SGD runs on this task"}
+
+
+def test_analysis_reports_the_gap_for_a_grid(tmp_path: Path) -> None:
+    """The ordinary analysis (make demo, make reproduce-table) carries the gap: CSV, table, REPORT section."""
+    from analysis_fixtures import write_run
+    from optrepro.analyze import analyze
+
+    for optimizer, gaps in (("sgd", [0.5, 1.0, 0.8]), ("adam", [2.5, 3.0, 2.9])):
+        for seed, g in enumerate(gaps):
+            write_run(tmp_path / "runs", task="digits_cnn", optimizer=optimizer, seed=seed, curve=[90.0, 95.0 - g],
+                      extra_summary={"gap": {"metric": "heldin_acc", "test_metric": "test_acc", "value": g}})
+    analyze(tmp_path / "runs", tmp_path / "out", None, REPO / "configs", make_figures=False)
+    table = pd.read_csv(tmp_path / "out" / "tables" / "generalization_gap.csv").set_index("setting")
+    assert table.loc["adam"].gap_mean == pytest.approx(np.mean([2.5, 3.0, 2.9]))
+    assert table.loc["adam"].vs_sgd_mean == pytest.approx(np.mean([2.0, 2.0, 2.1]))
+    report = (tmp_path / "out" / "REPORT.md").read_text()
+    assert "## Generalization gap" in report and "more overfitting than SGD (3 seeds)" in report
