@@ -70,6 +70,10 @@ def test_ptb_smoke_runs_of_all_three_depths(tmp_path: Path) -> None:
         assert {"valid_ppl", "test_ppl", "valid_loss", "test_ppl_at_best_valid", "best_test_ppl"} <= set(row)
         assert 1.0 < row["test_ppl"] < 1e4 and row["valid_ppl"] == pytest.approx(math.exp(row["valid_loss"]))
         assert s["lm"]["unigram_test_ppl"] > 1.0 and s["corpus"]["vocab_size"] <= 61  # 60 words + <eos>
+        # the generalization gap: a held-in span of the training stream as long as the test split
+        assert row["heldin_ppl"] == pytest.approx(math.exp(row["heldin_loss"]))
+        assert s["gap"]["metric"] == "heldin_ppl" and s["gap"]["heldin_size"] == s["corpus"]["tokens"]["test"]
+        assert s["gap"]["value"] == pytest.approx(row["heldin_ppl"] - row["test_ppl"])
 
 
 def test_textlm_smoke_reports_unigram_perplexity(tmp_path: Path) -> None:
@@ -83,6 +87,11 @@ def test_textlm_smoke_reports_unigram_perplexity(tmp_path: Path) -> None:
     assert s["lm"]["unigram_test_ppl"] > 10 and s["final"]["test_ppl_at_best_valid"] > 1
     assert s["lm"]["test_ppl_at_best_valid"] == pytest.approx(s["final"]["test_ppl_at_best_valid"])
     assert set(s["corpus"]["sha256"]) == {"train", "valid", "test"}
+    # the gap, and the validation metric a tuning sweep is told (valid, never test)
+    final = s["final"]
+    assert s["gap"]["value"] == pytest.approx(final["heldin_ppl"] - final["test_ppl"])
+    assert s["gap"]["heldin_size"] == 1000  # smoke's eval_tokens: the test split's length
+    assert s["val_metric"] == "valid_ppl" and outcome.objective == pytest.approx(final["valid_ppl"])
 
 
 def test_missing_ptb_is_reported_before_any_folder(tmp_path: Path) -> None:

@@ -63,6 +63,14 @@ def test_every_task_trains_on_fake_data_through_the_real_loaders(task: str, data
     assert 0.0 <= s["final"]["test_acc"] <= 100.0 and s["best"]["value"] == max(r["test_acc"] for r in rows)
     if task == "imagenet_resnet18":
         assert "test_acc5" in rows[-1] and rows[-1]["test_acc5"] >= rows[-1]["test_acc"]
+    # the generalization gap: held-in training metrics at every eval, held-in minus test in the summary
+    assert all({"heldin_loss", "heldin_acc"} <= set(r) for r in rows)
+    gap = s["gap"]
+    assert gap["metric"] == "heldin_acc" and gap["test_metric"] == "test_acc"
+    assert gap["value"] == pytest.approx(s["final"]["heldin_acc"] - s["final"]["test_acc"])
+    assert gap["pairs"]["heldin_loss"] == pytest.approx(s["final"]["heldin_loss"] - s["final"]["test_loss"])
+    vision = s["vision"]
+    assert gap["heldin_size"] == vision["heldin_images"] == min(vision["train_images"], vision["test_images"])
     saved = OmegaConf.load(folder / "config.yaml")
     assert "family" not in saved.task and "recipe_key" not in saved.optimizer
     assert saved.optimizer.lr == (0.05 if task == "digits_cnn" else 0.1) and saved.optimizer.momentum == 0.9

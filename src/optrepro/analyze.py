@@ -21,6 +21,7 @@ import pandas as pd
 from optrepro.analysis import diagnostics as optimizer_diagnostics
 from optrepro.analysis import figures as figs
 from optrepro.analysis import speed
+from optrepro.analysis import gap
 from optrepro.analysis.comparability import Comparability, not_comparable_footer
 from optrepro.analysis.curves import load_published_curves
 from optrepro.analysis.load import RunsData, load_runs
@@ -119,6 +120,10 @@ def analyze(
         verdicts = "\n".join(f"- {ablation.sentences[t]}" for t in sorted(ablation.sentences))
         (tables_dir / "ablation_verdicts.md").write_text(f"{ablation.family_note()}\n\n{verdicts}\n")
 
+    gaps = gap.gap_table(data)
+    if not gaps.empty:
+        write_table(tables_dir, "generalization_gap", gaps, gap.display(gaps), f"generalization gap ({gap.SIGN})")
+    gap_figures = gap.gap_curves(data, figures_dir) if make_figures else {}
     if make_figures and not data.runs.empty:
         for kind, paths in (
             ("curves", figs.learning_curves(data, figures_dir)),
@@ -141,7 +146,7 @@ def analyze(
     for task, png in speed_result.overlays.items():
         artifacts.figures.setdefault(task, {})["published_overlay"] = png
     write_report(out_dir, data, published, comparison, views, ablation, artifacts, config_dir, value_kind,
-                 speed_result.lines)
+                 speed_lines=speed_result.lines, extra_sections=gap.report_section(gaps, gap_figures, out_dir))
     return artifacts
 
 

@@ -49,7 +49,8 @@ def expand_for_checking(overrides: Sequence[str]) -> list[list[str]]:
     """Single-run override lists that together use every value of every sweep once.
 
     ``a=1,2 b=x,y,z`` gives ``[a=1 b=x]``, ``[a=2 b=x]``, ``[a=1 b=y]``, ``[a=1 b=z]``: each value
-    is checked once without composing the whole grid.
+    is checked once without composing the whole grid. An interval (an Optuna search space) is checked
+    at its two ends.
     """
     parsed = parse_overrides(overrides)
     base: list[str] = []
@@ -59,7 +60,11 @@ def expand_for_checking(overrides: Sequence[str]) -> list[list[str]]:
             continue
         if o.is_sweep_override():
             key = o.input_line.split("=", 1)[0]
-            values = [f"{key}={v}" for v in o.sweep_string_iterator()]
+            if o.is_interval_sweep():  # a search space (hydra/sweeper=optuna): check both of its ends
+                interval = o.value()
+                values = [f"{key}={interval.start}", f"{key}={interval.end}"]
+            else:
+                values = [f"{key}={v}" for v in o.sweep_string_iterator()]
             if not values:
                 raise UserError(f"'{o.input_line}' sweeps over no values")
             sweeps.append((len(base), values))

@@ -26,10 +26,15 @@ NON_IDENTITY_KEYS = ("results_dir", "wandb", "checkpoint", "device", "progress",
 LOCATION_LEAVES = ("root", "raw", "download", "url", "num_workers", "prepare_workers", "weights_path",
                    "backbone_weights", "cache_dir")
 
+#: Leaves under ``task`` that add measurements without changing the trajectory: the held-in subset the
+#: generalization gap is measured on (evaluated in eval mode, no gradient, no training RNG), so a run
+#: folder written before the gap existed keeps its hash.
+MEASUREMENT_LEAVES = ("heldin_size",)
+
 
 def _drop_location(node: Any) -> Any:
     if isinstance(node, Mapping):
-        return {k: _drop_location(v) for k, v in node.items() if k not in LOCATION_LEAVES}
+        return {k: _drop_location(v) for k, v in node.items() if k not in LOCATION_LEAVES + MEASUREMENT_LEAVES}
     return node
 
 

@@ -58,6 +58,16 @@ class Outcome:
     resumed: bool = False
     metric: str | None = None  # the task's metric (summary.json "metric")
     value: float | None = None  # its final value, for a run that completed (now or before: skipped)
+    #: the final value of the task's validation metric (``Task.val_metric``), for a run that completed:
+    #: what a tuning sweep (hydra/sweeper=optuna) is told, never a test metric
+    objective: float | None = None
+
+    def __float__(self) -> float:
+        """The Optuna sweeper's objective; a run without one (failed, diverged, no validation split)
+        raises, which the sweeper records as a failed trial."""
+        if self.objective is None:
+            raise ValueError(f"no validation objective ({self.status}{': ' + self.reason if self.reason else ''})")
+        return self.objective
 
 
 def say(message: str) -> None:
@@ -103,9 +113,12 @@ def previous_outcome(cfg: DictConfig, run_dir: RunDir) -> Outcome | None:
     if previous is not None and previous.get("status") in FINAL_STATUSES:
         say(f"{run_dir.path.name}: already {previous['status']} ({run_dir.path}); nothing to do")
         metric = previous.get("metric")
-        value = (previous.get("final") or {}).get(metric) if previous["status"] == RunStatus.COMPLETED else None
+        completed = previous["status"] == RunStatus.COMPLETED
+        final = previous.get("final") or {}
+        value = final.get(metric) if completed else None
+        objective = final.get(previous.get("val_metric")) if completed and previous.get("val_metric") else None
         return Outcome(RunStatus.SKIPPED, str(run_dir.path), previous.get("reason"), metric=metric,
-                       value=_number(value))
+                       value=_number(value), objective=_number(objective))
     if previous is not None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         if run_dir.writer:
@@ -362,9 +375,11 @@ def finish(cfg: DictConfig, task: Task, state: LoopState, run_dir: RunDir, track
     shown_text = f" {task.metric}={shown:.4g}" if shown is not None else ""
     reason_text = f" ({state.reason})" if state.reason else ""
     show(f"{run_dir.path.name}: {state.status}{shown_text}{reason_text} -> {run_dir.path}")
-    value = shown if state.status == RunStatus.COMPLETED else None  # a diverged run's last value is no result
+    completed = state.status == RunStatus.COMPLETED
+    value = shown if completed else None  # a diverged run's last value is no result
+    objective = _number(state.last_eval.get(task.val_metric)) if completed and task.val_metric else None
     return Outcome(state.status, str(run_dir.path), state.reason, resumed=state.resumed, metric=task.metric,
-                   value=value)
+                   value=value, objective=objective)
 
 
 def run_summary(cfg: DictConfig, task: Task, state: LoopState, run_dir: RunDir, factors: dict[str, Any],
@@ -381,6 +396,8 @@ def run_summary(cfg: DictConfig, task: Task, state: LoopState, run_dir: RunDir, 
         "mode": task.mode,
         "final": state.last_eval,
         "best": state.best,
+        "val_metric": task.val_metric,
+        "gap": task.gap_summary(state.last_eval),
         "steps": task.step,
         "epochs": task.epoch,
         "wall_time": state.wall(),

@@ -72,6 +72,8 @@ RUN_COLUMNS = [
     "epochs",
     "wall_time",
     "diverged_step",
+    "gap",
+    "gap_metric",
     "device",
     "precision",
     "git_sha",
@@ -365,6 +367,9 @@ def _run_row(
         "diverged_step": _number(summary.get("diverged_step")),
         # a constant predictor's score (fine-tuning tasks: their summary's chance_level); NaN elsewhere
         "chance_level": _number(summary.get("chance_level")),
+        # the generalization gap (held-in minus test; analysis/gap.py); NaN for runs that recorded none
+        "gap": _number((summary.get("gap") or {}).get("value")),
+        "gap_metric": (summary.get("gap") or {}).get("metric"),
         "device": summary.get("device") or env.get("device"),
         "precision": summary.get("precision"),
         "git_sha": env.get("git_sha"),

@@ -133,6 +133,7 @@ def write_report(
     config_dir: Path | None,
     value_kind: str,
     speed_lines: list[str] | None = None,
+    extra_sections: list[str] | None = None,
 ) -> Path:
     runs = data.runs
     status_counts = runs.status.value_counts().to_dict() if len(runs) else {}
@@ -242,6 +243,7 @@ def write_report(
             footer = not_comparable_footer(view.not_comparable)
             lines += [*footer, ""] if footer else []
 
+    lines += extra_sections or []  # e.g. the generalization gap (analysis/gap.py)
     lines += ["## What is missing", ""]
     missing = _missing(data, published, config_dir)
     lines += missing if missing else ["Nothing: every configured task has runs and no run is incomplete or failed."]

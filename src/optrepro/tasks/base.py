@@ -87,6 +87,15 @@ class Task(abc.ABC):
     #: what the task's loaders read (:mod:`optrepro.data.provenance`), set while building the data;
     #: None for a task whose data is drawn from its seed
     data_provenance: dict[str, Any] | None = None
+    #: the generalization gap (README "Generalization gap"): {held-in key: the eval key it is compared
+    #: with}, e.g. {"heldin_acc": "test_acc"}; the task's ``evaluate`` logs both (``heldin_metrics``) and
+    #: summary.json's ``gap`` holds held-in minus eval at the last eval point. Empty: no held-in metric.
+    gap_pairs: dict[str, str] = {}
+    #: the pair the analysis compares across optimizers (default: the first of ``gap_pairs``)
+    gap_metric: str | None = None
+    #: the key of the metric on a validation split distinct from test (``make tune`` selects on it
+    #: and nothing else); None when the task has no validation split
+    val_metric: str | None = None
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         from optrepro.tasks.schemas import validate
@@ -148,6 +157,23 @@ class Task(abc.ABC):
     def finalize(self, run_dir: Path) -> dict[str, Any]:
         """Write task artifacts into the run folder; return extra entries for summary.json."""
         return {}
+
+    def heldin_metrics(self) -> dict[str, float]:
+        """The ``gap_pairs`` keys measured on the fixed held-in subset of the training set (no
+        augmentation, eval mode, no training RNG touched); {} when the task has none or it is off.
+        A task calls it inside its own ``evaluate`` so it sees the same weights as the test evaluation."""
+        return {}
+
+    def gap_summary(self, last_eval: dict[str, Any]) -> dict[str, Any] | None:
+        """summary.json's ``gap``: held-in minus eval value of every pair present in ``last_eval``."""
+        pairs = {h: float(last_eval[h]) - float(last_eval[t]) for h, t in self.gap_pairs.items()
+                 if isinstance(last_eval.get(h), (int, float)) and isinstance(last_eval.get(t), (int, float))}
+        if not pairs:
+            return None
+        metric = self.gap_metric or next(iter(self.gap_pairs))
+        return {"sign": "heldin - test (train minus test)", "metric": metric,
+                "test_metric": self.gap_pairs[metric], "value": pairs.get(metric), "pairs": pairs,
+                "heldin_size": getattr(self, "n_heldin", None)}
 
     # --- population members (optrepro.population): one training step in three parts ----------
     #: the optimizers (attribute names) a population stacks, each an Adam-family preset
@@ -218,6 +244,14 @@ def derived_seed(*parts: Any) -> int:
     """A stable 63-bit seed from any parts (independent of PYTHONHASHSEED)."""
     digest = hashlib.sha256(repr(parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def heldin_indices(n_train: int, size: int | None, default: int, tag: str) -> torch.Tensor:
+    """The fixed held-in subset of a training set of ``n_train`` examples: ``size`` of them (``default``,
+    the test set's size, when None; capped at ``n_train``), sorted, the same for every seed and run."""
+    want = min(n_train, default if size is None else int(size))
+    gen = torch.Generator().manual_seed(derived_seed("heldin", tag, n_train))
+    return torch.randperm(n_train, generator=gen)[:want].sort().values
 
 
 def check_fits(key: str, value: Any, available: int, what: str) -> None:

@@ -25,6 +25,12 @@ checkpoint, and triggered ASGD) on the *test* split. Here selection and the ASGD
 valid; the primary metric ``test_ppl_at_best_valid`` is the test perplexity at the epoch with the
 best valid perplexity so far, and ``best_test_ppl`` (the reference's selection on test) is
 reported beside it.
+
+Generalization gap: at each epoch end the same perplexity on a fixed held-in span of the training
+stream (a contiguous block as long as the test split, ``task.heldin_size`` tokens otherwise; its
+start is seed-independent; batch ``eval_batch_size``, no dropout) is logged as ``heldin_loss`` /
+``heldin_ppl``; summary.json's ``gap`` is held-in minus test (negative = test worse than train).
+``valid_ppl`` is the validation metric ``make tune`` selects on.
 """
 
 from __future__ import annotations
@@ -92,6 +98,8 @@ class LanguageModelTask(Task):
     data_parallel = True
     state_attrs = ("step", "epochs_done", "pos", "model", "using_asgd", "asgd_epoch", "optimizer", "bptt_gen",
                    "hidden", "loss_sum", "loss_tokens", "valid_history", "history")
+    gap_pairs = {"heldin_ppl": "test_ppl", "heldin_loss": "test_loss"}
+    val_metric = "valid_ppl"
 
     # ------------------------------------------------------------------------ setup
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
@@ -128,6 +136,7 @@ class LanguageModelTask(Task):
                 raise UserError(f"the {split} split ({stream.numel()} tokens) is too short for "
                                 f"task.{key}={size}; lower it or raise task.data.*_tokens") from None
         self.train_data, self.valid_data, self.test_data = batched["train"], batched["valid"], batched["test"]
+        self.heldin_data, self.n_heldin = self._heldin_stream(train, test.numel(), device)
         if self.train_data.size(0) < 3:
             raise UserError(f"the training stream has {self.train_data.size(0)} rows; lower task.batch_size")
         # data parallel: each rank trains on its columns of the stream (the same windows, its share of
@@ -248,7 +257,7 @@ class LanguageModelTask(Task):
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr"] * self.lr_gamma
         self.history.append({"epoch": float(self.epochs_done), "train_loss": train_loss,
-                             "valid_loss": valid_loss, "test_loss": test_loss})
+                             "valid_loss": valid_loss, "test_loss": test_loss, **self.heldin_metrics()})
         self._epoch_ended = True
 
     def _switch_to_asgd(self) -> None:
@@ -262,11 +271,33 @@ class LanguageModelTask(Task):
         self.asgd_epoch = self.epochs_done
 
     # ------------------------------------------------------------------------ evaluation
+    def _heldin_stream(self, train: torch.Tensor, n_test: int,
+                       device: torch.device) -> tuple[torch.Tensor | None, int]:
+        """The held-in span of the training stream, batched like valid; (None, 0) when it is off."""
+        size = self.cfg.get("heldin_size")
+        want = min(train.numel(), n_test if size is None else int(size))
+        if want == 0:
+            return None, 0
+        gen = torch.Generator().manual_seed(derived_seed("heldin", f"lm-{self.cfg.data.name}", train.numel()))
+        start = int(torch.randint(0, train.numel() - want + 1, (1,), generator=gen))
+        try:
+            return batchify(train[start : start + want], self.eval_batch_size).to(device), want
+        except ValueError:
+            raise UserError(f"the held-in span ({want} tokens) is too short for task.eval_batch_size="
+                            f"{self.eval_batch_size}; raise task.heldin_size or set it to 0") from None
+
+    def heldin_metrics(self) -> dict[str, float]:
+        if self.heldin_data is None:
+            return {}
+        loss = self.split_loss("heldin")
+        return {"heldin_loss": loss, "heldin_ppl": math.exp(loss)}
+
     @torch.no_grad()
     def split_loss(self, split: str) -> float:
         """Mean cross entropy per target token of a whole split (no dropout, no global RNG)."""
-        data = self.valid_data if split == "valid" else self.test_data
-        batch = self.eval_batch_size if split == "valid" else self.test_batch_size
+        data = {"valid": self.valid_data, "test": self.test_data, "heldin": self.heldin_data}[split]
+        assert data is not None
+        batch = self.test_batch_size if split == "test" else self.eval_batch_size
         with self._averaged_weights():
             self.model.eval()
             hidden = self.model.init_hidden(batch)
@@ -318,11 +349,13 @@ class LanguageModelTask(Task):
             row = self.history[-1]
             out = {"valid_loss": row["valid_loss"], "valid_ppl": math.exp(row["valid_loss"]),
                    "test_loss": row["test_loss"], "test_ppl": math.exp(row["test_loss"]),
-                   "train_ppl": math.exp(row["train_loss"]), **self.selection()}
+                   "train_ppl": math.exp(row["train_loss"]), **self.selection(),
+                   **{k: row[k] for k in ("heldin_loss", "heldin_ppl") if k in row}}
         else:  # called between epoch ends: measure, change nothing
             valid_loss, test_loss = self.split_loss("valid"), self.split_loss("test")
             out = {"valid_loss": valid_loss, "valid_ppl": math.exp(valid_loss),
-                   "test_loss": test_loss, "test_ppl": math.exp(test_loss), **self.selection()}
+                   "test_loss": test_loss, "test_ppl": math.exp(test_loss), **self.selection(),
+                   **self.heldin_metrics()}
         out["asgd"] = float(self.using_asgd)
         return {k: float(v) for k, v in out.items()}
 

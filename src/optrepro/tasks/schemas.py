@@ -69,6 +69,7 @@ class VisionData:
     verify_checksums: bool = True
     train_subset: int | None = _f(None, **POS)
     test_subset: int | None = _f(None, **POS)
+    val_size: int | None = _f(None, **POS)  # training images held out as a validation split (make tune)
 
 
 @dataclass
@@ -88,6 +89,7 @@ class ImageClassificationSchema(TaskSchema):
     lr_gamma: float = _f(0.1, **POS)
     top5: bool = False
     channels_last: Any = "auto"  # true, false or auto
+    heldin_size: int | None = _f(None, **NONNEG)  # held-in training images for the gap; null = test size, 0 = off
 
 
 def _check_vision(cfg: DictConfig) -> None:
@@ -151,6 +153,7 @@ class LanguageModelSchema(TaskSchema):
     lr_gamma: float = _f(0.1, **NONNEG)
     asgd: bool = True
     asgd_average_eval: bool = False
+    heldin_size: int | None = _f(None, **NONNEG)  # held-in training tokens for the gap; null = test size, 0 = off
 
 
 def _check_language_model(cfg: DictConfig) -> None:

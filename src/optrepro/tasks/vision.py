@@ -20,6 +20,11 @@ CPU-scale ``digits_cnn`` demo. What it does, in the order a reader meets it:
   first batch of that epoch, as the papers' ``adjust_learning_rate`` did at the epoch start).
 * metrics per epoch: train loss (the loop) / accuracy, test loss / accuracy (top-5 too with
   ``task.top5``), images/s and epoch time; the primary metric is ``test_acc`` in percent.
+* generalization gap: at each eval point the same loss / accuracy on a fixed held-in subset of the
+  training images (``task.heldin_size``, null = as many as the test set; no augmentation, eval mode)
+  as ``heldin_loss`` / ``heldin_acc``; summary.json's ``gap`` is held-in minus test.
+* validation split (for ``make tune``): ``+task.data.val_size=N`` holds N training images out (a
+  fixed, seed-independent subset) and logs ``val_loss`` / ``val_acc``; selection reads only those.
 * data parallel: under ``torchrun`` (WORLD_SIZE > 1; the loop joins the process group, see
   :mod:`optrepro.distributed`) the task wraps the model in DDP, gives each rank
   ``global_batch[rank::world]`` (``task.batch_size`` stays the global batch of the paper) and
@@ -29,7 +34,7 @@ CPU-scale ``digits_cnn`` demo. What it does, in the order a reader meets it:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -47,7 +52,15 @@ from optrepro.data.loader_pipeline import (
     seeded_keys,
 )
 from optrepro.errors import UserError
-from optrepro.tasks.base import BatchOrder, RunContext, Task, check_fits, derived_seed, seed_rank_stream
+from optrepro.tasks.base import (
+    BatchOrder,
+    RunContext,
+    Task,
+    check_fits,
+    derived_seed,
+    heldin_indices,
+    seed_rank_stream,
+)
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
 PIPELINES = ("auto", "dataloader", "device")
@@ -62,6 +75,7 @@ class ImageClassificationTask(Task):
     data_parallel = True
     state_attrs = ("step", "model", "optimizer", "order", "base_lrs", "_train_correct", "_train_seen")
     population_refusal = ""
+    gap_pairs = {"heldin_acc": "test_acc", "heldin_loss": "test_loss"}
 
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
@@ -134,12 +148,23 @@ class ImageClassificationTask(Task):
         gen = torch.Generator().manual_seed(derived_seed("vision-subset", self.data_name, tag))
         return torch.randperm(n, generator=gen)[: int(size)].sort().values
 
+    def _heldin_index(self, n_train: int, n_test: int) -> torch.Tensor | None:
+        """Positions (in the training set trained on) of the held-in subset; None when it is off."""
+        size = self.cfg.get("heldin_size")
+        if size is not None and int(size) == 0:
+            return None
+        return heldin_indices(n_train, size, n_test, f"vision-{self.data_name}")
+
     def _build_data(self) -> None:
         cfg, data = self.cfg, self.cfg.data
         augment = str(data.get("augment", "none"))
         pad = int(data.get("pad", 4)) if augment == "crop_flip" else 0
         self.test_loader: LoaderImages | None = None  # ImageFolder; in-memory sets evaluate from test_images
         self.train_loader: LoaderImages | None = None  # the dataloader pipeline; "device" uses train_images
+        self.heldin_loader: LoaderImages | None = None  # ImageFolder's held-in subset
+        self.heldin_images: DeviceImages | None = None
+        self.val_images: DeviceImages | None = None
+        self.n_heldin = 0
         norm = dict(mean=self.mean, std=self.std, channels_last=self.channels_last)
         if self.data_name == "imagefolder":
             from optrepro.data.imagefolder import imagenet_transform, load_imagefolder
@@ -165,6 +190,18 @@ class ImageClassificationTask(Task):
             self.n_test = int(test_index.numel())
             self.train_loader = LoaderImages(SeededTransformDataset(train, imagenet_transform(True, size, resize)),
                                              self.device, self.num_workers, **norm)
+            if data.get("val_size") is not None:
+                raise UserError("task.data.val_size is for the in-memory datasets (CIFAR, digits); ImageFolder "
+                                "tasks have no validation split")
+            heldin = self._heldin_index(self.n_train, self.n_test)
+            if heldin is not None:
+                self.n_heldin = int(heldin.numel())
+                keys = list(self.dist.shard(self.train_index[heldin].tolist()))
+                batches = [[(i, 0) for i in keys[s : s + self.eval_batch_size]]
+                           for s in range(0, len(keys), self.eval_batch_size)]
+                self.heldin_loader = LoaderImages(
+                    SeededTransformDataset(train, imagenet_transform(False, size, resize)),
+                    self.device, self.num_workers, batches=batches, **norm)
             return
         if self.data_name == "digits":
             from optrepro.data.digits import load_digits_split
@@ -189,7 +226,23 @@ class ImageClassificationTask(Task):
         test_idx = self._subset(len(y_test), cfg.data.get("test_subset"), "test")
         if test_idx is not None:
             x_test, y_test = x_test[test_idx], y_test[test_idx]
+        val_size = data.get("val_size")
+        if val_size is not None:  # held out of training: the only split a tuning sweep selects on
+            check_fits("data.val_size", val_size, len(y_train) - self.batch_size,
+                       f"training images in {self.data_name} beyond one batch")
+            gen = torch.Generator().manual_seed(derived_seed("vision-val", self.data_name, len(y_train)))
+            perm = torch.randperm(len(y_train), generator=gen)
+            val_idx, keep = perm[: int(val_size)].sort().values, perm[int(val_size):].sort().values
+            self.val_images = DeviceImages(x_train[val_idx], y_train[val_idx], self.device,
+                                           mean=self.mean, std=self.std, channels_last=self.channels_last)
+            self.n_val = int(val_idx.numel())
+            self.val_metric = "val_acc"
+            x_train, y_train = x_train[keep], y_train[keep]
         self.n_train, self.n_test = int(y_train.numel()), int(y_test.numel())
+        heldin = self._heldin_index(self.n_train, self.n_test)
+        if heldin is not None:
+            self.n_heldin = int(heldin.numel())
+            self.heldin_images = DeviceImages(x_train[heldin], y_train[heldin], self.device, **norm)
         self.train_index = torch.arange(self.n_train)
         # evaluation of an in-memory set is plain slicing on the device, whichever pipeline trains
         self.test_images = DeviceImages(x_test, y_test, self.device, **norm)
@@ -308,8 +361,40 @@ class ImageClassificationTask(Task):
             for buffer in self.model.buffers():
                 self.dist.broadcast(buffer, src=0)
         self.model.eval()
+        loss_sum, top1, top5, count = self._eval_sums(self._eval_batches())
+        train = torch.stack([self._train_correct.double(), self._train_seen.double()])
+        self.dist.all_reduce_sum(train)
+        correct, seen = train.tolist()
+        out = {"test_loss": loss_sum / max(count, 1.0), "test_acc": 100.0 * top1 / max(count, 1.0)}
+        if self.top5:
+            out["test_acc5"] = 100.0 * top5 / max(count, 1.0)
+        if self.val_images is not None:
+            v_loss, v_top1, _, v_count = self._eval_sums(self._image_batches(self.val_images, self.n_val))
+            out["val_loss"], out["val_acc"] = v_loss / max(v_count, 1.0), 100.0 * v_top1 / max(v_count, 1.0)
+        out.update(self.heldin_metrics())
+        if seen:
+            out["train_acc"] = 100.0 * correct / seen
+            out["images_per_s"] = seen / max(train_time, 1e-9)
+            out["train_time_s"] = train_time
+        self._reset_interval()
+        return out
+
+    @torch.no_grad()
+    def heldin_metrics(self) -> dict[str, float]:
+        """Loss and accuracy on the fixed held-in training subset, unaugmented (call in eval mode)."""
+        if self.heldin_loader is not None:
+            batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = self.heldin_loader
+        elif self.heldin_images is not None:
+            batches = self._image_batches(self.heldin_images, self.n_heldin)
+        else:
+            return {}
+        loss_sum, top1, _, count = self._eval_sums(batches)
+        return {"heldin_loss": loss_sum / max(count, 1.0), "heldin_acc": 100.0 * top1 / max(count, 1.0)}
+
+    def _eval_sums(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+        """Summed loss, top-1 and top-5 hits and count over ``batches`` (this rank's share), all-reduced."""
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, top1, top5, count
-        for images, labels in self._eval_batches():
+        for images, labels in batches:
             with self.ctx.autocast():
                 logits = self.model(images)
             logits = logits.float()
@@ -320,28 +405,20 @@ class ImageClassificationTask(Task):
             sums[1] += hits[:, 0].sum()
             sums[2] += hits.any(dim=1).sum()
             sums[3] += labels.numel()
-        train = torch.stack([self._train_correct.double(), self._train_seen.double()])
         self.dist.all_reduce_sum(sums)
-        self.dist.all_reduce_sum(train)
-        loss_sum, top1, top5, count = sums.tolist()
-        correct, seen = train.tolist()
-        out = {"test_loss": loss_sum / max(count, 1.0), "test_acc": 100.0 * top1 / max(count, 1.0)}
-        if self.top5:
-            out["test_acc5"] = 100.0 * top5 / max(count, 1.0)
-        if seen:
-            out["train_acc"] = 100.0 * correct / seen
-            out["images_per_s"] = seen / max(train_time, 1e-9)
-            out["train_time_s"] = train_time
-        self._reset_interval()
-        return out
+        return sums.tolist()
 
     def _eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.test_loader is not None:
             yield from self.test_loader
             return
-        shard = torch.arange(self.dist.rank, self.n_test, self.dist.world)
+        yield from self._image_batches(self.test_images, self.n_test)
+
+    def _image_batches(self, images: DeviceImages, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This rank's share of an in-memory split, in eval batches, unaugmented."""
+        shard = torch.arange(self.dist.rank, n, self.dist.world)
         for s in range(0, shard.numel(), self.eval_batch_size):
-            yield self.test_images.batch(shard[s : s + self.eval_batch_size])
+            yield images.batch(shard[s : s + self.eval_batch_size])
 
     def _reset_interval(self) -> None:
         self._train_correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -377,6 +454,8 @@ class ImageClassificationTask(Task):
                 "world_size": self.dist.world,
                 "train_images": self.n_train,
                 "test_images": self.n_test,
+                "heldin_images": self.n_heldin,
+                "val_images": getattr(self, "n_val", 0),
                 "parameters": count_parameters(self.model),
             }
         }
