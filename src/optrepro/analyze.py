@@ -20,8 +20,7 @@ import pandas as pd
 
 from optrepro.analysis import diagnostics as optimizer_diagnostics
 from optrepro.analysis import figures as figs
-from optrepro.analysis import speed
-from optrepro.analysis import gap
+from optrepro.analysis import gap, speed
 from optrepro.analysis.comparability import Comparability, not_comparable_footer
 from optrepro.analysis.curves import load_published_curves
 from optrepro.analysis.load import RunsData, load_runs
