@@ -185,8 +185,9 @@ class GANTask(AdversarialTask):
             self.G: nn.Module = nets.DCGANGenerator(self.nz, int(cfg.ngf))
             self.D: nn.Module = nets.DCGANDiscriminator(int(cfg.ndf), head=str(cfg.d_head))
         else:
-            self.G = nets.SNGANGenerator(self.nz, int(cfg.ngf), self.num_classes)
-            self.D = nets.SNGANDiscriminator(int(cfg.ndf), self.num_classes)
+            self.G = nets.SNGANGenerator(self.nz, int(cfg.ngf), self.num_classes, g_bn_eps=float(cfg.g_bn_eps),
+                                         g_embedding_init=str(cfg.g_embedding_init))
+            self.D = nets.SNGANDiscriminator(int(cfg.ndf), self.num_classes, d_shortcut=str(cfg.d_shortcut))
         self.G.to(self.device).train()
         self.D.to(self.device).train()
         rng = torch.Generator(device=self.device)

@@ -144,8 +144,11 @@ class LanguageModelTask(Task):
         self.model = AWDLSTM(ntoken, emsize=int(m.emsize), nhid=int(m.nhid), nlayers=int(m.nlayers),
                              dropout=float(m.dropout), dropouth=float(m.dropouth), dropouti=float(m.dropouti),
                              dropoute=float(m.dropoute), wdrop=float(m.wdrop), tied=bool(m.get("tied", True)),
-                             init_range=float(m.get("init_range", 0.1))).to(device)
-        self.params = list(self.model.parameters())  # the tied matrix appears once
+                             init_range=float(m.get("init_range", 0.1)),
+                             freeze_weight_hh=bool(m.get("freeze_weight_hh", False))).to(device)
+        # the tied matrix appears once; frozen hidden-to-hidden weights (task.model.freeze_weight_hh)
+        # are left out, as the reference's optimizer never stepped them (they never had a grad)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         seed_rank_stream(ctx, "lm-rank")
         self.optimizer = ctx.make_optimizer(self.params)
         self.optimizer_name = str(ctx.cfg.optimizer.get("name"))

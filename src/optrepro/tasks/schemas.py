@@ -74,6 +74,7 @@ class VisionData:
 @dataclass
 class VisionModel:
     name: str = _f(choices="optrepro.models.cifar:MODELS")
+    num_classes: int | None = _f(None, **POS)  # the head's outputs; None = task.num_classes
 
 
 @dataclass
@@ -102,6 +103,9 @@ def _check_vision(cfg: DictConfig) -> None:
                         f"(imagenet goes with imagefolder, crop_flip or none with in-memory datasets)")
     if name in CLASSES and cfg.num_classes != CLASSES[name]:
         raise UserError(f"task.num_classes={cfg.num_classes} but {name} has {CLASSES[name]} classes")
+    if cfg.model.num_classes is not None and cfg.model.num_classes < cfg.num_classes:
+        raise UserError(f"task.model.num_classes={cfg.model.num_classes} is below task.num_classes={cfg.num_classes}: "
+                        "the head needs an output per label")
     if cfg.channels_last not in (True, False, "auto"):
         raise UserError(f"task.channels_last must be true, false or auto, got {cfg.channels_last!r}")
     check_lr_milestones(cfg.lr_milestones)
@@ -131,6 +135,7 @@ class LMModel:
     wdrop: float = _f(**UNIT)
     tied: bool = True
     init_range: float = _f(0.1, **POS)
+    freeze_weight_hh: bool = False  # true: the reference's never-trained hidden-to-hidden weights
 
 
 @dataclass
@@ -258,6 +263,9 @@ class GANSchema(TaskSchema):
     ndf: int = _f(**POS)
     gp_lambda: float = _f(0.0, **NONNEG)
     clip_value: float = _f(0.0, **NONNEG)
+    d_shortcut: str = _f("clean", choices="optrepro.models.gan:D_SHORTCUTS")  # sngan_resnet only
+    g_bn_eps: float = _f(1e-5, **POS)  # sngan_resnet only
+    g_embedding_init: str = _f("zeros", choices="optrepro.models.gan:G_EMBEDDING_INITS")  # sngan_resnet only
 
 
 def _check_gan(cfg: DictConfig) -> None:

@@ -99,7 +99,10 @@ class ImageClassificationTask(Task):
 
         if cuda:
             torch.backends.cudnn.benchmark = True
-        self.model: nn.Module = build_model(str(cfg.model.name), int(cfg.num_classes)).to(self.device)
+        # task.model.num_classes: the head's width when it differs from the labels' (EAdam's nets have
+        # 100 outputs on CIFAR-10 too: the 90 extra logits only enter the softmax's normaliser)
+        outputs = cfg.model.num_classes if cfg.model.get("num_classes") is not None else cfg.num_classes
+        self.model: nn.Module = build_model(str(cfg.model.name), int(outputs)).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model: nn.Module = self.model  # what train_step calls: the model, or its DDP wrapper
