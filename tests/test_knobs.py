@@ -209,3 +209,63 @@ def test_corrected_variants_are_one_override_away() -> None:
     assert (cfg.task.d_shortcut, cfg.task.g_bn_eps, cfg.task.g_embedding_init) == ("clean", 1e-5, "zeros")
     cfg = compose_train(["experiment=eadam_table2", "task.model.num_classes=null", "optimizer.eps_outside=false"])
     assert cfg.task.model.num_classes is None and cfg.optimizer.eps_outside is False
+
+
+# ---------------------------------------------------------------------------- the audit's other knobs
+def test_drop_last_false_keeps_the_last_partial_batch(tmp_path: Path) -> None:
+    # 8 training images in batches of 3: the reference's DataLoader gives 3 batches (3, 3, 2), ours 2
+    kept = _vision_task(tmp_path, ["task.batch_size=3", "task.drop_last=false"])
+    dropped = _vision_task(tmp_path, ["task.batch_size=3", "task.drop_last=true"])
+    assert (kept.order.batches_per_epoch, dropped.order.batches_per_epoch) == (3, 2)
+    sizes = [kept._global_batch(0, b).numel() for b in range(3)]
+    assert sizes == [3, 3, 2]
+    assert sorted(torch.cat([kept._global_batch(0, b) for b in range(3)]).tolist()) == list(range(8))
+
+
+def test_fid_per_image_minmax_stretches_each_image_to_its_own_range() -> None:
+    from optrepro.metrics.fid import to_uint8
+
+    x = torch.stack([torch.full((3, 4, 4), 0.1), torch.linspace(-0.5, 0.25, 48).view(3, 4, 4)])
+    x[0, 0, 0, 0] = -0.3
+    fixed, stretched = to_uint8(x), to_uint8(x, per_image_minmax=True)
+    assert fixed[1].min() > 0 and fixed[1].max() < 255  # the fixed map keeps the image's dull range
+    for img in stretched:
+        assert img.min() == 0 and img.max() == 255  # every image spans the full range
+    # save_image's quantisation: floor(255 * (x - min) / (max - min) + 0.5)
+    expected = ((x[1] + 0.5) / 0.75 * 255 + 0.5).floor().to(torch.uint8)
+    assert torch.equal(stretched[1], expected)
+
+
+def test_msvag_2020_variant_takes_larger_early_steps_than_the_2021_code() -> None:
+    from optrepro.optim import MSVAG
+
+    steps = {}
+    for variant in ("adabelief_repo_2020", "adabelief_repo"):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.zeros(1000))
+        opt = MSVAG([p], lr=0.1, betas=(0.5, 0.999), variant=variant)
+        for _ in range(3):
+            p.grad = torch.randn(1000) + 1.0
+            opt.step()
+        steps[variant] = p.detach().abs().mean().item()
+    # beta2's correction (1 - 0.999^t ~ t/1000) inflates v ~300-1000x here and damps the step
+    assert steps["adabelief_repo_2020"] > 3 * steps["adabelief_repo"]
+
+
+def test_adabelief_version_label_has_no_effect_with_the_presets_flags() -> None:
+    """docs/recipes.yaml's no_effect entries for optimizer.version: 0.2.0 with coupled decay and no
+    rectification is the 0.0.5 update, bit for bit."""
+    from optrepro.optim import AdaBelief
+
+    final = {}
+    for version in ("0.2.0", "0.0.5"):
+        torch.manual_seed(0)
+        p = torch.nn.Parameter(torch.randn(64, dtype=torch.float64))
+        opt = AdaBelief([p], lr=1e-3, eps=1e-12, weight_decay=5e-4, weight_decouple=False, rectify=False,
+                        version=version, print_change_log=False)
+        gen = torch.Generator().manual_seed(1)
+        for _ in range(30):
+            p.grad = torch.randn(64, generator=gen, dtype=torch.float64)
+            opt.step()
+        final[version] = p.detach()
+    assert torch.equal(final["0.2.0"], final["0.0.5"])

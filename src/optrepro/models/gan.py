@@ -207,9 +207,11 @@ class _DiscBlock(nn.Module):
 
 class SNGANDiscriminator(nn.Module):
     """images (N, 3, 32, 32) [+ labels] -> scores (N,); spectral norm everywhere, sum pooling, and a
-    projection term <embed(y), h> when class-conditional. ``d_shortcut``: see :data:`D_SHORTCUTS`."""
+    projection term <embed(y), h> when class-conditional. ``d_shortcut``: see :data:`D_SHORTCUTS`.
+    ``d_sn_eps``: the spectral norm's eps (StudioGAN's 1e-6, utils/model_ops.py:62-73; torch's 1e-12)."""
 
-    def __init__(self, conv_dim: int = 64, num_classes: int = 0, nc: int = 3, d_shortcut: str = "clean") -> None:
+    def __init__(self, conv_dim: int = 64, num_classes: int = 0, nc: int = 3, d_shortcut: str = "clean",
+                 d_sn_eps: float = 1e-12) -> None:
         super().__init__()
         if d_shortcut not in D_SHORTCUTS:
             raise ValueError(f"d_shortcut must be one of {D_SHORTCUTS}, got {d_shortcut!r}")
@@ -228,7 +230,7 @@ class SNGANDiscriminator(nn.Module):
         orthogonal_init_(self)
         for m in list(self.modules()):  # after the init, so the power iteration starts from the final weights
             if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
-                spectral_norm(m)
+                spectral_norm(m, eps=d_sn_eps)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = F.relu(self.blocks(x)).sum(dim=(2, 3))

@@ -187,7 +187,8 @@ class GANTask(AdversarialTask):
         else:
             self.G = nets.SNGANGenerator(self.nz, int(cfg.ngf), self.num_classes, g_bn_eps=float(cfg.g_bn_eps),
                                          g_embedding_init=str(cfg.g_embedding_init))
-            self.D = nets.SNGANDiscriminator(int(cfg.ndf), self.num_classes, d_shortcut=str(cfg.d_shortcut))
+            self.D = nets.SNGANDiscriminator(int(cfg.ndf), self.num_classes, d_shortcut=str(cfg.d_shortcut),
+                                             d_sn_eps=float(cfg.d_sn_eps))
         self.G.to(self.device).train()
         self.D.to(self.device).train()
         rng = torch.Generator(device=self.device)
@@ -312,12 +313,19 @@ class GANTask(AdversarialTask):
         images = self._real_images()
         batch = int(self.fid_cfg.batch_size)
 
+        stretch = bool(self.fid_cfg.get("per_image_minmax", False))
+
         def batches() -> Iterator[torch.Tensor]:
             for start in range(0, images.shape[0], batch):
                 chunk = images[start : start + batch].to(self.device)
-                yield chunk if self.image_size == 32 else to_uint8(self._to_model_range(chunk))
+                if self.image_size == 32 and not stretch:
+                    yield chunk
+                else:
+                    yield to_uint8(self._to_model_range(chunk), per_image_minmax=stretch)
 
         name = extractor_name(extractor)
+        if name is not None and stretch:
+            name = f"{name}-minmax"  # other real statistics: never share a cache file
         cache = None
         if name is not None:
             digest = hashlib.sha1(images.cpu().numpy().tobytes()).hexdigest()[:10]  # fake vs real data apart
@@ -343,7 +351,7 @@ class GANTask(AdversarialTask):
             for start in range(0, num_fake, batch):
                 z, y = self._noise(min(batch, num_fake - start), gen)
                 with self.ctx.autocast():
-                    images = to_uint8(self.G(z, y))
+                    images = to_uint8(self.G(z, y), per_image_minmax=bool(self.fid_cfg.get("per_image_minmax", False)))
                 yield images  # outside autocast: the extractor runs in fp32
 
         was_training = self.G.training
@@ -355,7 +363,8 @@ class GANTask(AdversarialTask):
         mu_f, sigma_f = stats.mean_cov()
         out = {"fid": frechet_distance(mu_r, sigma_r, mu_f, sigma_f)}
         if stats.logits:
-            out["inception_score"], out["inception_score_std"] = inception_score(torch.cat(stats.logits))
+            splits = int(self.fid_cfg.get("is_splits", 10))
+            out["inception_score"], out["inception_score_std"] = inception_score(torch.cat(stats.logits), splits)
         return out
 
     # ----------------------------------------------------------------------------- loop API

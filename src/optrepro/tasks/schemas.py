@@ -89,6 +89,7 @@ class ImageClassificationSchema(TaskSchema):
     lr_gamma: float = _f(0.1, **POS)
     top5: bool = False
     channels_last: Any = "auto"  # true, false or auto
+    drop_last: bool = True  # false: keep each epoch's last partial batch (the reference DataLoaders')
 
 
 def _check_vision(cfg: DictConfig) -> None:
@@ -240,6 +241,8 @@ class FIDSchema:
     batch_size: int = _f(250, **POS)
     every_steps: int = _f(10000, **POS)
     real_split: str = _f("train", choices=("train", "test"))
+    is_splits: int = _f(10, **POS)  # Inception Score splits (torch-fidelity's 10; StudioGAN's 1)
+    per_image_minmax: bool = False  # stretch every image to its own [min, max] before uint8 (the WGAN FID's)
     inception_score: bool = True
     weights_path: str | None = None
 
@@ -265,6 +268,7 @@ class GANSchema(TaskSchema):
     clip_value: float = _f(0.0, **NONNEG)
     d_shortcut: str = _f("clean", choices="optrepro.models.gan:D_SHORTCUTS")  # sngan_resnet only
     g_bn_eps: float = _f(1e-5, **POS)  # sngan_resnet only
+    d_sn_eps: float = _f(1e-12, **POS)  # sngan_resnet only: the critic's spectral-norm eps
     g_embedding_init: str = _f("zeros", choices="optrepro.models.gan:G_EMBEDDING_INITS")  # sngan_resnet only
 
 

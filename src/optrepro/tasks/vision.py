@@ -92,7 +92,14 @@ class ImageClassificationTask(Task):
 
         self._build_data()
         check_fits("batch_size", self.batch_size, self.n_train, "training images")
-        self.order = BatchOrder(self.n_train, self.batch_size, seed=derived_seed("vision-order", ctx.seed))
+        # task.drop_last=false keeps each epoch's last partial batch, as the reference DataLoaders did
+        drop_last = bool(cfg.get("drop_last", True))
+        rest = self.n_train % self.batch_size
+        if not drop_last and rest and rest % self.dist.world:
+            raise UserError(f"task.drop_last=false: the last batch of {rest} images does not split over "
+                            f"{self.dist.world} processes; use task.drop_last=true or another process count")
+        self.order = BatchOrder(self.n_train, self.batch_size, seed=derived_seed("vision-order", ctx.seed),
+                                drop_last=drop_last)
         self._perm_cache: tuple[int, torch.Tensor] | None = None
 
         from optrepro.models.cifar import build_model
