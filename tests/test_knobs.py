@@ -269,3 +269,43 @@ def test_adabelief_version_label_has_no_effect_with_the_presets_flags() -> None:
             opt.step()
         final[version] = p.detach()
     assert torch.equal(final["0.2.0"], final["0.0.5"])
+
+
+def test_transformer_normalize_before_is_pre_ln_with_final_norms_and_steps_agree() -> None:
+    from optrepro.models.transformer import Seq2SeqTransformer, TransformerConfig
+
+    small = dict(d_model=16, ffn_dim=32, heads=2, encoder_layers=2, decoder_layers=2, dropout=0.0)
+    torch.manual_seed(0)
+    post = Seq2SeqTransformer(20, 20, pad=1, config=TransformerConfig(**small)).eval()
+    torch.manual_seed(0)
+    pre = Seq2SeqTransformer(20, 20, pad=1, config=TransformerConfig(**small, normalize_before=True)).eval()
+    assert post.encoder_norm is None and pre.encoder_norm is not None and pre.decoder_norm is not None
+    pre.load_state_dict({**post.state_dict(), **{k: v for k, v in pre.state_dict().items() if "_norm." in k}})
+    src = torch.randint(2, 20, (3, 5), generator=torch.Generator().manual_seed(1))
+    tgt = torch.randint(2, 20, (3, 4), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = pre(src, tgt)
+        assert not torch.allclose(full, post(src, tgt))  # same weights, another function
+        memory, mask = pre.encode(src)
+        caches = pre.start_cache(memory)
+        steps = torch.stack([pre.decode_step(tgt[:, t], t, mask, caches) for t in range(tgt.shape[1])], dim=1)
+    torch.testing.assert_close(steps, full, rtol=1e-5, atol=1e-5)  # incremental decoding = the full pass
+
+
+@pytest.mark.parametrize(("split", "switches"), [("test", True), ("valid", False)])
+def test_asgd_trigger_watches_the_configured_split(tmp_path: Path, split: str, switches: bool) -> None:
+    from optrepro.data.ptb import write_fake_ptb
+
+    root = tmp_path / "ptb"
+    write_fake_ptb(root, lines={"train": 300, "valid": 40, "test": 40}, vocab_size=40, seed=0)
+    cfg, _ = compose(["task=ptb_lstm1", "optimizer=sgd", "profile=smoke", f"task.data.root={root}",
+                      "task.data.train_tokens=null", "task.data.eval_tokens=null", "task.nonmono=1",
+                      f"task.asgd_trigger_split={split}"])
+    cfg = resolve_interpolations(cfg)
+    seed_everything(0)
+    task = build_task(cfg.task, RunContext(cfg=cfg, device=torch.device("cpu"), precision="fp32", seed=0))
+    task.split_loss = lambda which: {"valid": 5.0, "test": 9.0}[which]  # type: ignore[method-assign]
+    task.valid_history = [6.0, 6.0]  # the trigger fires when the watched loss exceeds 6
+    task._end_epoch()
+    assert task.using_asgd == switches
+    assert task.valid_history[-1] == (9.0 if split == "test" else 5.0)

@@ -143,6 +143,7 @@ class LMModel:
 class LanguageModelSchema(TaskSchema):
     data: LMData = field(default_factory=LMData)
     model: LMModel = field(default_factory=LMModel)
+    asgd_trigger_split: str = _f("valid", choices=("valid", "test"))  # the losses the ASGD trigger watches
     batch_size: int = _f(**POS)
     eval_batch_size: int = _f(**POS)
     test_batch_size: int = _f(**POS)
@@ -191,6 +192,7 @@ class MTModel:
     attention_dropout: float = _f(**UNIT)
     activation_dropout: float = _f(**UNIT)
     share_decoder_input_output: bool = True
+    normalize_before: bool = False  # true: pre-LN layers + final LayerNorms (transformer_iwslt_de_en_v2)
 
 
 @dataclass
