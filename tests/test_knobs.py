@@ -309,3 +309,34 @@ def test_asgd_trigger_watches_the_configured_split(tmp_path: Path, split: str, s
     task._end_epoch()
     assert task.using_asgd == switches
     assert task.valid_history[-1] == (9.0 if split == "test" else 5.0)
+
+
+def test_wgan_epoch_index_schedule_is_the_reference_loop(tmp_path: Path) -> None:
+    write_fake_cifar(tmp_path, "cifar10", n_train=23, n_test=4)
+    cfg, _ = compose(["task=cifar10_wgan", "optimizer=adam", "profile=smoke", f"task.data.root={tmp_path}",
+                      "task.data.verify_checksums=false", "task.fid.enabled=false", "task.batch_size=5",
+                      "task.n_critic=2", "task.steps=6"])
+    cfg = resolve_interpolations(cfg)
+    assert (cfg.task.g_schedule, cfg.task.drop_last) == ("epoch_index", False)  # the preset's
+    seed_everything(0)
+    task = build_task(cfg.task, RunContext(cfg=cfg, device=torch.device("cpu"), precision="fp32", seed=0))
+    log: list[tuple[str, int]] = []
+    d_step, g_step = task._d_step, task._g_step
+
+    def logged_d() -> torch.Tensor:
+        out = d_step()
+        log.append(("D", task._last_noise[0].shape[0]))
+        return out
+
+    def logged_g(noise):  # noqa: ANN001, ANN202
+        assert noise is task._last_noise  # G reuses the last D step's noise
+        log.append(("G", noise[0].shape[0]))
+        return g_step(noise)
+
+    task._d_step, task._g_step = logged_d, logged_g  # type: ignore[method-assign]
+    for _ in range(6):
+        task.train_step()
+    # 23 images in batches of 5: indices 0-4 per epoch, the last of 3 images; G after indices 0, 2, 4
+    pattern = "".join(kind for kind, _ in log)
+    assert pattern == "DG" "DDG" "DDG" "DG" "DDG" "DDG"
+    assert [n for kind, n in log if kind == "D"] == [5, 5, 5, 5, 3] * 2

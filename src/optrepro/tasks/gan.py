@@ -194,7 +194,14 @@ class GANTask(AdversarialTask):
         rng = torch.Generator(device=self.device)
         rng.manual_seed(derived_seed("gan-noise", ctx.seed))
         self._init_adversarial(rng, self.device)
-        self.order = BatchOrder(self.images.shape[0], self.batch_size, derived_seed("gan-batches", ctx.seed))
+        # task.drop_last=false keeps each epoch's last partial batch (the reference WGAN DataLoaders')
+        self.order = BatchOrder(self.images.shape[0], self.batch_size, derived_seed("gan-batches", ctx.seed),
+                                drop_last=bool(cfg.get("drop_last", True)))
+        # task.g_schedule: "fixed" = n_critic D steps, then G on fresh noise; "epoch_index" = the reference
+        # WGAN loop (wgan/main.py:279-321): a G step after the D step of every batch index i with
+        # i % n_critic == 0 of each epoch (so D,G,DDDDD,G,... restarting every epoch), on that D step's noise
+        self.g_schedule = str(cfg.get("g_schedule", "fixed"))
+        self._last_noise: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
         fid = cfg.get("fid") or {}
         self.fid_enabled = bool(fid.get("enabled", False))
@@ -232,6 +239,7 @@ class GANTask(AdversarialTask):
     def _d_step(self) -> torch.Tensor:
         real, y_real = self._real_batch()
         z, y_fake = self._noise(real.shape[0], self.rng)
+        self._last_noise = (z, y_fake)
         with torch.no_grad(), self.ctx.autocast():
             fake = self.G(z, y_fake)
         with self.ctx.autocast():
@@ -247,8 +255,8 @@ class GANTask(AdversarialTask):
         self._record("d_fake", d_fake.float().mean())
         return self._d_update(loss)
 
-    def _g_step(self) -> torch.Tensor:
-        z, y = self._noise(self.batch_size, self.rng)
+    def _g_step(self, noise: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
+        z, y = noise if noise is not None else self._noise(self.batch_size, self.rng)
 
         def d_on_fakes() -> torch.Tensor:
             with self.ctx.autocast():
@@ -258,9 +266,17 @@ class GANTask(AdversarialTask):
 
     def train_step(self) -> dict[str, Any]:
         d_loss = torch.zeros((), device=self.device)
-        for _ in range(self.n_critic):
-            d_loss = self._d_step()
-        g_loss = self._g_step()
+        if self.g_schedule == "epoch_index":
+            while True:  # D steps up to and including the next batch index i with i % n_critic == 0
+                index = 0 if self.order.epoch_finished else self.order.index
+                d_loss = self._d_step()
+                if index % self.n_critic == 0:
+                    break
+            g_loss = self._g_step(self._last_noise)
+        else:
+            for _ in range(self.n_critic):
+                d_loss = self._d_step()
+            g_loss = self._g_step()
         self.step += 1
         return {"loss": d_loss + g_loss, "d_loss": d_loss, "g_loss": g_loss}
 

@@ -268,6 +268,8 @@ class GANSchema(TaskSchema):
     ndf: int = _f(**POS)
     gp_lambda: float = _f(0.0, **NONNEG)
     clip_value: float = _f(0.0, **NONNEG)
+    drop_last: bool = True  # false: keep each epoch's last partial batch
+    g_schedule: str = _f("fixed", choices=("fixed", "epoch_index"))  # when G steps (optrepro.tasks.gan)
     d_shortcut: str = _f("clean", choices="optrepro.models.gan:D_SHORTCUTS")  # sngan_resnet only
     g_bn_eps: float = _f(1e-5, **POS)  # sngan_resnet only
     d_sn_eps: float = _f(1e-12, **POS)  # sngan_resnet only: the critic's spectral-norm eps
