@@ -30,10 +30,11 @@ SWEEP_DIR = $(RESULTS)/sweeps/$(TASK)
 RESULTS_DIR_IN_ARGS = error: ARGS sets results_dir; set RESULTS=<folder> instead (sweep-eps trains into \
 	RESULTS/sweeps/<TASK>/runs and writes the analysis next to them)
 
-.PHONY: help setup test test-all check-install demo reproduce-table sweep-eps bench gpu-check gpu-wheels lint format wandb-sync clean
+.PHONY: help setup test test-all check-install demo demo-lm reproduce-table sweep-eps bench gpu-check gpu-wheels lint format wandb-sync clean
 
 help:
 	@echo "make demo             the whole pipeline at CPU scale (no downloads), report in results/demo/"
+	@echo "make demo-lm          GPT-style pretraining at CPU size: the 2x2 corners on pydoc tokens (5.6 min measured, loaded 2 cores) -> results/demo_lm/"
 	@echo "make test             the test suite (installs everything first)"
 	@echo "make reproduce-table  TABLE=<name> [RESULTS=...] [LAUNCHER=slurm PARTITION=...] paper-scale sweep + analysis; LIST=1 lists tables"
 	@echo "make sweep-eps        TASK=... OPTIMIZERS=... EPS=... SEEDS=... [RESULTS=...] an eps sweep + its analysis"
@@ -41,6 +42,7 @@ help:
 	@echo "make gpu-check        OUT=... every CUDA path in <= 8 min on one GPU, JSON in OUT (results/bench/gpu)"
 	@echo "make gpu-wheels       the wheels the GPU machine's image lacks -> .gpu-wheels/ (carry it to run gpu_check.sh there)"
 	@echo "make check-install    pip install . (not editable) into a scratch venv, train toy2d from elsewhere"
+	@echo "make published-curves REF=<AdaBelief-Optimizer checkout> [COMMIT=sha] rebuild results/published_curves.csv.gz"
 	@echo "make lint             ruff"
 	@echo "make wandb-sync       upload offline wandb runs under results/"
 	@echo "make clean            remove caches (never results/)"
@@ -61,6 +63,14 @@ test-all: setup
 
 demo: setup
 	$(BIN)/python -m optrepro.demo --jobs $(JOBS)
+
+# GPT-style pretraining at CPU size (lm_pretrain_tiny, README "LM pretraining"): the four ablation corners
+# with the per-kind diagnostics, then the analysis: 5 min 36 s measured on a 2-core machine shared with other jobs.
+demo-lm: setup
+	$(BIN)/python -m optrepro.train -m task=lm_pretrain_tiny \
+		optimizer=ablation_adam,ablation_eadam,ablation_belief_outside,ablation_belief_inside \
+		diagnostics.enabled=true results_dir=results/demo_lm/runs progress=false
+	$(BIN)/python -m optrepro.analyze --runs results/demo_lm/runs --out results/demo_lm
 
 reproduce-table: setup
 	$(BIN)/python -m optrepro.reproduce --table $(TABLE) --seeds $(SEEDS) --jobs $(JOBS) --results $(RESULTS) \
@@ -111,3 +121,12 @@ clean:
 
 check-install: setup
 	$(BIN)/python -m pytest -q -m slow tests/test_install.py
+
+# the AdaBelief authors' per-epoch curves as data (README, Speed): REF = a checkout of their repo
+REF ?=
+COMMIT ?=
+
+.PHONY: published-curves
+published-curves: setup
+	$(if $(REF),,$(error set REF=<a checkout of juntang-zhuang/Adabelief-Optimizer>))
+	$(BIN)/python scripts/published_curves.py --ref $(REF) $(if $(COMMIT),--commit $(COMMIT))

@@ -232,6 +232,8 @@ def _tiny(kind: str, data: Path) -> list[str]:
         "detection": ["task=synthetic_det", "task.epochs=1", "task.data.n_train=4", "task.data.n_test=2",
                       "task.batch_size=2", "task.eval_batch_size=2", "task.data.image_size=64",
                       "task.model.min_size=64", "task.model.max_size=64", "task.model.width=8"],
+        "finetune_glue": ["task=glue_rte", f"task.model.name={data / 'absent'}", "task.data.source=tsv",
+                          f"task.data.root={data / 'absent'}", "task.data.download=false"],
     }[kind]
 
 

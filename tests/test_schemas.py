@@ -26,10 +26,12 @@ CASES: dict[str, tuple[str, tuple[str, Any], tuple[str, Any]]] = {
     "toy2d": ("toy2d", ("steps", "abc"), ("eval_every", -1)),
     "image_classification": ("digits_cnn", ("batch_size", "abc"), ("data.num_workers", -1)),
     "language_model": ("textlm_lstm1", ("bptt", "long"), ("model.dropout", 1.5)),
+    "lm_pretrain": ("lm_pretrain_tiny", ("seq_len", "long"), ("min_lr_ratio", 1.5)),
     "translation": ("synthetic_mt", ("beam", "wide"), ("label_smoothing", 1.0)),
     "gan": ("cifar10_dcgan", ("nz", "x"), ("gp_lambda", -1.0)),
     "ring_gan": ("ring_gan", ("modes", [1, 2]), ("modes", 2)),
     "detection": ("synthetic_det", ("epochs", "x"), ("flip_prob", 2.0)),
+    "finetune_glue": ("glue_rte", ("batch_size", "x"), ("warmup_ratio", 1.0)),
 }
 
 

@@ -4,7 +4,9 @@ Both defaults are relative to the current folder (the project root, where ``make
 a runs folder that is missing or holds no run folder is refused (exit 2) rather than reported as empty.
 
 Reads every run folder, writes runs.csv / curves.csv, tables/ (Markdown, CSV, LaTeX), figures/
-(PNG, PDF) and REPORT.md under --out. CPU only; the same runs give the same table and figure bytes.
+(PNG, PDF) and REPORT.md under --out; the speed section (time to target, performance profiles, the
+authors' curves beside ours: optrepro.analysis.speed) reads its targets from configs/analysis/speed.yaml.
+CPU only; the same runs give the same table and figure bytes.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import pandas as pd
 
 from optrepro.analysis import diagnostics as optimizer_diagnostics
 from optrepro.analysis import figures as figs
+from optrepro.analysis import speed
 from optrepro.analysis.comparability import Comparability, not_comparable_footer
+from optrepro.analysis.curves import load_published_curves
 from optrepro.analysis.load import RunsData, load_runs
 from optrepro.analysis.report import Artifacts, write_report
 from optrepro.analysis.stats import LEVEL, MAX_SEEDS, METHOD, seeds_needed
@@ -38,6 +42,8 @@ from optrepro.errors import UserError
 REPO = Path(__file__).resolve().parents[2]
 INTERVALS = f"{LEVEL:.0%} {METHOD} intervals, effects paired by seed; p_H: Holm-adjusted p, see ablation_verdicts.md"
 DEFAULT_PUBLISHED = REPO / "results" / "published_results.csv"
+#: the AdaBelief authors' per-epoch curves (scripts/published_curves.py rebuilds it from their repo)
+DEFAULT_PUBLISHED_CURVES = REPO / "results" / "published_curves.csv.gz"
 
 
 def analyze(
@@ -47,6 +53,7 @@ def analyze(
     config_dir: Path | None = None,
     value_kind: str = "final",
     make_figures: bool = True,
+    published_curves_path: Path | None = DEFAULT_PUBLISHED_CURVES,
 ) -> Artifacts:
     """Everything ``main`` does, callable from tests and the Makefile's Python."""
     out_dir = Path(out_dir)
@@ -126,7 +133,15 @@ def analyze(
         if toy is not None:
             artifacts.global_figures["toy2d"] = toy
 
-    write_report(out_dir, data, published, comparison, views, ablation, artifacts, config_dir, value_kind)
+    from optrepro.config import CONFIG_DIR
+
+    speed_config = speed.load_speed_config(Path(config_dir or CONFIG_DIR) / "analysis" / "speed.yaml")
+    speed_result = speed.write_speed(out_dir, data, published, load_published_curves(published_curves_path),
+                                     speed_config, make_figures)
+    for task, png in speed_result.overlays.items():
+        artifacts.figures.setdefault(task, {})["published_overlay"] = png
+    write_report(out_dir, data, published, comparison, views, ablation, artifacts, config_dir, value_kind,
+                 speed_result.lines)
     return artifacts
 
 
@@ -193,6 +208,12 @@ def main(argv: list[str] | None = None) -> None:
         help="published numbers CSV (default: the project's results/published_results.csv)",
     )
     parser.add_argument(
+        "--published-curves",
+        type=Path,
+        default=DEFAULT_PUBLISHED_CURVES,
+        help="the authors' per-epoch curves (default: the project's results/published_curves.csv.gz)",
+    )
+    parser.add_argument(
         "--configs",
         type=Path,
         default=None,
@@ -250,7 +271,7 @@ def run_cli(args: argparse.Namespace) -> None:
 
         config_dir = CONFIG_DIR
     start = time.perf_counter()
-    analyze(args.runs, args.out, args.published, config_dir, args.value, not args.no_figures)
+    analyze(args.runs, args.out, args.published, config_dir, args.value, not args.no_figures, args.published_curves)
     print(
         f"analysis written to {args.out} ({args.out / 'REPORT.md'}) in {time.perf_counter() - start:.1f} s",
         file=sys.stderr,

@@ -41,6 +41,7 @@ NO_KNOB_REASONS = {
     "no_effect": "a label or bookkeeping difference: the computed numbers are the same",
     "ambiguous": "the reference's own sources disagree; both values are one override away",
     "not_built": "a knob is feasible but not built yet (the sentence says what it would change)",
+    "by_design": "the preset deliberately runs another value; the reference's is one override away (named)",
 }
 _ABSENT = object()
 

@@ -282,6 +282,8 @@ class Population:
             for buffer, stacked in zip(task.member_buffers(), self.buffers, strict=True):
                 buffer.data = stacked[k]
         self._losses = [functools.partial(template.member_phase_loss, i) for i in range(len(self.phases))]
+        #: a task that clips its gradient to a global norm (``Task.member_clip_norm``) is clipped member by member
+        self.clip_norm = float(getattr(template, "member_clip_norm", 0.0) or 0.0)
 
     @property
     def optimizer(self) -> Any:
@@ -308,6 +310,8 @@ class Population:
                                                                                           stacked)
             # a frozen member's loss may be NaN; the sum's gradient with respect to each member is its own
             losses.sum().backward()
+            if self.clip_norm:
+                opt.clip_member_grads(self.clip_norm)
             opt.before_member_steps(active)
             opt.step(active)
             opt.after_member_steps(active)

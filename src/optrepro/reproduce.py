@@ -10,6 +10,7 @@ overrides given to every run (``task.data.root=/datasets``, ``hydra.launcher.acc
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -40,7 +41,13 @@ TABLES: dict[str, tuple[str, list[str]]] = {
     "adabelief_gan": ("AdaBelief WGAN and WGAN-GP on CIFAR-10, FID", ["adabelief_gan"]),
     "adabelief_sngan": ("AdaBelief Table 3: SN-GAN on CIFAR-10, FID", ["adabelief_sngan"]),
     "adabelief_transformer": ("AdaBelief Table 1: Transformer on IWSLT14 de-en, BLEU", ["adabelief_transformer"]),
+    "transformer_scale": ("GPT-2-style pretraining on FineWeb-Edu: 4 sizes x the 2x2 corners x 8 eps, plus the "
+                          "outside corners at every eps's matched floor", ["transformer_scale"]),
+    "finetune_glue": ("Fine-tuning RoBERTa-base on GLUE RTE, MRPC, CoLA, STS-B, SST-2: Adam-family presets, the 2x2 "
+                      "corners, an eps sweep with the matched floor; >= 5 seeds", ["finetune_glue"]),
 }
+#: the pretraining task of transformer_scale and its sizes (configs/task/model/), one sweep per size
+LM_TASK = "lm_pretrain_fineweb"
 ABLATION_DESCRIPTION = "the 2x2 belief x eps-placement ablation on every paper task, plus the matched-floor pairs"
 #: the 2x2 ablation (README, "Optimizers") on every paper task
 ABLATION_TASKS = ("cifar10_resnet34", "cifar100_resnet34", "cifar10_vgg11", "cifar10_densenet121",
@@ -49,11 +56,55 @@ ABLATION_TASKS = ("cifar10_resnet34", "cifar100_resnet34", "cifar10_vgg11", "cif
 ABLATION_CORNERS = "ablation_adam,ablation_eadam,ablation_belief_outside,ablation_belief_inside"
 
 
+#: the fine-tuning table: its tasks, the fewest seeds it runs, the nominal eps of its sweep (beside the recipe's 1e-6)
+FINETUNE_TASKS = ("glue_rte", "glue_mrpc", "glue_cola", "glue_stsb", "glue_sst2")
+FINETUNE_MIN_SEEDS = 5
+FINETUNE_EPS = (1e-8, 1e-7)
+
+
+def at_least_seeds(seeds: str, n: int) -> str:
+    """``seeds`` extended by the next unused integers to ``n`` seeds (small GLUE tasks vary strongly with the
+    seed, so the fine-tuning table never runs fewer than 5); more seeds than ``n`` are kept as given."""
+    chosen = [int(s) for s in seeds.split(",") if s.strip()]
+    candidate = 0
+    while len(chosen) < n:
+        if candidate not in chosen:
+            chosen.append(candidate)
+        candidate += 1
+    return ",".join(str(s) for s in chosen)
+
+
+def finetune_plan(seeds: str) -> list[Sweep]:
+    """experiment=finetune_glue (tasks x presets and corners), then per task the eps sweep: the four corners at
+    each of FINETUNE_EPS, and the outside corners at the inside corners' floors sqrt(eps / (1 - beta2)) for those
+    eps and the recipe's (the placement-at-a-matched-floor pairs)."""
+    seeds = at_least_seeds(seeds, FINETUNE_MIN_SEEDS)
+    sweeps = [Sweep("finetune_glue", ("experiment=finetune_glue", f"seed={seeds}"), preset_grid("finetune_glue"))]
+    eps = ",".join(repr(e) for e in FINETUNE_EPS)
+    for t in FINETUNE_TASKS:
+        recipe_eps = float(compose_optimizer_eps(t))
+        matched = matched_outside_eps(t, [*FINETUNE_EPS, recipe_eps])
+        sweeps.append(Sweep(f"eps-{t}", (f"task={t}", f"optimizer={ABLATION_CORNERS}", f"optimizer.eps={eps}",
+                                         f"seed={seeds}", "diagnostics.enabled=true")))
+        sweeps.append(Sweep(f"matched-{t}", (f"task={t}", "optimizer=ablation_adam,ablation_belief_outside",
+                                             f"optimizer.eps={matched}", f"seed={seeds}", "diagnostics.enabled=true")))
+    return sweeps
+
+
+def compose_optimizer_eps(task: str) -> float:
+    """The eps the corners run at under the task's recipe (the matched floor's inside eps)."""
+    from optrepro.config import compose_train
+
+    return float(compose_train([f"task={task}", "optimizer=ablation_eadam"]).optimizer.eps)
+
+
 def plan(table: str, seeds: str) -> list[Sweep]:
     from optrepro.config import group_options
 
     if table == "all":
         return [s for name in [*TABLES, "ablation"] for s in plan(name, seeds)]
+    if table == "finetune_glue":
+        return finetune_plan(seeds)
     if table == "ablation":
         tasks = [t for t in ABLATION_TASKS if t in group_options("task")]
         # the corners at the task's ε, and the outside corners at its inside floor (placement at a matched floor)
@@ -66,6 +117,8 @@ def plan(table: str, seeds: str) -> list[Sweep]:
             sweeps.append(Sweep(f"matched-{t}", (f"task={t}", outside, matched, f"seed={seeds}",
                                                  "diagnostics.enabled=true")))
         return sweeps
+    if table == "transformer_scale":
+        return lm_plan(seeds)
     if table not in TABLES:
         raise UserError(f"unknown TABLE '{table}'; choose one of: {', '.join([*TABLES, 'ablation', 'all'])} "
                         f"(make reproduce-table LIST=1 lists them)")
@@ -74,6 +127,25 @@ def plan(table: str, seeds: str) -> list[Sweep]:
         if experiment not in group_options("experiment"):
             raise UserError(f"experiment preset '{experiment}' is not in configs/experiment/ yet")
         sweeps.append(Sweep(experiment, (f"experiment={experiment}", f"seed={seeds}"), preset_grid(experiment)))
+    return sweeps
+
+
+def lm_plan(seeds: str) -> list[Sweep]:
+    """transformer_scale, one sweep per model size (each timed at its own size), and per size the outside
+    corners at the matched floor sqrt(eps / (1 - b2)) of every swept eps (those not in the grid already)."""
+    grid = preset_grid("transformer_scale")
+    sizes = grid["task/model"].split(",")
+    rest = {k: v for k, v in grid.items() if k != "task/model"}
+    swept = [float(e) for e in rest["optimizer.eps"].split(",")]
+    floors = [f for f in map(float, matched_outside_eps(LM_TASK, [e for e in swept if e <= 1e-4]).split(","))
+              if not any(math.isclose(f, e, rel_tol=1e-9) for e in swept)]
+    sweeps = []
+    for size in sizes:
+        base = ("experiment=transformer_scale", f"task/model={size}")
+        sweeps.append(Sweep(f"transformer_scale-{size}", (*base, f"seed={seeds}"), rest))
+        sweeps.append(Sweep(f"matched-{size}", (*base, "optimizer=ablation_adam,ablation_belief_outside",
+                                                 f"optimizer.eps={','.join(map(repr, floors))}", f"seed={seeds}"),
+                            rest))
     return sweeps
 
 
@@ -87,10 +159,70 @@ def chosen_task(sweep: Sweep) -> str:
 
 
 def runs_per_task(sweep: Sweep) -> dict[str, int]:
-    """How many of a sweep's runs train each task."""
+    """How many of a sweep's runs train each task (a task at one model size, ``task/model``, counts apart:
+    ``lm_pretrain_fineweb[gpt_124m]``)."""
     tasks = [t for t in sweep.values("task") if t] or [chosen_task(sweep)]
+    models = sweep.values("task/model")
+    if len(models) == 1:
+        tasks = [f"{t}[{models[0]}]" for t in tasks]
     n = sweep.n_runs()
     return {t: n // max(len(tasks), 1) for t in tasks}
+
+
+def measure(task: str, overrides: Sequence[str]) -> tuple[float, int] | str:
+    """``measure_step_seconds`` of a task, or of a task at one model size (``name[size]``): a pretraining size
+    is timed on random tokens of the GPT-2 vocabulary (the step time does not depend on the text) in bf16 as
+    transformer_scale runs it, on a GPU only -- on a CPU the plan says the compute per run instead
+    (6 x parameters x tokens)."""
+    if not task.endswith("]"):
+        return measure_step_seconds(task, overrides=overrides)
+    name, size = task[:-1].split("[")
+    from optrepro.config import resolve_device
+
+    gpu = resolve_device("auto").type == "cuda"
+    if not gpu and size != "gpt_tiny":
+        return f"a GPU preset, timed on a GPU only; {lm_pflop(name, size):.0f} PFLOP per run (6 x params x tokens)"
+    root = lm_timing_shards()
+    precision = "bf16" if gpu else "fp32"
+    return measure_step_seconds(name, overrides=[*overrides, f"task/model={size}", f"precision={precision}",
+                                                 f"task.data.root={root}", "task.data.name=shards",
+                                                 "task.data.prefix=timing", "task.data.n_vocab=50257",
+                                                 "task.data.eval_tokens=2048", "task.data.train_tokens=null"])
+
+
+def lm_pflop(task: str, size: str) -> float:
+    """6 N D of one run: N parameters (the decoder built on the meta device), D = steps x batch x seq_len."""
+    import torch
+
+    from optrepro.config import compose_train
+    from optrepro.models.gpt import GPT, GPTConfig
+
+    cfg = compose_train([f"task={task}", f"task/model={size}"]).task
+    m = cfg.model
+    vocab = -(-int(cfg.data.get("n_vocab") or 50257) // int(m.vocab_multiple)) * int(m.vocab_multiple)
+    with torch.device("meta"):
+        model = GPT(GPTConfig(vocab, int(m.block_size), int(m.n_layer), int(m.n_head), int(m.n_embd)))
+    return 6 * model.num_parameters() * int(cfg.steps) * int(cfg.batch_size) * int(cfg.seq_len) / 1e15
+
+
+_TIMING_SHARDS: list[Path] = []
+
+
+def lm_timing_shards() -> Path:
+    """A folder of random GPT-2-vocabulary shards, enough for a timed pretraining step of the largest batch."""
+    import tempfile
+
+    import numpy as np
+
+    from optrepro.data.token_shards import write_shard
+
+    if not _TIMING_SHARDS:
+        root = Path(tempfile.mkdtemp(prefix="optrepro_lm_timing_"))
+        gen = np.random.default_rng(0)
+        write_shard(root / "timing_train_000000.bin", gen.integers(0, 50257, 16 * 32 * 1024 + 1, dtype=np.uint16))
+        write_shard(root / "timing_val_000000.bin", gen.integers(0, 50257, 4096, dtype=np.uint16))
+        _TIMING_SHARDS.append(root)
+    return _TIMING_SHARDS[0]
 
 
 @dataclass
@@ -120,7 +252,7 @@ def estimate_hours(sweeps: Sequence[Sweep], overrides: Sequence[str] = (),
     estimate = Estimate([], 0.0, 0, {})
     for task, n in counts.items():
         if task not in measured:
-            measured[task] = measure_step_seconds(task, overrides=overrides)
+            measured[task] = measure(task, overrides)
         timing = measured[task]
         if isinstance(timing, str):
             estimate.untimed[task] = timing

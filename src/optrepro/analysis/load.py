@@ -363,6 +363,8 @@ def _run_row(
         "epochs": _number(summary.get("epochs")),
         "wall_time": _number(summary.get("wall_time")),
         "diverged_step": _number(summary.get("diverged_step")),
+        # a constant predictor's score (fine-tuning tasks: their summary's chance_level); NaN elsewhere
+        "chance_level": _number(summary.get("chance_level")),
         "device": summary.get("device") or env.get("device"),
         "precision": summary.get("precision"),
         "git_sha": env.get("git_sha"),

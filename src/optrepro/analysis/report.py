@@ -27,6 +27,20 @@ class Artifacts:
     tables: dict[str, Path] = field(default_factory=dict)  # stem -> md path
 
 
+#: what the speed section's numbers mean (README, "Speed: time to target and performance profiles")
+SPEED_TEXT = [
+    "Time to target: the first logged eval point at which a run's metric reaches the target (≥ for "
+    "accuracy-like, ≤ for loss-like metrics), as step, epoch and wall-clock second; a run that never reaches "
+    "it is a miss, not its length. An arm (an optimizer at its main setting) reaches a task when at least the "
+    "stated share of its seeds do; its time is then the median over seeds (misses count as ∞). "
+    "Speed (DeepOBS) = the mean first epoch over the seeds that reached. "
+    "Performance profile: r = an arm's time / the fastest arm's time on that task (∞ for a miss or a task "
+    "it did not run), ρ(τ) = the share of the tasks with r ≤ τ; the AlgoPerf score = the area under ρ from "
+    "τ = 1 to r_max, divided by r_max − 1 (1: fastest everywhere; 0: never within r_max of the fastest). "
+    "Scores compare arms of this grid only: they change when arms are added.",
+]
+
+
 def _rel(path: Path, out_dir: Path) -> str:
     return Path(os.path.relpath(path, out_dir)).as_posix()
 
@@ -118,6 +132,7 @@ def write_report(
     artifacts: Artifacts,
     config_dir: Path | None,
     value_kind: str,
+    speed_lines: list[str] | None = None,
 ) -> Path:
     runs = data.runs
     status_counts = runs.status.value_counts().to_dict() if len(runs) else {}
@@ -203,6 +218,9 @@ def write_report(
         lines += ["## Belief × ε ablation: verdicts", "", ablation.family_note(), ""]
         lines += [f"- {ablation.sentences[t]}" for t in sorted(ablation.sentences)]
         lines += [""]
+
+    if speed_lines:
+        lines += ["## Speed: time to target and performance profiles", "", *SPEED_TEXT, "", *speed_lines]
 
     if views:
         lines += [

@@ -220,10 +220,24 @@ def _group_estimates(frame: pd.DataFrame, value_kind: str) -> dict[str, Any]:
         "diverged": int((frame.status == RunStatus.DIVERGED).sum()),
         "failed": int((frame.status == RunStatus.FAILED).sum()),
         "nan": int((~np.isfinite(values)).sum()),
+        "at_chance": at_chance(completed, value_kind),
         "est": est,
         "best_est": best,
         "wall_time": float(completed.wall_time.astype(float).mean()) if len(completed) else math.nan,
     }
+
+
+def at_chance(completed: pd.DataFrame, value_kind: str) -> int | None:
+    """Completed runs no better than a constant predictor (their ``chance_level``; NaN counts as at chance):
+    the per-seed failure count of fine-tuning (Mosbach et al. 2021). None where the task has no chance level."""
+    if "chance_level" not in completed or not len(completed):
+        return None
+    chance = completed["chance_level"].astype(float).to_numpy()
+    if not np.isfinite(chance).any():
+        return None
+    values = completed[value_kind].astype(float).to_numpy()
+    better = values < chance if str(completed["mode"].iloc[0]) == "min" else values > chance
+    return int((~(np.isfinite(values) & better)).sum())
 
 
 def comparison_tables(data: RunsData, published: pd.DataFrame, value_kind: str = "final",
@@ -270,6 +284,7 @@ def comparison_tables(data: RunsData, published: pd.DataFrame, value_kind: str =
                 "diverged": g["diverged"],
                 "failed": g["failed"],
                 "nan": g["nan"],
+                "at_chance": g["at_chance"],
                 "mean": est.mean,
                 "std": est.std,
                 "ci_lo": est.lo,
@@ -320,6 +335,7 @@ def _comparison_display(r: dict[str, Any], metric: str, mode: str, value_kind: s
         "n": str(r["n"]),
         "diverged": str(r["diverged"]),
         "failed": str(r["failed"]),
+        **({} if r["at_chance"] is None else {"at chance": f"{r['at_chance']}/{r['n']}"}),
         f"best {metric}": fmt_estimate(r["_best"]),
         "published": pub,
         "comparable": f"{r['comparable']}/{r['runs']}" if math.isfinite(r["published"]) else DASH,

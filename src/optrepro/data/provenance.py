@@ -196,6 +196,23 @@ def imagefolder(root: Path | str, datasets: Mapping[str, Any]) -> dict[str, Any]
     return record("imagefolder", "real", False, "unverified", summary, root, manifest=per_split)
 
 
+def glue(task: str, source: str, root: Path | str | None, files: Mapping[str, Sequence[Path]],
+         counts: Mapping[str, int]) -> dict[str, Any]:
+    """A GLUE task's TSV files read (sha256), or the hub dataset; unverified either way (GLUE publishes no
+    checksums of its files), with the example counts per split."""
+    from optrepro.data.glue import HUB_DATASET
+
+    shown = ", ".join(f"{s} {n:,}" for s, n in counts.items())
+    if source == "hub":
+        return record(task, "real", False, "unverified",
+                      f"GLUE {task}: unverified ({HUB_DATASET} from the HF hub; {shown} examples)", None,
+                      counts=dict(counts))
+    entries = [file_entry(p, Path(root or ".")) for ps in files.values() for p in ps]
+    return record(task, "real", False, "unverified",
+                  f"GLUE {task}: unverified (GLUE TSV files under {root}; {shown} examples; no published checksums)",
+                  root, entries, counts=dict(counts))
+
+
 def digits() -> dict[str, Any]:
     """scikit-learn's bundled digits file: the package is the source, so it is the real data."""
     import sklearn

@@ -18,14 +18,18 @@ KINDS = ("embedding", "attention", "mlp", "head", "norm_bias")
 _NORMS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm, nn.RMSNorm)
 _ATTENTION_PARTS = {"attn", "attention", "self_attn", "c_attn", "q_proj", "k_proj", "v_proj", "out_proj",
                     "query", "key", "value", "qkv"}
-_HEAD_PARTS = {"classifier", "lm_head", "score", "head", "pre_classifier"}
+_HEAD_PARTS = {"classifier", "lm_head", "score", "head", "pre_classifier", "fc"}  # fc: torchvision/timm ResNets
+#: ViT's token embeddings: the patch projection (a conv) and the learned tokens/positions the model holds itself
+_EMBEDDING_PARTS = {"patch_embed"}
+_EMBEDDING_TENSORS = {"pos_embed", "cls_token", "dist_token", "reg_token"}
 
 
 def parameter_kinds(model: nn.Module) -> dict[str, str]:
     """Map each name of ``model.named_parameters()`` (tied weights once, under their first name) to a kind.
 
     norm_bias: every parameter of a normalisation layer and every vector (biases, gains, scalars);
-    embedding: the weight of an ``nn.Embedding`` (also when tied to an output layer);
+    embedding: the weight of an ``nn.Embedding`` (also when tied to an output layer), a ViT's patch projection
+    and its position/class tokens;
     head: matrices under a module named like a classifier/output head; attention: matrices under an
     attention module (or an ``nn.MultiheadAttention``); mlp: every other matrix (linear or conv).
     """
@@ -40,7 +44,8 @@ def parameter_kinds(model: nn.Module) -> dict[str, str]:
         parts = set(mod_name.split(".")) if mod_name else set()
         if isinstance(module, _NORMS) or param.ndim <= 1:
             kinds[name] = "norm_bias"
-        elif isinstance(module, nn.Embedding):
+        elif (isinstance(module, nn.Embedding) or parts & _EMBEDDING_PARTS
+              or name.rsplit(".", 1)[-1] in _EMBEDDING_TENSORS):
             kinds[name] = "embedding"
         elif parts & _HEAD_PARTS:
             kinds[name] = "head"

@@ -37,11 +37,14 @@ Metrics (``metrics()``; train.py adds them to the eval row):
   ``|alpha| / d`` with the kernel's ``alpha = -lr rect sqrt(bc2) / (1 - b1^t)`` and denominator
   ``d = sqrt(src + eps_root bc2) + eps_add`` from the optimizer's real state (``|alpha|`` for an SGD
   fallback step of a rectified optimizer, 0 for a skipped one).
+- per kind of weight, when the task names them (its ``param_kinds``): each of the above as
+  ``opt/<metric>/<kind>`` (``TaskProbe``), e.g. ``opt/floor_share/embedding``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -181,8 +184,20 @@ class Diagnostics:
     def coordinates(self) -> dict[str, Tensor]:
         """Per sampled coordinate (float64, CPU): ``floor``, ``root_q`` (sqrt(q_hat)), ``step_ratio``,
         ``eff_lr``. Coordinates of params that have not stepped yet are left out."""
+        return _concat([values for _, values in self._per_param()])
+
+    def coordinates_by_kind(self, kind_of: Mapping[int, str]) -> dict[str, dict[str, Tensor]]:
+        """``coordinates`` split by the kind of their parameter (``kind_of``: id(param) -> kind, e.g. from
+        :func:`optrepro.models.param_kinds.parameter_kinds`); params without a kind are left out."""
+        grouped: dict[str, list[dict[str, Tensor]]] = {}
+        for p, values in self._per_param():
+            kind = kind_of.get(id(p))
+            if kind is not None:
+                grouped.setdefault(kind, []).append(values)
+        return {kind: _concat(parts) for kind, parts in grouped.items()}
+
+    def _per_param(self) -> Iterator[tuple[Tensor, dict[str, Tensor]]]:
         opt = self.optimizer
-        parts: dict[str, list[Tensor]] = {"floor": [], "root_q": [], "step_ratio": [], "eff_lr": []}
         for group, row in zip(opt.param_groups, self.entries, strict=True):
             spec, hyper = opt._core(group)
             hyper = _host(hyper)
@@ -209,10 +224,8 @@ class Diagnostics:
                     eff = abs(scalars.alpha) / (torch.sqrt(src + scalars.root_add) + scalars.eps_add)
                 else:
                     eff = torch.full_like(q_hat, abs(scalars.alpha))
-                for key, value in (("floor", floor), ("root_q", q_hat.sqrt()), ("step_ratio", ratio), ("eff_lr", eff)):
-                    parts[key].append(value.cpu())
-        return {key: torch.cat(values) if values else torch.empty(0, dtype=torch.float64)
-                for key, values in parts.items()}
+                yield p, {"floor": floor.cpu(), "root_q": q_hat.sqrt().cpu(), "step_ratio": ratio.cpu(),
+                          "eff_lr": eff.cpu()}
 
     def metrics(self) -> dict[str, float]:
         """The ``opt/*`` numbers now (empty before the first step)."""
@@ -276,6 +289,14 @@ def _update_shadows(
         torch._foreach_maximum_([e.q_max for e in entries], ss if belief else vs)
 
 
+COORDINATE_KEYS = ("floor", "root_q", "step_ratio", "eff_lr")
+
+
+def _concat(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    return {key: torch.cat([p[key] for p in parts]) if parts else torch.empty(0, dtype=torch.float64)
+            for key in COORDINATE_KEYS}
+
+
 def _host(hyper: CoreHyper) -> CoreHyper:
     import dataclasses
 
@@ -311,16 +332,28 @@ def summarize(coordinate_sets: list[dict[str, Tensor]]) -> dict[str, float]:
 
 
 class TaskProbe:
-    """The diagnostics of every Adam-family optimizer a task owns, pooled into one metrics row."""
+    """The diagnostics of every Adam-family optimizer a task owns, pooled into one metrics row.
 
-    def __init__(self, probes: list[Diagnostics]) -> None:
+    With ``kinds`` (id(param) -> kind; a task's ``param_kinds`` attribute, from
+    :func:`optrepro.models.param_kinds.parameter_kinds`) every ``opt/<metric>`` is also reported per kind
+    of weight as ``opt/<metric>/<kind>`` (embedding, attention, mlp, head, norm_bias): the floor's share
+    is expected to differ most between them (sparse embedding gradients, tiny norm/bias gradients)."""
+
+    def __init__(self, probes: list[Diagnostics], kinds: Mapping[int, str] | None = None) -> None:
         self.probes = probes
+        self.kinds = dict(kinds or {})
 
     def row(self) -> dict[str, float]:
         """The ``opt/*`` keys for the eval row; empty (no keys, not zeros) outside the family."""
         if not self.probes:
             return {}
-        return summarize([p.coordinates() for p in self.probes])
+        out = summarize([p.coordinates() for p in self.probes])
+        if self.kinds:
+            split = [p.coordinates_by_kind(self.kinds) for p in self.probes]
+            for kind in sorted({k for by_kind in split for k in by_kind}):
+                per_kind = summarize([by_kind[kind] for by_kind in split if kind in by_kind])
+                out.update({f"{key}/{kind}": value for key, value in per_kind.items()})
+        return out
 
 
 def attach(task: Any, settings: Any, seed: int) -> TaskProbe:
@@ -345,4 +378,4 @@ def attach(task: Any, settings: Any, seed: int) -> TaskProbe:
         if isinstance(value, AdamFamilyOptimizer):
             digest = hashlib.sha256(f"diagnostics/{seed}/{name}".encode()).digest()
             probes.append(value.enable_diagnostics(sample, int.from_bytes(digest[:8], "little") >> 1))
-    return TaskProbe(probes)
+    return TaskProbe(probes, getattr(task, "param_kinds", None))

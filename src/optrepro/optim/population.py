@@ -129,6 +129,16 @@ class PopulationAdam:
         squares = [slot.param.grad.flatten(1).double().pow(2).sum(1) for slot in self.slots]
         return torch.stack(squares).sum(0).sqrt().to(self.slots[0].exp_avg.dtype)
 
+    def clip_member_grads(self, max_norm: float) -> Tensor:
+        """Scale each member's whole gradient to 2-norm at most ``max_norm`` (``clip_grad_norm_``'s rule,
+        ``max_norm / (norm + 1e-6)`` capped at 1, member by member); returns the norms before clipping."""
+        norms = self.grad_norms()
+        scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+        for slot in self.slots:
+            grad = slot.param.grad
+            grad.mul_(scale.to(grad.dtype).view(-1, *([1] * (grad.dim() - 1))))
+        return norms
+
     def zero_grad(self) -> None:
         for slot in self.slots:
             slot.param.grad = None

@@ -17,10 +17,12 @@ TASK_KINDS: dict[str, str] = {
     "toy2d": "optrepro.tasks.toy2d:Toy2DTask",
     "image_classification": "optrepro.tasks.vision:ImageClassificationTask",
     "language_model": "optrepro.tasks.language_model:LanguageModelTask",
+    "lm_pretrain": "optrepro.tasks.lm_pretrain:LMPretrainTask",
     "gan": "optrepro.tasks.gan:GANTask",
     "ring_gan": "optrepro.tasks.ring_gan:RingGANTask",
     "translation": "optrepro.tasks.translation:TranslationTask",
     "detection": "optrepro.tasks.detection:DetectionTask",
+    "finetune_glue": "optrepro.tasks.finetune:GlueFinetuneTask",
 }
 
 

@@ -164,6 +164,57 @@ def _check_language_model(cfg: DictConfig) -> None:
     check_lr_milestones(cfg.lr_milestones, minimum=1)
 
 
+# ------------------------------------------------------------------------------ LM pretraining
+@dataclass
+class LMPretrainData:
+    name: str = _f(choices="optrepro.tasks.lm_pretrain:SOURCES")
+    root: str = _f(nonempty=True)
+    encoding: str = _f("gpt2", choices="optrepro.data.token_shards:ENCODINGS")
+    prefix: str | None = None  # shards: <prefix>_{train,val}_NNNNNN.bin
+    n_vocab: int | None = _f(None, **POS)  # shards without a meta.json (written by llm.c): the encoding's size
+    val_tokens: int = _f(40_000, **POS)  # pydoc: tokens (whole topics) held out as the val split
+    train_tokens: int | None = _f(None, **POS)  # the first N training tokens only
+    eval_tokens: int = _f(**POS)  # the fixed held-out set: the first N val tokens
+
+
+@dataclass
+class GPTModel:
+    n_layer: int = _f(**POS)
+    n_head: int = _f(**POS)
+    n_embd: int = _f(**POS)
+    block_size: int = _f(**POS)
+    dropout: float = _f(0.0, **UNIT)
+    bias: bool = True
+    vocab_multiple: int = _f(64, **POS)
+
+
+@dataclass
+class LMPretrainSchema(TaskSchema):
+    data: LMPretrainData = field(default_factory=LMPretrainData)
+    model: GPTModel = field(default_factory=GPTModel)
+    batch_size: int = _f(**POS)
+    seq_len: int = _f(**POS)
+    eval_batch_size: int = _f(**POS)
+    steps: int = _f(**POS)
+    eval_every: int = _f(**POS)
+    warmup_steps: int = _f(**NONNEG)
+    min_lr_ratio: float = _f(0.1, min=0, max=1)
+    grad_clip: float = _f(1.0, **NONNEG)
+    weight_decay_on: str = _f("matrices", choices=("matrices", "all"))
+    param_dtype: str = _f("fp32", choices=("fp32", "bf16", "fp16"))
+    heldin_size: int | None = _f(None, **NONNEG)  # held-in training tokens (null: as many as eval_tokens, 0: off)
+
+
+def _check_lm_pretrain(cfg: DictConfig) -> None:
+    if cfg.model.n_embd % cfg.model.n_head:
+        raise UserError(f"task.model.n_embd ({cfg.model.n_embd}) must be a multiple of "
+                        f"task.model.n_head ({cfg.model.n_head})")
+    if cfg.data.name == "shards" and not cfg.data.prefix:
+        raise UserError("task.data.prefix must name the shards (<prefix>_train_000000.bin) for task.data.name=shards")
+    if cfg.warmup_steps > cfg.steps:
+        raise UserError(f"task.warmup_steps={cfg.warmup_steps} exceeds task.steps={cfg.steps}")
+
+
 # ------------------------------------------------------------------------------ translation
 @dataclass
 class MTData:
@@ -388,16 +439,58 @@ def _check_detection(cfg: DictConfig) -> None:
     check_backbone_weights(cfg.model)  # one-line DataMissingError naming the file
 
 
+# ------------------------------------------------------------------------------ fine-tuning (GLUE)
+@dataclass
+class FinetuneData:
+    task: str = _f(choices="optrepro.data.glue:TASKS")
+    source: str = _f("hub", choices="optrepro.data.glue:SOURCES")
+    root: str | None = None  # source=tsv: the folder holding GLUE's RTE/, MRPC/, CoLA/, STS-B/, SST-2/
+    download: bool = True  # false: hub data and checkpoint from the local HF cache only
+    train_subset: int | None = _f(None, **POS)
+    dev_subset: int | None = _f(None, **POS)
+
+
+@dataclass
+class FinetuneModel:
+    name: str = _f(nonempty=True)  # a hub name (FacebookAI/roberta-base) or a local save_pretrained folder
+    tokenizer: str | None = None  # null: the model's own
+    revision: str | None = None
+
+
+@dataclass
+class FinetuneSchema(TaskSchema):
+    data: FinetuneData = field(default_factory=FinetuneData)
+    model: FinetuneModel = field(default_factory=FinetuneModel)
+    lr: float = _f(**POS)  # the recipe's peak lr for this task (configs/recipe/finetune/ reads it)
+    epochs: int = _f(**POS)
+    batch_size: int = _f(**POS)
+    eval_batch_size: int = _f(64, **POS)
+    max_seq_length: int = _f(512, **POS)
+    warmup_ratio: float = _f(0.06, **UNIT)
+    warmup_steps: int | None = _f(None, **NONNEG)  # null: warmup_ratio x the decay horizon
+    decay_steps: int | None = _f(None, **POS)  # the linear decay's horizon (fairseq max_update); null: the run
+    clip_norm: float = _f(0.0, **NONNEG)
+    decay_mask: str = _f("matrices", choices="optrepro.tasks.finetune:DECAY_MASKS")
+    heldin_size: int | None = _f(None, **NONNEG)
+
+
+def _check_finetune(cfg: DictConfig) -> None:
+    if cfg.data.source == "tsv" and not cfg.data.root:
+        raise UserError("task.data.source=tsv reads GLUE's TSV files under task.data.root; set task.data.root")
+
+
 # ------------------------------------------------------------------------------ registry
 #: task kind -> (schema, the checks that relate two keys)
 SCHEMAS: dict[str, tuple[type, Callable[[DictConfig], None] | None]] = {
     "toy2d": (Toy2DSchema, None),
     "image_classification": (ImageClassificationSchema, _check_vision),
     "language_model": (LanguageModelSchema, _check_language_model),
+    "lm_pretrain": (LMPretrainSchema, _check_lm_pretrain),
     "translation": (TranslationSchema, _check_translation),
     "gan": (GANSchema, _check_gan),
     "ring_gan": (RingGANSchema, None),
     "detection": (DetectionSchema, _check_detection),
+    "finetune_glue": (FinetuneSchema, _check_finetune),
 }
 
 _store = ConfigStore.instance()
