@@ -139,7 +139,11 @@ def test_wgan_clips_critic_weights(fake_root: Path) -> None:
     task = _task("cifar10_wgan", fake_root)
     task.train_step()
     assert max(p.abs().max().item() for p in task.D.parameters()) <= 0.01 + 1e-12
-    assert task.order.epochs_done == pytest.approx(5 * 16 / 64)  # n_critic batches of 16 from 64 images
+    # the reference schedule (task.g_schedule=epoch_index): G right after the D step of batch index 0
+    assert task.order.epochs_done == pytest.approx(16 / 64)
+    task.train_step()
+    # then D on batches 1-3 and, the counter restarting each epoch, batch 0 of epoch 2 before the next G
+    assert task.order.epochs_done == pytest.approx(5 * 16 / 64)
 
 
 def test_fid_uses_an_injected_extractor_and_leaves_global_rng_alone(fake_root: Path) -> None:

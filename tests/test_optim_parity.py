@@ -276,7 +276,8 @@ class RuleEAdam(_RuleOptimizer):
 
 class RuleMSVAG(_RuleOptimizer):
     """M-SVAG. paper: one beta, rho = (1-b)(1+b^t)/((1+b)(1-b^t)) capped at 0.9999, factor clipped to
-    [0, 1], NaN -> 0. adabelief_repo: v bias-corrected with beta2, no cap, no clip."""
+    [0, 1], NaN -> 0. adabelief_repo: v bias-corrected with beta2, no cap, no clip. adabelief_repo_2020:
+    v bias-corrected with beta1 (one beta), no cap, no clip."""
 
     def __init__(
         self,
@@ -288,6 +289,7 @@ class RuleMSVAG(_RuleOptimizer):
     ) -> None:
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
         self.paper = variant == "paper"
+        self.bc_beta1 = variant in ("paper", "adabelief_repo_2020")
 
     def rule(self, p: Tensor, g: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         (b, b2), t = group["betas"], state["t"]
@@ -297,7 +299,7 @@ class RuleMSVAG(_RuleOptimizer):
         state["m"] = b * state["m"] + (1 - b) * g
         state["v"] = b * state["v"] + (1 - b) * g * g
         m_hat = state["m"] / (1 - b**t)
-        v_hat = state["v"] / (1 - (b**t if self.paper else b2**t))
+        v_hat = state["v"] / (1 - (b**t if self.bc_beta1 else b2**t))
         rho = (1 - b) * (1 + b**t) / ((1 + b) * (1 - b**t))
         if self.paper:
             rho = min(rho, 0.9999)
@@ -583,7 +585,7 @@ def test_yogi_matches_torch_optimizer(kwargs: dict[str, Any]) -> None:
     assert_follows(lambda g: Yogi(g, **kwargs), lambda g: torch_optimizer.Yogi(g, **kwargs))
 
 
-@pytest.mark.parametrize("variant", ["paper", "adabelief_repo"])
+@pytest.mark.parametrize("variant", ["paper", "adabelief_repo", "adabelief_repo_2020"])
 def test_msvag_matches_its_rule(variant: str) -> None:
     kwargs = dict(lr=0.1, betas=(0.9, 0.999), variant=variant)
     assert_follows(lambda g: MSVAG(g, **kwargs), lambda g: RuleMSVAG(g, **kwargs))

@@ -41,3 +41,23 @@ def test_every_status_is_known_and_sources_name_a_commit(audit_data: tuple[dict,
     _, entries = audit_data
     assert {e.status for e in entries} <= set(audit.STATUSES)
     assert all("@" in e.source for e in entries), [e.source for e in entries if "@" not in e.source][:3]
+
+
+def test_every_deviation_says_why_no_knob_reproduces_the_reference(
+        audit_data: tuple[dict, list[audit.Entry]]) -> None:
+    _, entries = audit_data
+    found = [f"{e.scope} {e.knob} ({e.optimizer}): {problem}" for e in entries
+             if (problem := audit.no_knob_problem(e))]
+    assert not found, "\n".join(found)
+    assert {e.no_knob_reason for e in entries if e.status != "match"} <= set(audit.NO_KNOB_REASONS)
+
+
+def test_a_deviation_without_a_reason_is_caught(audit_data: tuple[dict, list[audit.Entry]]) -> None:
+    _, entries = audit_data
+    deviation = next(e for e in entries if e.status == "deviation")
+    match = next(e for e in entries if e.status == "match")
+    assert "needs no_knob" in (audit.no_knob_problem(dataclasses.replace(deviation, no_knob=None)) or "")
+    vague = dataclasses.replace(deviation, no_knob="later: some day it will be")
+    assert "not one of" in (audit.no_knob_problem(vague) or "")
+    assert "says too little" in (audit.no_knob_problem(dataclasses.replace(deviation, no_knob="hardware: GPUs")) or "")
+    assert audit.no_knob_problem(dataclasses.replace(match, no_knob="hardware: a reason on a match entry")) is not None

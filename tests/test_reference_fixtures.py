@@ -149,7 +149,6 @@ def test_cifar_nets_match_reference(key: str) -> None:
     forward_check(lambda: cifar.build_model(name, classes), fixture("cifar")[key], cifar_input())
 
 
-@pytest.mark.xfail(reason="needs t8 knobs (task.model.num_classes)", strict=False)
 def test_eadam_cifar10_preset_builds_100_way_heads() -> None:
     """The eadam_table2 preset on CIFAR-10 builds the reference's 100-way head; the corrected
     variant (task.model.num_classes=null -> 10) does not match the reference's counts."""
@@ -297,7 +296,6 @@ def check_sngan_embedding_init(overrides: tuple[str, ...] = ()) -> None:
         assert abs(ours[name] - norm) <= 1e-4 * norm, (name, ours[name], norm)
 
 
-@pytest.mark.xfail(reason="needs t8 knobs (task.g_bn_eps, task.g_embedding_init, task.d_shortcut)", strict=False)
 @pytest.mark.parametrize("check", ["generator", "discriminator", "embedding_init"])
 def test_sngan_matches_reference(check: str) -> None:
     SNGAN_CHECKS[check]()
@@ -316,7 +314,6 @@ CORRECTED = {
 }
 
 
-@pytest.mark.xfail(reason="needs t8 knobs (task.g_bn_eps, task.g_embedding_init, task.d_shortcut)", strict=False)
 @pytest.mark.parametrize("override", sorted(CORRECTED))
 def test_sngan_corrected_variant_does_not_match_reference(override: str) -> None:
     with pytest.raises(AssertionError):
@@ -377,13 +374,11 @@ def test_awd_lstm_counts_and_forward_match_reference(task: str) -> None:
         close(outputs[-1].reshape(-1, outputs[-1].size(2)), small[mode], f"{task} {mode}")
 
 
-@pytest.mark.xfail(reason="needs t8 knobs (task.model.freeze_weight_hh)", strict=False)
 @pytest.mark.parametrize("task", ["ptb_lstm1", "ptb_lstm3"])
 def test_awd_lstm_trains_the_reference_weights(task: str) -> None:
     check_awd_grads(task)
 
 
-@pytest.mark.xfail(reason="needs t8 knobs (task.model.freeze_weight_hh)", strict=False)
 def test_awd_lstm_corrected_variant_trains_other_weights() -> None:
     with pytest.raises(AssertionError):
         check_awd_grads("ptb_lstm3", ("task.model.freeze_weight_hh=false",))
@@ -536,10 +531,16 @@ OPTIM = fixture("optim")
 def source_variant(cfg: Any) -> Any:
     """EAdam's CIFAR preset runs the compiled EAdam.cpython-37.pyc rule (``eps_outside``, issue 24),
     which current Python cannot execute; the fixture is from the source file next to it
-    (cifar-classification/optimizations/EAdam.py, EAdam.py's rule), the variant without it."""
+    (cifar-classification/optimizations/EAdam.py, EAdam.py's rule), the variant without it.
+    M-SVAG's presets run the curve-era code (``variant=adabelief_repo_2020``: bias correction with
+    beta1); the fixture is from the repo's MSVAG.py at the fixtures' commit, the 2021-02-16 code
+    (``adabelief_repo``). The 2020 rule is checked against its formula in tests/test_optim_parity.py."""
     if cfg.get("name") == "eadam" and cfg.get("eps_outside"):
         cfg = cfg.copy()
         cfg.eps_outside = False
+    if cfg.get("name") == "msvag" and cfg.get("variant") == "adabelief_repo_2020":
+        cfg = cfg.copy()
+        cfg.variant = "adabelief_repo"
     return cfg
 
 
@@ -584,7 +585,6 @@ def test_optimizer_fixture_starts_where_the_problem_does() -> None:
     assert OPTIM["initial"] == [t.reshape(-1).tolist() for t in init]
 
 
-@pytest.mark.xfail(reason="needs t8 knobs (optimizer.eps_outside)", strict=False)
 def test_eadam_cifar_preset_runs_the_compiled_rule(preset_cfgs: dict[str, Any]) -> None:
     """The CIFAR EAdam preset adds the compiled file's outer eps: its first step differs from
     the source file's (the fixture) by more than the float64 tolerance, by about eps / sqrt(v) relative."""

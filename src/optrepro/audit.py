@@ -3,9 +3,11 @@
 ``docs/recipes.yaml`` is the data: one entry per (paper table, tasks, optimizer, knob) with the value
 the reference *code* ran (``reference``, with ``source`` = repo@commit path:line), the paper text's
 value where it differs (``text``), our value (``ours``), ``status`` (match | deviation | missing) and a
-one-line ``note``. ``docs/recipes.md`` is rendered from it. Where ``knob`` is a key of our composed
-config, ``ours`` must equal what Hydra composes for that table's preset; the tests check every such
-entry, so a config change that the table does not record fails the suite.
+one-line ``note``. Every entry that is not a match says why no knob reproduces the reference
+(``no_knob``: ``<reason>: <sentence>``, the reason one of ``NO_KNOB_REASONS``).
+``docs/recipes.md`` is rendered from it. Where ``knob`` is a key of our composed config, ``ours`` must
+equal what Hydra composes for that table's preset; the tests check every such entry, so a config change
+that the table does not record fails the suite.
 
     python -m optrepro.audit check     # composed configs vs the table (exit 1 on a difference)
     python -m optrepro.audit render    # rewrite docs/recipes.md from docs/recipes.yaml
@@ -30,6 +32,17 @@ REPO = Path(__file__).resolve().parents[2]
 AUDIT_YAML = REPO / "docs" / "recipes.yaml"
 AUDIT_MD = REPO / "docs" / "recipes.md"
 STATUSES = ("match", "deviation", "missing")
+#: Why a deviation has no knob that reproduces the reference (the ``no_knob`` field's first word).
+NO_KNOB_REASONS = {
+    "unseeded": "the reference runs were unseeded or seeded into other RNG streams: no seed reproduces them",
+    "nondeterministic": "the reference's numbers depend on non-deterministic kernels or run order",
+    "hardware": "the reference ran on hardware (GPU count, device) that a config cannot supply",
+    "no_reference": "no reference code or run exists for it, so there is nothing to reproduce",
+    "no_effect": "a label or bookkeeping difference: the computed numbers are the same",
+    "ambiguous": "the reference's own sources disagree; both values are one override away",
+    "not_built": "a knob is feasible but not built yet (the sentence says what it would change)",
+    "by_design": "the preset deliberately runs another value; the reference's is one override away (named)",
+}
 _ABSENT = object()
 
 
@@ -46,6 +59,11 @@ class Entry:
     ours: Any
     status: str
     note: str | None
+    no_knob: str | None = None  # "<reason>: <why>", required when status is not match
+
+    @property
+    def no_knob_reason(self) -> str | None:
+        return self.no_knob.split(":", 1)[0].strip() if self.no_knob else None
 
     @property
     def scope(self) -> str:
@@ -59,7 +77,8 @@ def load(path: Path = AUDIT_YAML) -> tuple[dict[str, Any], list[Entry]]:
     for raw in data["entries"]:
         tasks = raw["tasks"] if isinstance(raw["tasks"], list) else [raw["tasks"]]
         entry = Entry(raw["paper"], raw["table"], tuple(tasks), raw["optimizer"], raw["knob"], raw["reference"],
-                      raw["source"], raw.get("text"), raw["ours"], raw["status"], raw.get("note"))
+                      raw["source"], raw.get("text"), raw["ours"], raw["status"], raw.get("note"),
+                      raw.get("no_knob"))
         if entry.status not in STATUSES:
             raise ValueError(f"{path}: status must be one of {STATUSES}, got {entry.status!r} ({entry.knob})")
         entries.append(entry)
@@ -127,8 +146,27 @@ def is_literal(value: Any) -> bool:
     return isinstance(value, str) and " " not in value.strip()
 
 
+def no_knob_problem(e: Entry) -> str | None:
+    """What is wrong with an entry's ``no_knob`` (None: nothing): a non-match must name a reason of
+    :data:`NO_KNOB_REASONS` and a sentence after it; a match has none."""
+    if e.status == "match":
+        return "a match needs no no_knob" if e.no_knob else None
+    if not e.no_knob or ":" not in e.no_knob:
+        return f"a {e.status} needs no_knob: '<reason>: <why>' (reasons: {', '.join(NO_KNOB_REASONS)})"
+    reason, why = (part.strip() for part in e.no_knob.split(":", 1))
+    if reason not in NO_KNOB_REASONS:
+        return f"no_knob reason {reason!r} is not one of {', '.join(NO_KNOB_REASONS)}"
+    if len(why.split()) < 4:
+        return f"no_knob {reason}: says too little ({why!r}); name why no knob is possible"
+    return None
+
+
 def problems(presets: dict[str, Any], entries: list[Entry]) -> Iterator[str]:
     """Each way the table and the composed configs disagree, one line each."""
+    for e in entries:
+        found = no_knob_problem(e)
+        if found:
+            yield f"{e.scope} {','.join(e.tasks)} {e.optimizer} {e.knob}: {found}"
     configs = composed_configs(presets, entries)
     for e in entries:
         for task in e.tasks:
@@ -170,6 +208,11 @@ def render(presets: dict[str, Any], entries: list[Entry]) -> str:
         "path:line); *text* is the paper's or README's value where it differs from the code.",
         "",
     ]
+    reasons = Counter(e.no_knob_reason for e in entries if e.status != "match")
+    if reasons:
+        lines += ["Why the deviations have no knob that reproduces the reference:", ""]
+        lines += [f"- {reasons[r]} {r}: {text}" for r, text in NO_KNOB_REASONS.items() if reasons[r]]
+        lines.append("")
     scopes = sorted({e.scope for e in entries})
     for scope in scopes:
         mine = [e for e in entries if e.scope == scope]
@@ -178,14 +221,15 @@ def render(presets: dict[str, Any], entries: list[Entry]) -> str:
                   "Presets: " + ", ".join(f"{k}* → `{v}`" for k, v in preset.items()), ""]
         dev = [e for e in mine if e.status != "match"]
         lines += [f"{len(mine)} knobs, {len(dev)} deviating or missing.", ""]
-        lines += ["| tasks | optimizer | knob | reference | text | ours | status | note | source |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += ["| tasks | optimizer | knob | reference | text | ours | status | note | no knob because | source |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         order = {"deviation": 0, "missing": 1, "match": 2}
         for e in sorted(mine, key=lambda e: (order[e.status], e.optimizer, e.knob)):
             status = f"**{e.status}**" if e.status != "match" else e.status
             note = _cell(e.note) if e.note else ""
             lines.append(f"| {', '.join(e.tasks)} | {e.optimizer} | `{e.knob}` | {_cell(e.reference)} "
-                         f"| {_cell(e.text)} | {_cell(e.ours)} | {status} | {note} | {e.source} |")
+                         f"| {_cell(e.text)} | {_cell(e.ours)} | {status} | {note} "
+                         f"| {_cell(e.no_knob) if e.no_knob else ''} | {e.source} |")
         lines.append("")
     return "\n".join(lines)
 

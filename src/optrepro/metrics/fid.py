@@ -173,9 +173,22 @@ def statistics_of(batches: Iterable[torch.Tensor], extractor: FeatureExtractor,
     return stats
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Generator output in [-1, 1] -> uint8 [0, 255], as saving to PNG would round it."""
-    return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+def to_uint8(images: torch.Tensor, per_image_minmax: bool = False) -> torch.Tensor:
+    """Generator output in [-1, 1] -> uint8 [0, 255], as saving to PNG would round it.
+
+    ``per_image_minmax``: stretch each image's own [min, max] to [0, 255] first, as
+    ``torchvision.utils.save_image(img, normalize=True)`` does when every image is saved to its own
+    file (the AdaBelief repo's WGAN FID: PyTorch_Experiments/wgan/main.py:263,346), then
+    ``floor(255 x + 0.5)`` as save_image quantises.
+    """
+    if not per_image_minmax:
+        return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = images.float()
+    flat = x.flatten(1)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    low, high = flat.min(dim=1).values.view(shape), flat.max(dim=1).values.view(shape)
+    x = (x - low) / (high - low).clamp_min(1e-5)  # save_image's normalize: max(high - low, 1e-5)
+    return (x * 255 + 0.5).clamp(0, 255).to(torch.uint8)
 
 
 # ------------------------------------------------------------------------------- real stats cache

@@ -10,6 +10,13 @@ whose ``weight_hh_l0`` stays its registered Parameter (the optimizer, ``state_di
 ``flatten_parameters`` see the raw weight). In training the forward pass runs the LSTM through
 ``torch.func.functional_call`` with a dropped copy of that weight in its place, so gradients flow
 to the raw weight through the dropout mask. In evaluation the LSTM is called as is.
+
+``freeze_weight_hh=True`` reproduces what the papers' code actually trained: the reference
+WeightDrop (AdaBelief repo ``PyTorch_Experiments/LSTM/weight_drop.py:42``, EAdam's copy identical)
+wraps the dropped matrix in a fresh ``Parameter``, which cuts it from the graph, so the raw
+hidden-to-hidden weights never get a gradient and stay at their initialisation while the DropConnect
+masks are still applied to them. Frozen here means ``requires_grad=False`` on ``weight_hh_l0``
+(its biases and input weights still train); ``False`` trains it, the evident intent.
 """
 
 from __future__ import annotations
@@ -54,12 +61,15 @@ _NOT_CONTIGUOUS = r".*RNN module weights are not part of single contiguous chunk
 
 
 class WeightDropLSTM(nn.Module):
-    """One-layer ``nn.LSTM`` with DropConnect (probability ``p``) on ``weight_hh_l0``."""
+    """One-layer ``nn.LSTM`` with DropConnect (probability ``p``) on ``weight_hh_l0``; with
+    ``freeze_weight_hh`` that weight is never trained (the reference's behaviour, module docstring)."""
 
-    def __init__(self, input_size: int, hidden_size: int, p: float) -> None:
+    def __init__(self, input_size: int, hidden_size: int, p: float, freeze_weight_hh: bool = False) -> None:
         super().__init__()
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers=1)
         self.p = p
+        self.freeze_weight_hh = freeze_weight_hh
+        self.lstm.weight_hh_l0.requires_grad_(not freeze_weight_hh)
 
     def forward(self, x: torch.Tensor, hx: State) -> tuple[torch.Tensor, State]:
         if not self.training or self.p == 0:
@@ -77,7 +87,8 @@ class AWDLSTM(nn.Module):
 
     def __init__(self, ntoken: int, emsize: int = 400, nhid: int = 1150, nlayers: int = 3,
                  dropout: float = 0.4, dropouth: float = 0.25, dropouti: float = 0.4, dropoute: float = 0.1,
-                 wdrop: float = 0.5, tied: bool = True, init_range: float = 0.1) -> None:
+                 wdrop: float = 0.5, tied: bool = True, init_range: float = 0.1,
+                 freeze_weight_hh: bool = False) -> None:
         super().__init__()
         self.ntoken, self.emsize, self.nhid, self.nlayers = ntoken, emsize, nhid, nlayers
         self.dropout, self.dropouth, self.dropouti, self.dropoute = dropout, dropouth, dropouti, dropoute
@@ -88,7 +99,7 @@ class AWDLSTM(nn.Module):
         self.sizes = [nhid] * (nlayers - 1) + [last]
         inputs = [emsize, *self.sizes[:-1]]
         pairs = zip(inputs, self.sizes, strict=True)
-        self.rnns = nn.ModuleList(WeightDropLSTM(n_in, n_out, wdrop) for n_in, n_out in pairs)
+        self.rnns = nn.ModuleList(WeightDropLSTM(n_in, n_out, wdrop, freeze_weight_hh) for n_in, n_out in pairs)
         self.decoder = nn.Linear(self.sizes[-1], ntoken)
         nn.init.uniform_(self.encoder.weight, -init_range, init_range)
         nn.init.zeros_(self.decoder.bias)

@@ -97,14 +97,24 @@ def orthogonal_init_(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+#: ``d_shortcut``: what the critic's residual shortcut sees in blocks 2-4. ``aliased`` is the reference
+#: (SNGAN-AdaBelief models/resnet.py:253-256: ``x0 = x`` then an in-place ReLU on ``x``, so the
+#: shortcut sees relu(x)); ``clean`` is the textbook block (the shortcut sees x).
+D_SHORTCUTS = ("clean", "aliased")
+#: ``g_embedding_init``: the conditional BatchNorm's gain/bias embeddings at the start. ``orthogonal``
+#: is the reference (StudioGAN's ortho init covers nn.Embedding, utils/model_ops.py:34-36);
+#: ``zeros`` starts every class at plain BN (gain 1, bias 0).
+G_EMBEDDING_INITS = ("zeros", "orthogonal")
+
+
 class ConditionalBatchNorm2d(nn.Module):
     """BatchNorm without affine, then a per-class scale (1 + gain[y]) and shift bias[y]; plain BN when
-    ``num_classes`` is 0. Gains and biases start at zero, so it starts as plain BN."""
+    ``num_classes`` is 0. ``reset_embeddings`` zeroes gains and biases (plain BN at the start)."""
 
-    def __init__(self, channels: int, num_classes: int) -> None:
+    def __init__(self, channels: int, num_classes: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.bn = nn.BatchNorm2d(channels, affine=num_classes == 0)
+        self.bn = nn.BatchNorm2d(channels, eps=eps, affine=num_classes == 0)
         if num_classes:
             self.gain = nn.Embedding(num_classes, channels)
             self.bias = nn.Embedding(num_classes, channels)
@@ -124,11 +134,11 @@ class ConditionalBatchNorm2d(nn.Module):
 
 
 class _GenBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, num_classes: int) -> None:
+    def __init__(self, cin: int, cout: int, num_classes: int, bn_eps: float) -> None:
         super().__init__()
-        self.bn1 = ConditionalBatchNorm2d(cin, num_classes)
+        self.bn1 = ConditionalBatchNorm2d(cin, num_classes, bn_eps)
         self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1)
-        self.bn2 = ConditionalBatchNorm2d(cout, num_classes)
+        self.bn2 = ConditionalBatchNorm2d(cout, num_classes, bn_eps)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
         self.shortcut = nn.Conv2d(cin, cout, 1, 1, 0)
 
@@ -139,19 +149,26 @@ class _GenBlock(nn.Module):
 
 
 class SNGANGenerator(nn.Module):
-    """z (N, nz) [+ labels] -> images (N, 3, 32, 32) in [-1, 1]: linear to 4x4, three up-blocks."""
+    """z (N, nz) [+ labels] -> images (N, 3, 32, 32) in [-1, 1]: linear to 4x4, three up-blocks.
 
-    def __init__(self, nz: int = 128, conv_dim: int = 64, num_classes: int = 0, nc: int = 3) -> None:
+    ``g_bn_eps``: eps of every BatchNorm (the reference's is 1e-4, utils/model_ops.py:75,84; torch's
+    default 1e-5). ``g_embedding_init``: see :data:`G_EMBEDDING_INITS`."""
+
+    def __init__(self, nz: int = 128, conv_dim: int = 64, num_classes: int = 0, nc: int = 3,
+                 g_bn_eps: float = 1e-5, g_embedding_init: str = "zeros") -> None:
         super().__init__()
+        if g_embedding_init not in G_EMBEDDING_INITS:
+            raise ValueError(f"g_embedding_init must be one of {G_EMBEDDING_INITS}, got {g_embedding_init!r}")
         self.nz, self.ch = nz, conv_dim * 4
         self.linear = nn.Linear(nz, 4 * 4 * self.ch)
-        self.blocks = nn.ModuleList([_GenBlock(self.ch, self.ch, num_classes) for _ in range(3)])
-        self.bn = nn.BatchNorm2d(self.ch)
+        self.blocks = nn.ModuleList([_GenBlock(self.ch, self.ch, num_classes, g_bn_eps) for _ in range(3)])
+        self.bn = nn.BatchNorm2d(self.ch, eps=g_bn_eps)
         self.conv = nn.Conv2d(self.ch, nc, 3, 1, 1)
-        orthogonal_init_(self)
-        for m in self.modules():
-            if isinstance(m, ConditionalBatchNorm2d):
-                m.reset_embeddings()
+        orthogonal_init_(self)  # embeddings included: "orthogonal" keeps them
+        if g_embedding_init == "zeros":
+            for m in self.modules():
+                if isinstance(m, ConditionalBatchNorm2d):
+                    m.reset_embeddings()
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = self.linear(z.view(z.shape[0], -1)).view(z.shape[0], self.ch, 4, 4)
@@ -161,9 +178,10 @@ class SNGANGenerator(nn.Module):
 
 
 class _DiscBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, downsample: bool, first: bool) -> None:
+    def __init__(self, cin: int, cout: int, downsample: bool, first: bool, aliased: bool = False) -> None:
         super().__init__()
         self.downsample, self.first = downsample, first
+        self.aliased = aliased and not first  # the first block has no ReLU before its conv
         self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
         self.learnable_sc = downsample or cin != cout
@@ -172,6 +190,8 @@ class _DiscBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x if self.first else F.relu(x)
+        if self.aliased:  # the reference's in-place ReLU: the shortcut sees relu(x) too
+            x = h
         h = self.conv2(F.relu(self.conv1(h)))
         if self.downsample:
             h = F.avg_pool2d(h, 2)
@@ -187,16 +207,21 @@ class _DiscBlock(nn.Module):
 
 class SNGANDiscriminator(nn.Module):
     """images (N, 3, 32, 32) [+ labels] -> scores (N,); spectral norm everywhere, sum pooling, and a
-    projection term <embed(y), h> when class-conditional."""
+    projection term <embed(y), h> when class-conditional. ``d_shortcut``: see :data:`D_SHORTCUTS`.
+    ``d_sn_eps``: the spectral norm's eps (StudioGAN's 1e-6, utils/model_ops.py:62-73; torch's 1e-12)."""
 
-    def __init__(self, conv_dim: int = 64, num_classes: int = 0, nc: int = 3) -> None:
+    def __init__(self, conv_dim: int = 64, num_classes: int = 0, nc: int = 3, d_shortcut: str = "clean",
+                 d_sn_eps: float = 1e-12) -> None:
         super().__init__()
+        if d_shortcut not in D_SHORTCUTS:
+            raise ValueError(f"d_shortcut must be one of {D_SHORTCUTS}, got {d_shortcut!r}")
         ch = conv_dim * 2
+        aliased = d_shortcut == "aliased"
         self.blocks = nn.Sequential(
             _DiscBlock(nc, ch, downsample=True, first=True),  # 16x16
-            _DiscBlock(ch, ch, downsample=True, first=False),  # 8x8
-            _DiscBlock(ch, ch, downsample=False, first=False),
-            _DiscBlock(ch, ch, downsample=False, first=False),
+            _DiscBlock(ch, ch, downsample=True, first=False, aliased=aliased),  # 8x8
+            _DiscBlock(ch, ch, downsample=False, first=False, aliased=aliased),
+            _DiscBlock(ch, ch, downsample=False, first=False, aliased=aliased),
         )
         self.linear = nn.Linear(ch, 1)
         self.num_classes = num_classes
@@ -205,7 +230,7 @@ class SNGANDiscriminator(nn.Module):
         orthogonal_init_(self)
         for m in list(self.modules()):  # after the init, so the power iteration starts from the final weights
             if isinstance(m, (nn.Conv2d, nn.Linear, nn.Embedding)):
-                spectral_norm(m)
+                spectral_norm(m, eps=d_sn_eps)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         h = F.relu(self.blocks(x)).sum(dim=(2, 3))
@@ -252,6 +277,8 @@ class RingDiscriminator(nn.Module):
 
 __all__ = [
     "DCGAN_HEADS",
+    "D_SHORTCUTS",
+    "G_EMBEDDING_INITS",
     "ConditionalBatchNorm2d",
     "DCGANDiscriminator",
     "DCGANGenerator",

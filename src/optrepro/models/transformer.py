@@ -36,6 +36,9 @@ class TransformerConfig:
     activation_dropout: float = 0.0
     share_decoder_input_output: bool = True
     max_positions: int = 1024
+    # pre-LN layers (LayerNorm before each sublayer, a final LayerNorm after the encoder and the
+    # decoder): fairseq's --encoder/decoder-normalize-before, transformer_iwslt_de_en_v2
+    normalize_before: bool = False
 
 
 def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
@@ -135,9 +138,12 @@ class EncoderLayer(nn.Module):
         self.attn = Attention(c.d_model, c.heads, c.attention_dropout, self_attention=True)
         self.ffn = FeedForward(c.d_model, c.ffn_dim, c.activation_dropout)
         self.norm1, self.norm2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
-        self.dropout = c.dropout
+        self.dropout, self.pre = c.dropout, c.normalize_before
 
     def forward(self, x: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
+        if self.pre:
+            x = x + F.dropout(self.attn(self.norm1(x), key_mask=src_mask), self.dropout, self.training)
+            return x + F.dropout(self.ffn(self.norm2(x)), self.dropout, self.training)
         x = self.norm1(x + F.dropout(self.attn(x, key_mask=src_mask), self.dropout, self.training))
         return self.norm2(x + F.dropout(self.ffn(x), self.dropout, self.training))
 
@@ -149,16 +155,24 @@ class DecoderLayer(nn.Module):
         self.cross_attn = Attention(c.d_model, c.heads, c.attention_dropout, self_attention=False)
         self.ffn = FeedForward(c.d_model, c.ffn_dim, c.activation_dropout)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(c.d_model) for _ in range(3))
-        self.dropout = c.dropout
+        self.dropout, self.pre = c.dropout, c.normalize_before
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor) -> torch.Tensor:
         drop = self.dropout
+        if self.pre:
+            x = x + F.dropout(self.self_attn(self.norm1(x), causal=True), drop, self.training)
+            x = x + F.dropout(self.cross_attn(self.norm2(x), memory, key_mask=src_mask), drop, self.training)
+            return x + F.dropout(self.ffn(self.norm3(x)), drop, self.training)
         x = self.norm1(x + F.dropout(self.self_attn(x, causal=True), drop, self.training))
         x = self.norm2(x + F.dropout(self.cross_attn(x, memory, key_mask=src_mask), drop, self.training))
         return self.norm3(x + F.dropout(self.ffn(x), drop, self.training))
 
     def step(self, x: torch.Tensor, src_mask: torch.Tensor, cache: dict[str, torch.Tensor]) -> torch.Tensor:
         """Inference on one new position (eval mode: no dropout)."""
+        if self.pre:
+            x = x + self.self_attn.step(self.norm1(x), cache, prefix="self_")
+            x = x + self.cross_attn.step(self.norm2(x), cache, key_mask=src_mask, prefix="cross_")
+            return x + self.ffn(self.norm3(x))
         x = self.norm1(x + self.self_attn.step(x, cache, prefix="self_"))
         x = self.norm2(x + self.cross_attn.step(x, cache, key_mask=src_mask, prefix="cross_"))
         return self.norm3(x + self.ffn(x))
@@ -183,6 +197,9 @@ class Seq2SeqTransformer(nn.Module):
                              persistent=False)
         self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
+        # pre-LN: the final LayerNorms of fairseq's encoder and decoder (None in the post-LN layout)
+        self.encoder_norm = nn.LayerNorm(c.d_model) if c.normalize_before else None
+        self.decoder_norm = nn.LayerNorm(c.d_model) if c.normalize_before else None
         if c.share_decoder_input_output:
             self.output_proj = None
         else:
@@ -203,6 +220,8 @@ class Seq2SeqTransformer(nn.Module):
         x = self._embed(self.src_embed, src) * src_mask.unsqueeze(-1).to(self.src_embed.weight.dtype)
         for layer in self.encoder:
             x = layer(x, src_mask)
+        if self.encoder_norm is not None:
+            x = self.encoder_norm(x)
         return x, src_mask
 
     def decode(self, tgt_in: torch.Tensor, memory: torch.Tensor, src_mask: torch.Tensor,
@@ -218,6 +237,8 @@ class Seq2SeqTransformer(nn.Module):
         return self.decode(tgt_in, memory, src_mask)
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
+        if self.decoder_norm is not None:
+            x = self.decoder_norm(x)
         weight = self.tgt_embed.weight if self.output_proj is None else self.output_proj.weight
         return F.linear(x, weight)
 

@@ -182,6 +182,9 @@ class Yogi(_LoopOptimizer):
             p.addcdiv_(m, denom, value=-float(group["lr"]) / (1 - beta1**step))
 
 
+MSVAG_VARIANTS = ("paper", "adabelief_repo", "adabelief_repo_2020")
+
+
 class MSVAG(_LoopOptimizer):
     """M-SVAG (Balles & Hennig, ICML 2018): momentum SGD damped per coordinate by its estimated SNR.
 
@@ -192,6 +195,10 @@ class MSVAG(_LoopOptimizer):
 
     ``variant="adabelief_repo"`` is the baseline as the AdaBelief repo ran it: v averaged with
     beta1 but bias-corrected with ``1 - beta2^t``, no rho cap, no clipping (NaN -> 0 kept).
+    ``variant="adabelief_repo_2020"`` is that baseline as it was when the paper's curves were made
+    (AdaBelief repo code of 2020-10; the beta2 correction came in on 2021-02-16): v bias-corrected
+    with ``1 - beta1^t``, no rho cap, no clipping. Early steps are far larger than with beta2's
+    correction (``1 - 0.999^t`` is ~1000x smaller than ``1 - 0.5^t`` at first).
     Keywords match that class (``eps`` is accepted and unused there too); coupled L2 decay.
     """
 
@@ -208,13 +215,14 @@ class MSVAG(_LoopOptimizer):
         betas = check_betas(betas)
         check_nonnegative("eps", eps)
         check_nonnegative("weight_decay", weight_decay)
-        check_choice("variant", variant, ("paper", "adabelief_repo"))
+        check_choice("variant", variant, MSVAG_VARIANTS)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, variant=variant)
         super().__init__(params, defaults)
 
     def _step_group(self, index: int, group: dict[str, Any]) -> None:
         beta1, beta2 = group["betas"]
         paper = group["variant"] == "paper"
+        correct_with_beta1 = group["variant"] in ("paper", "adabelief_repo_2020")
         for p, grad, state in self._params_with_grad(group):
             if len(state) == 0:
                 state["step"] = 0
@@ -229,7 +237,7 @@ class MSVAG(_LoopOptimizer):
             v.mul_(beta1).addcmul_(grad, grad, value=1 - beta1)
             beta1_t = beta1**step
             m_hat = m / (1 - beta1_t)
-            v_hat = v / (1 - (beta1_t if paper else beta2**step))
+            v_hat = v / (1 - (beta1_t if correct_with_beta1 else beta2**step))
             rho = (1 - beta1) / (1 + beta1) * (1 + beta1_t) / (1 - beta1_t)
             if paper:
                 rho = min(rho, 0.9999)

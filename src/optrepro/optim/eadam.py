@@ -10,6 +10,13 @@ AMSGrad: no in-place eps, ``u = max(u, v)``, denominator ``sqrt(u) + eps`` befor
 
 Summing the in-place additions gives exactly ``v_hat + eps / (1 - b2)`` after bias correction, so
 EAdam(eps) == AdamFamily(eps=0, eps_root=eps / (1 - b2)) at every step (tested).
+
+``eps_outside=True`` is the rule the paper's CIFAR runs executed: the repo's compiled
+``cifar-classification/optimizations/__pycache__/EAdam.cpython-37.pyc`` (compiled before the paper)
+computes ``denom = v.add_(eps).sqrt().add_(eps)`` at its source line 101, i.e. eps in the state AND
+the same eps outside the root, before bias correction (old torch Adam form), whereas every ``EAdam.py``
+in the repo has ``denom = v.add_(eps).sqrt()`` (EAdam.py:100). The difference is tiny (eps next to
+sqrt(v) >= sqrt(eps)) but it is what ran. Ignored with amsgrad (both forms are plain AMSGrad there).
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ from .adam_family import AdamFamilyOptimizer
 
 
 class EAdam(AdamFamilyOptimizer):
-    """Drop-in for the official EAdam class (same keywords, defaults and state keys)."""
+    """Drop-in for the official EAdam class (same keywords, defaults and state keys); ``eps_outside``
+    adds the compiled version's outer eps (module docstring)."""
 
     def __init__(
         self,
@@ -34,6 +42,7 @@ class EAdam(AdamFamilyOptimizer):
         weight_decay: float = 0,
         amsgrad: bool = False,
         *,
+        eps_outside: bool = False,
         foreach: bool | None = None,
         fused: bool = False,
     ) -> None:
@@ -42,7 +51,9 @@ class EAdam(AdamFamilyOptimizer):
         check_nonnegative("eps", eps)
         check_nonnegative("weight_decay", weight_decay)
         check_bool("amsgrad", amsgrad)
-        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
+        check_bool("eps_outside", eps_outside)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                        eps_outside=eps_outside)
         super().__init__(params, defaults, foreach=foreach, fused=fused)
 
     def _core(self, group: dict[str, Any]) -> tuple[CoreSpec, CoreHyper]:
@@ -59,7 +70,7 @@ class EAdam(AdamFamilyOptimizer):
             lr=group["lr"],
             beta1=beta1,
             beta2=beta2,
-            eps=eps if amsgrad else 0.0,
+            eps=eps if amsgrad or group.get("eps_outside", False) else 0.0,
             eps_state=0.0 if amsgrad else eps,
             weight_decay=group["weight_decay"],
         )

@@ -185,14 +185,23 @@ class GANTask(AdversarialTask):
             self.G: nn.Module = nets.DCGANGenerator(self.nz, int(cfg.ngf))
             self.D: nn.Module = nets.DCGANDiscriminator(int(cfg.ndf), head=str(cfg.d_head))
         else:
-            self.G = nets.SNGANGenerator(self.nz, int(cfg.ngf), self.num_classes)
-            self.D = nets.SNGANDiscriminator(int(cfg.ndf), self.num_classes)
+            self.G = nets.SNGANGenerator(self.nz, int(cfg.ngf), self.num_classes, g_bn_eps=float(cfg.g_bn_eps),
+                                         g_embedding_init=str(cfg.g_embedding_init))
+            self.D = nets.SNGANDiscriminator(int(cfg.ndf), self.num_classes, d_shortcut=str(cfg.d_shortcut),
+                                             d_sn_eps=float(cfg.d_sn_eps))
         self.G.to(self.device).train()
         self.D.to(self.device).train()
         rng = torch.Generator(device=self.device)
         rng.manual_seed(derived_seed("gan-noise", ctx.seed))
         self._init_adversarial(rng, self.device)
-        self.order = BatchOrder(self.images.shape[0], self.batch_size, derived_seed("gan-batches", ctx.seed))
+        # task.drop_last=false keeps each epoch's last partial batch (the reference WGAN DataLoaders')
+        self.order = BatchOrder(self.images.shape[0], self.batch_size, derived_seed("gan-batches", ctx.seed),
+                                drop_last=bool(cfg.get("drop_last", True)))
+        # task.g_schedule: "fixed" = n_critic D steps, then G on fresh noise; "epoch_index" = the reference
+        # WGAN loop (wgan/main.py:279-321): a G step after the D step of every batch index i with
+        # i % n_critic == 0 of each epoch (so D,G,DDDDD,G,... restarting every epoch), on that D step's noise
+        self.g_schedule = str(cfg.get("g_schedule", "fixed"))
+        self._last_noise: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
         fid = cfg.get("fid") or {}
         self.fid_enabled = bool(fid.get("enabled", False))
@@ -230,6 +239,7 @@ class GANTask(AdversarialTask):
     def _d_step(self) -> torch.Tensor:
         real, y_real = self._real_batch()
         z, y_fake = self._noise(real.shape[0], self.rng)
+        self._last_noise = (z, y_fake)
         with torch.no_grad(), self.ctx.autocast():
             fake = self.G(z, y_fake)
         with self.ctx.autocast():
@@ -245,8 +255,8 @@ class GANTask(AdversarialTask):
         self._record("d_fake", d_fake.float().mean())
         return self._d_update(loss)
 
-    def _g_step(self) -> torch.Tensor:
-        z, y = self._noise(self.batch_size, self.rng)
+    def _g_step(self, noise: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
+        z, y = noise if noise is not None else self._noise(self.batch_size, self.rng)
 
         def d_on_fakes() -> torch.Tensor:
             with self.ctx.autocast():
@@ -256,9 +266,17 @@ class GANTask(AdversarialTask):
 
     def train_step(self) -> dict[str, Any]:
         d_loss = torch.zeros((), device=self.device)
-        for _ in range(self.n_critic):
-            d_loss = self._d_step()
-        g_loss = self._g_step()
+        if self.g_schedule == "epoch_index":
+            while True:  # D steps up to and including the next batch index i with i % n_critic == 0
+                index = 0 if self.order.epoch_finished else self.order.index
+                d_loss = self._d_step()
+                if index % self.n_critic == 0:
+                    break
+            g_loss = self._g_step(self._last_noise)
+        else:
+            for _ in range(self.n_critic):
+                d_loss = self._d_step()
+            g_loss = self._g_step()
         self.step += 1
         return {"loss": d_loss + g_loss, "d_loss": d_loss, "g_loss": g_loss}
 
@@ -311,12 +329,19 @@ class GANTask(AdversarialTask):
         images = self._real_images()
         batch = int(self.fid_cfg.batch_size)
 
+        stretch = bool(self.fid_cfg.get("per_image_minmax", False))
+
         def batches() -> Iterator[torch.Tensor]:
             for start in range(0, images.shape[0], batch):
                 chunk = images[start : start + batch].to(self.device)
-                yield chunk if self.image_size == 32 else to_uint8(self._to_model_range(chunk))
+                if self.image_size == 32 and not stretch:
+                    yield chunk
+                else:
+                    yield to_uint8(self._to_model_range(chunk), per_image_minmax=stretch)
 
         name = extractor_name(extractor)
+        if name is not None and stretch:
+            name = f"{name}-minmax"  # other real statistics: never share a cache file
         cache = None
         if name is not None:
             digest = hashlib.sha1(images.cpu().numpy().tobytes()).hexdigest()[:10]  # fake vs real data apart
@@ -342,7 +367,7 @@ class GANTask(AdversarialTask):
             for start in range(0, num_fake, batch):
                 z, y = self._noise(min(batch, num_fake - start), gen)
                 with self.ctx.autocast():
-                    images = to_uint8(self.G(z, y))
+                    images = to_uint8(self.G(z, y), per_image_minmax=bool(self.fid_cfg.get("per_image_minmax", False)))
                 yield images  # outside autocast: the extractor runs in fp32
 
         was_training = self.G.training
@@ -354,7 +379,8 @@ class GANTask(AdversarialTask):
         mu_f, sigma_f = stats.mean_cov()
         out = {"fid": frechet_distance(mu_r, sigma_r, mu_f, sigma_f)}
         if stats.logits:
-            out["inception_score"], out["inception_score_std"] = inception_score(torch.cat(stats.logits))
+            splits = int(self.fid_cfg.get("is_splits", 10))
+            out["inception_score"], out["inception_score_std"] = inception_score(torch.cat(stats.logits), splits)
         return out
 
     # ----------------------------------------------------------------------------- loop API

@@ -24,7 +24,8 @@ Model selection differs from the reference on purpose: the reference evaluated (
 checkpoint, and triggered ASGD) on the *test* split. Here selection and the ASGD trigger use
 valid; the primary metric ``test_ppl_at_best_valid`` is the test perplexity at the epoch with the
 best valid perplexity so far, and ``best_test_ppl`` (the reference's selection on test) is
-reported beside it.
+reported beside it. ``task.asgd_trigger_split=test`` makes the ASGD trigger watch the test loss as
+the reference's did (main.py:314,326-328 of the AdaBelief repo's LSTM); the schema's default is valid.
 
 Generalization gap: at each epoch end the same perplexity on a fixed held-in span of the training
 stream (a contiguous block as long as the test split, ``task.heldin_size`` tokens otherwise; its
@@ -153,8 +154,11 @@ class LanguageModelTask(Task):
         self.model = AWDLSTM(ntoken, emsize=int(m.emsize), nhid=int(m.nhid), nlayers=int(m.nlayers),
                              dropout=float(m.dropout), dropouth=float(m.dropouth), dropouti=float(m.dropouti),
                              dropoute=float(m.dropoute), wdrop=float(m.wdrop), tied=bool(m.get("tied", True)),
-                             init_range=float(m.get("init_range", 0.1))).to(device)
-        self.params = list(self.model.parameters())  # the tied matrix appears once
+                             init_range=float(m.get("init_range", 0.1)),
+                             freeze_weight_hh=bool(m.get("freeze_weight_hh", False))).to(device)
+        # the tied matrix appears once; frozen hidden-to-hidden weights (task.model.freeze_weight_hh)
+        # are left out, as the reference's optimizer never stepped them (they never had a grad)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         seed_rank_stream(ctx, "lm-rank")
         self.optimizer = ctx.make_optimizer(self.params)
         self.optimizer_name = str(ctx.cfg.optimizer.get("name"))
@@ -178,7 +182,9 @@ class LanguageModelTask(Task):
         self.hidden: Hidden | None = None
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # this epoch's CE * tokens
         self.loss_tokens = 0
-        self.valid_history: list[float] = []  # valid losses, for the non-monotonic trigger
+        # the losses the non-monotonic trigger watches: valid (default) or test (task.asgd_trigger_split)
+        self.trigger_split = str(cfg.get("asgd_trigger_split", "valid"))
+        self.valid_history: list[float] = []
         self.history: list[dict[str, float]] = []  # per-epoch metrics
         self.asgd_epoch: int | None = None
         self._epoch_ended = False
@@ -248,11 +254,12 @@ class LanguageModelTask(Task):
         self.loss_tokens = 0
         valid_loss = self.split_loss("valid")
         test_loss = self.split_loss("test")
+        trigger_loss = test_loss if self.trigger_split == "test" else valid_loss
         if (self.asgd_switch and self.optimizer_name == "sgd" and not self.using_asgd
                 and len(self.valid_history) > self.nonmono
-                and valid_loss > min(self.valid_history[: -self.nonmono])):
+                and trigger_loss > min(self.valid_history[: -self.nonmono])):
             self._switch_to_asgd()
-        self.valid_history.append(valid_loss)
+        self.valid_history.append(trigger_loss)
         if self.epochs_done in self.milestones:  # the next epoch (0-based index epochs_done) runs decayed
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr"] * self.lr_gamma

@@ -75,6 +75,7 @@ class VisionData:
 @dataclass
 class VisionModel:
     name: str = _f(choices="optrepro.models.cifar:MODELS")
+    num_classes: int | None = _f(None, **POS)  # the head's outputs; None = task.num_classes
 
 
 @dataclass
@@ -90,6 +91,7 @@ class ImageClassificationSchema(TaskSchema):
     top5: bool = False
     channels_last: Any = "auto"  # true, false or auto
     heldin_size: int | None = _f(None, **NONNEG)  # held-in training images for the gap; null = test size, 0 = off
+    drop_last: bool = True  # false: keep each epoch's last partial batch (the reference DataLoaders')
 
 
 def _check_vision(cfg: DictConfig) -> None:
@@ -104,6 +106,9 @@ def _check_vision(cfg: DictConfig) -> None:
                         f"(imagenet goes with imagefolder, crop_flip or none with in-memory datasets)")
     if name in CLASSES and cfg.num_classes != CLASSES[name]:
         raise UserError(f"task.num_classes={cfg.num_classes} but {name} has {CLASSES[name]} classes")
+    if cfg.model.num_classes is not None and cfg.model.num_classes < cfg.num_classes:
+        raise UserError(f"task.model.num_classes={cfg.model.num_classes} is below task.num_classes={cfg.num_classes}: "
+                        "the head needs an output per label")
     if cfg.channels_last not in (True, False, "auto"):
         raise UserError(f"task.channels_last must be true, false or auto, got {cfg.channels_last!r}")
     check_lr_milestones(cfg.lr_milestones)
@@ -133,12 +138,14 @@ class LMModel:
     wdrop: float = _f(**UNIT)
     tied: bool = True
     init_range: float = _f(0.1, **POS)
+    freeze_weight_hh: bool = False  # true: the reference's never-trained hidden-to-hidden weights
 
 
 @dataclass
 class LanguageModelSchema(TaskSchema):
     data: LMData = field(default_factory=LMData)
     model: LMModel = field(default_factory=LMModel)
+    asgd_trigger_split: str = _f("valid", choices=("valid", "test"))  # the losses the ASGD trigger watches
     batch_size: int = _f(**POS)
     eval_batch_size: int = _f(**POS)
     test_batch_size: int = _f(**POS)
@@ -239,6 +246,7 @@ class MTModel:
     attention_dropout: float = _f(**UNIT)
     activation_dropout: float = _f(**UNIT)
     share_decoder_input_output: bool = True
+    normalize_before: bool = False  # true: pre-LN layers + final LayerNorms (transformer_iwslt_de_en_v2)
 
 
 @dataclass
@@ -289,6 +297,8 @@ class FIDSchema:
     batch_size: int = _f(250, **POS)
     every_steps: int = _f(10000, **POS)
     real_split: str = _f("train", choices=("train", "test"))
+    is_splits: int = _f(10, **POS)  # Inception Score splits (torch-fidelity's 10; StudioGAN's 1)
+    per_image_minmax: bool = False  # stretch every image to its own [min, max] before uint8 (the WGAN FID's)
     inception_score: bool = True
     weights_path: str | None = None
 
@@ -312,6 +322,12 @@ class GANSchema(TaskSchema):
     ndf: int = _f(**POS)
     gp_lambda: float = _f(0.0, **NONNEG)
     clip_value: float = _f(0.0, **NONNEG)
+    drop_last: bool = True  # false: keep each epoch's last partial batch
+    g_schedule: str = _f("fixed", choices=("fixed", "epoch_index"))  # when G steps (optrepro.tasks.gan)
+    d_shortcut: str = _f("clean", choices="optrepro.models.gan:D_SHORTCUTS")  # sngan_resnet only
+    g_bn_eps: float = _f(1e-5, **POS)  # sngan_resnet only
+    d_sn_eps: float = _f(1e-12, **POS)  # sngan_resnet only: the critic's spectral-norm eps
+    g_embedding_init: str = _f("zeros", choices="optrepro.models.gan:G_EMBEDDING_INITS")  # sngan_resnet only
 
 
 def _check_gan(cfg: DictConfig) -> None:

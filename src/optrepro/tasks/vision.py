@@ -106,14 +106,24 @@ class ImageClassificationTask(Task):
 
         self._build_data()
         check_fits("batch_size", self.batch_size, self.n_train, "training images")
-        self.order = BatchOrder(self.n_train, self.batch_size, seed=derived_seed("vision-order", ctx.seed))
+        # task.drop_last=false keeps each epoch's last partial batch, as the reference DataLoaders did
+        drop_last = bool(cfg.get("drop_last", True))
+        rest = self.n_train % self.batch_size
+        if not drop_last and rest and rest % self.dist.world:
+            raise UserError(f"task.drop_last=false: the last batch of {rest} images does not split over "
+                            f"{self.dist.world} processes; use task.drop_last=true or another process count")
+        self.order = BatchOrder(self.n_train, self.batch_size, seed=derived_seed("vision-order", ctx.seed),
+                                drop_last=drop_last)
         self._perm_cache: tuple[int, torch.Tensor] | None = None
 
         from optrepro.models.cifar import build_model
 
         if cuda:
             torch.backends.cudnn.benchmark = True
-        self.model: nn.Module = build_model(str(cfg.model.name), int(cfg.num_classes)).to(self.device)
+        # task.model.num_classes: the head's width when it differs from the labels' (EAdam's nets have
+        # 100 outputs on CIFAR-10 too: the 90 extra logits only enter the softmax's normaliser)
+        outputs = cfg.model.num_classes if cfg.model.get("num_classes") is not None else cfg.num_classes
+        self.model: nn.Module = build_model(str(cfg.model.name), int(outputs)).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model: nn.Module = self.model  # what train_step calls: the model, or its DDP wrapper
