@@ -304,7 +304,7 @@ def test_asgd_trigger_watches_the_configured_split(tmp_path: Path, split: str, s
     cfg = resolve_interpolations(cfg)
     seed_everything(0)
     task = build_task(cfg.task, RunContext(cfg=cfg, device=torch.device("cpu"), precision="fp32", seed=0))
-    task.split_loss = lambda which: {"valid": 5.0, "test": 9.0}[which]  # type: ignore[method-assign]
+    task.split_loss = lambda which: {"valid": 5.0, "test": 9.0, "heldin": 4.0}[which]  # type: ignore[method-assign]
     task.valid_history = [6.0, 6.0]  # the trigger fires when the watched loss exceeds 6
     task._end_epoch()
     assert task.using_asgd == switches
