@@ -134,3 +134,27 @@ def test_cfg_job_shows_the_vit_recipe() -> None:
     assert (task["batch_size"], task["max_steps"], task["warmup_steps"], task["schedule"], task["clip_norm"]) == (
         512, 10000, 500, "cosine", 1.0)
     assert task["data"]["val_fraction"] == 0.02 and task["model"]["source"] == "timm"
+
+
+def test_pretrained_weights_from_the_hf_cache_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """download=false: timm's pretrained file is read from the HF cache layout, or a one-line DataMissingError."""
+    import huggingface_hub.constants
+    from safetensors.torch import save_file
+
+    from optrepro.errors import DataMissingError
+    from optrepro.models.timm_models import build_timm_model
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    name, kwargs = TINY["vit"]
+    hub_id = timm.models.get_pretrained_cfg(name).hf_hub_id
+    with pytest.raises(DataMissingError, match="python -m optrepro.models.timm_models"):
+        build_timm_model(name, 10, pretrained=True, checkpoint=None, kwargs=kwargs, download=False)
+    torch.manual_seed(1)
+    source = timm.create_model(name, pretrained=False, num_classes=10, **kwargs)
+    repo = tmp_path / f"models--{hub_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    save_file(source.state_dict(), str(repo / "snapshots" / ("0" * 40) / "model.safetensors"))
+    model = build_timm_model(name, 10, pretrained=True, checkpoint=None, kwargs=kwargs, download=False)
+    assert torch.equal(model.state_dict()["blocks.1.mlp.fc2.weight"], source.state_dict()["blocks.1.mlp.fc2.weight"])

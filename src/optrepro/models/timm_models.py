@@ -10,6 +10,7 @@ through the same timm loader (head dropped, position embeddings resampled to ``i
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from optrepro.errors import DataMissingError, UserError
 
 #: the files timm looks for in a hub repository, in its order
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+#: the checkpoints of the vision fine-tuning tasks (configs/task/cifar10_*_ft.yaml)
+FINETUNE_MODELS = ("vit_base_patch16_224.orig_in21k", "resnet50.tv_in1k")
 
 
 def _cached_weights(hub_id: str) -> str:
@@ -32,8 +35,8 @@ def _cached_weights(hub_id: str) -> str:
         except Exception:  # noqa: BLE001 - huggingface_hub raises several kinds for "not in the cache"
             continue
     raise DataMissingError(f"timm weights {hub_id} are not in the local HF cache; fetch them once with "
-                           f"python -c \"import timm; timm.create_model('{hub_id.removeprefix('timm/')}', "
-                           f"pretrained=True)\" (or set task.data.download=true)")
+                           f"python -m optrepro.models.timm_models {hub_id.removeprefix('timm/')} "
+                           f"(or set task.data.download=true)")
 
 
 def build_timm_model(name: str, num_classes: int, pretrained: bool, checkpoint: str | None,
@@ -67,4 +70,19 @@ def model_norm_stats(name: str) -> tuple[Sequence[float], Sequence[float]]:
     return tuple(float(m) for m in cfg.mean), tuple(float(s) for s in cfg.std)
 
 
-__all__ = ["build_timm_model", "model_norm_stats"]
+def main(argv: list[str] | None = None) -> None:
+    """Fetch pretrained timm weights into the HF cache (once, with network), for runs with download=false."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("names", nargs="*", default=list(FINETUNE_MODELS), help="timm model names with their tag")
+    import timm
+
+    for name in parser.parse_args(argv).names:
+        timm.create_model(name, pretrained=True)
+        print(f"{name}: in the HF cache")
+
+
+__all__ = ["FINETUNE_MODELS", "build_timm_model", "main", "model_norm_stats"]
+
+
+if __name__ == "__main__":
+    main()
