@@ -122,8 +122,10 @@ def test_smoke_run_learns_through_the_real_code(data_root: Path, checkpoints: di
     rows = metrics(folder)
     assert len(rows) == 6 and all({"train_loss", "test_acc", "val_acc", "val_loss", "lr"} <= set(r) for r in rows)
     assert summary(folder)["metric"] == "test_acc"
+    # measured (seeds 1-3): train loss 2.21-2.30 -> 0.90-0.93, final test_acc 47-50% on 32 images (chance 10%)
     first, last = rows[0]["train_loss"], rows[-1]["train_loss"]
     assert last < 0.7 * first, (first, last)
+    assert rows[-1]["test_acc"] > 25.0, rows[-1]
 
 
 def test_cfg_job_shows_the_vit_recipe() -> None:
