@@ -45,6 +45,9 @@ TABLES: dict[str, tuple[str, list[str]]] = {
                           "outside corners at every eps's matched floor", ["transformer_scale"]),
     "finetune_glue": ("Fine-tuning RoBERTa-base on GLUE RTE, MRPC, CoLA, STS-B, SST-2: Adam-family presets, the 2x2 "
                       "corners, an eps sweep with the matched floor; >= 5 seeds", ["finetune_glue"]),
+    "finetune_vision": ("Fine-tuning pretrained ViT-B/16 and ResNet-50 on CIFAR-10 (the ViT fine-tuning recipe): SGD, "
+                        "Adam-family presets, the 2x2 corners; 5 seeds (not timed without cached weights)",
+                        ["finetune_vision"]),
 }
 #: the pretraining task of transformer_scale and its sizes (configs/task/model/), one sweep per size
 LM_TASK = "lm_pretrain_fineweb"
@@ -105,6 +108,8 @@ def plan(table: str, seeds: str) -> list[Sweep]:
         return [s for name in [*TABLES, "ablation"] for s in plan(name, seeds)]
     if table == "finetune_glue":
         return finetune_plan(seeds)
+    if table == "finetune_vision":  # fine-tuning varies with the seed: never fewer than 5, as finetune_glue
+        seeds = at_least_seeds(seeds, FINETUNE_MIN_SEEDS)
     if table == "ablation":
         tasks = [t for t in ABLATION_TASKS if t in group_options("task")]
         # the corners at the task's ε, and the outside corners at its inside floor (placement at a matched floor)

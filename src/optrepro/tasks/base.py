@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import hashlib
+import math
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -240,6 +241,19 @@ class FixedStepsTask(Task):
 
 
 # ------------------------------------------------------------------------------- batch order
+def cosine_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
+    """The lr of the update that follows ``step`` finished updates: linear warm-up, then cosine to ``min_ratio``.
+
+    Shared by every warm-up + cosine task (lm_pretrain, the vision fine-tune), so there is one copy.
+    """
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if step >= total:
+        return peak * min_ratio
+    progress = (step - warmup) / max(total - warmup, 1)
+    return peak * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 def derived_seed(*parts: Any) -> int:
     """A stable 63-bit seed from any parts (independent of PYTHONHASHSEED)."""
     digest = hashlib.sha256(repr(parts).encode()).digest()

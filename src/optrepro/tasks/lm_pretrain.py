@@ -37,22 +37,12 @@ from optrepro.data import token_shards as shards
 from optrepro.errors import UserError
 from optrepro.models.gpt import GPT, GPTConfig, next_token_loss
 from optrepro.models.param_kinds import parameter_kinds, weight_decay_groups
-from optrepro.tasks.base import RunContext, Task, check_fits, time_steps
+from optrepro.tasks.base import RunContext, Task, check_fits, cosine_lr, time_steps
 
 SOURCES = ("pydoc", "shards")
 PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: training tokens the unigram yardstick is counted on (the whole split when shorter)
 UNIGRAM_TOKENS = 20_000_000
-
-
-def cosine_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
-    """The lr of the update that follows ``step`` finished updates: linear warm-up, then cosine to ``min_ratio``."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if step >= total:
-        return peak * min_ratio
-    progress = (step - warmup) / max(total - warmup, 1)
-    return peak * (min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def check_state_eps(optimizer: torch.optim.Optimizer) -> None:

@@ -70,11 +70,17 @@ class VisionData:
     train_subset: int | None = _f(None, **POS)
     test_subset: int | None = _f(None, **POS)
     val_size: int | None = _f(None, **POS)  # training images held out as a validation split (make tune)
+    input_size: int | None = _f(None, **POS)  # resize in-memory images on the device (a pretrained model's size)
+    normalize: str = _f("dataset", choices="optrepro.tasks.vision:NORMALIZE")
 
 
 @dataclass
 class VisionModel:
-    name: str = _f(choices="optrepro.models.cifar:MODELS")
+    name: str = _f(nonempty=True)  # source=cifar: one of optrepro.models.cifar:MODELS; timm: a timm model name
+    source: str = _f("cifar", choices="optrepro.tasks.vision:MODEL_SOURCES")
+    pretrained: bool = False  # source=timm: timm's pretrained weights (hub, or the HF cache when download=false)
+    checkpoint: str | None = None  # source=timm: a local state_dict file loaded through timm instead
+    kwargs: dict[str, Any] = _f({})  # source=timm: extra timm.create_model arguments (img_size, ...)
     num_classes: int | None = _f(None, **POS)  # the head's outputs; None = task.num_classes
 
 
@@ -92,10 +98,27 @@ class ImageClassificationSchema(TaskSchema):
     channels_last: Any = "auto"  # true, false or auto
     heldin_size: int | None = _f(None, **NONNEG)  # held-in training images for the gap; null = test size, 0 = off
     drop_last: bool = True  # false: keep each epoch's last partial batch (the reference DataLoaders')
+    max_steps: int | None = _f(None, **POS)  # stop at this many steps (null: after epochs)
+    schedule: str = _f("step", choices="optrepro.tasks.vision:SCHEDULES")  # step (lr_milestones) | cosine
+    warmup_steps: int = _f(0, **NONNEG)  # schedule=cosine: linear warm-up steps
+    min_lr_ratio: float = _f(0.0, **NONNEG)  # schedule=cosine: the final lr / the base lr
+    clip_norm: float = _f(0.0, **NONNEG)  # global gradient-norm clipping (0: off)
+    decay_mask: str = _f("all", choices="optrepro.tasks.vision:DECAY_MASKS")  # matrices: none on biases/norms
 
 
 def _check_vision(cfg: DictConfig) -> None:
+    from optrepro.models.cifar import MODELS
     from optrepro.tasks.vision import CLASSES
+
+    model = cfg.model
+    if model.source == "cifar" and model.name not in MODELS:
+        raise UserError(f"task.model.name={model.name} is not one of {', '.join(MODELS)} (task.model.source=cifar)")
+    if model.source == "cifar" and (model.pretrained or model.checkpoint or model.kwargs
+                                    or cfg.data.normalize == "model"):
+        raise UserError("task.model.pretrained / checkpoint / kwargs and task.data.normalize=model are for "
+                        "task.model.source=timm")
+    if cfg.data.name == "imagefolder" and cfg.data.input_size is not None:
+        raise UserError("task.data.input_size is for in-memory datasets (ImageFolder: image_size)")
 
     name, pipeline, augment = cfg.data.name, cfg.data.pipeline, cfg.data.augment
     if name == "imagefolder" and pipeline == "device":

@@ -17,7 +17,16 @@ CPU-scale ``digits_cnn`` demo. What it does, in the order a reader meets it:
   any step, for either pipeline and any ``num_workers`` (bitwise on CPU), and a data-parallel
   run sees the same global batches and crops as a single process.
 * schedule: lr x ``task.lr_gamma`` at each epoch in ``task.lr_milestones`` (step-wise from the
-  first batch of that epoch, as the papers' ``adjust_learning_rate`` did at the epoch start).
+  first batch of that epoch, as the papers' ``adjust_learning_rate`` did at the epoch start); or
+  ``task.schedule=cosine``: linear warm-up over ``warmup_steps``, then cosine to ``min_lr_ratio`` at the
+  last step (:func:`~optrepro.tasks.base.cosine_lr`). ``task.max_steps`` (null: ``epochs``) stops
+  training at a step count; ``task.clip_norm`` (0: off) clips the global gradient norm.
+* fine-tuning a pretrained model (``task.model.source=timm``, :mod:`optrepro.models.timm_models`):
+  the model and its pretrained weights from timm (hub, cache or ``task.model.checkpoint``), images
+  resized on the device to ``task.data.input_size`` and normalised with the weights' own mean/std
+  (``task.data.normalize=model``), ``task.data.val_size`` training images held out as a
+  validation split (``val_loss`` / ``val_acc``), and weight decay on matrices only
+  (``task.decay_mask=matrices``, :func:`~optrepro.models.param_kinds.weight_decay_groups`).
 * metrics per epoch: train loss (the loop) / accuracy, test loss / accuracy (top-5 too with
   ``task.top5``), images/s and epoch time; the primary metric is ``test_acc`` in percent.
 * generalization gap: at each eval point the same loss / accuracy on a fixed held-in subset of the
@@ -57,6 +66,7 @@ from optrepro.tasks.base import (
     RunContext,
     Task,
     check_fits,
+    cosine_lr,
     derived_seed,
     heldin_indices,
     seed_rank_stream,
@@ -66,6 +76,10 @@ DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
 PIPELINES = ("auto", "dataloader", "device")
 AUGMENTS = ("crop_flip", "imagenet", "none")
 CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
+MODEL_SOURCES = ("cifar", "timm")  # optrepro.models.cifar's nets | a timm model (pretrained fine-tuning)
+SCHEDULES = ("step", "cosine")
+NORMALIZE = ("dataset", "model")  # the dataset's own mean/std | the pretrained weights' (timm pretrained_cfg)
+DECAY_MASKS = ("all", "matrices")
 
 
 # ------------------------------------------------------------------------------- the task
@@ -94,6 +108,11 @@ class ImageClassificationTask(Task):
         self.milestones = sorted(int(m) for m in (cfg.get("lr_milestones") or []))
         self.lr_gamma = float(cfg.get("lr_gamma", 0.1))
         self.top5 = bool(cfg.get("top5", False))
+        self.max_steps = None if cfg.max_steps is None else int(cfg.max_steps)
+        self.schedule, self.warmup_steps = str(cfg.schedule), int(cfg.warmup_steps)
+        self.min_lr_ratio, self.clip_norm = float(cfg.min_lr_ratio), float(cfg.clip_norm)
+        self.member_clip_norm = self.clip_norm  # a population clips each member's gradient the same way
+        self.input_size = None if data.input_size is None else int(data.input_size)
         cuda = self.device.type == "cuda"
         channels_last = cfg.get("channels_last", "auto")
         self.channels_last = cuda if channels_last == "auto" else bool(channels_last)
@@ -116,14 +135,9 @@ class ImageClassificationTask(Task):
                                 drop_last=drop_last)
         self._perm_cache: tuple[int, torch.Tensor] | None = None
 
-        from optrepro.models.cifar import build_model
-
         if cuda:
             torch.backends.cudnn.benchmark = True
-        # task.model.num_classes: the head's width when it differs from the labels' (EAdam's nets have
-        # 100 outputs on CIFAR-10 too: the 90 extra logits only enter the softmax's normaliser)
-        outputs = cfg.model.num_classes if cfg.model.get("num_classes") is not None else cfg.num_classes
-        self.model: nn.Module = build_model(str(cfg.model.name), int(outputs)).to(self.device)
+        self.model: nn.Module = self._build_model().to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_model: nn.Module = self.model  # what train_step calls: the model, or its DDP wrapper
@@ -132,14 +146,42 @@ class ImageClassificationTask(Task):
 
             self.train_model = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
             seed_rank_stream(ctx, "vision-rank")
-        self.optimizer = ctx.make_optimizer(self.model.parameters())
+        params: Any = self.model.parameters()
+        if str(cfg.decay_mask) == "matrices":  # no decay on biases and norms
+            from optrepro.models.param_kinds import weight_decay_groups
+
+            params = weight_decay_groups(self.model, float(ctx.cfg.optimizer.get("weight_decay") or 0.0))
+        self.optimizer = ctx.make_optimizer(params)
+        if str(cfg.model.source) == "timm":  # the diagnostics per parameter kind (embeddings, attention, ...)
+            from optrepro.models.param_kinds import parameter_kinds
+
+            kinds = parameter_kinds(self.model)
+            self.param_kinds = {id(p): kinds[n] for n, p in self.model.named_parameters()}
         self._param_names = [name for name, _ in self.model.named_parameters()]  # the optimizer's order
         self._buffer_names = [name for name, _ in self.model.named_buffers()]
         self.base_lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
         self._reset_interval()
 
-    # --- data ------------------------------------------------------------------------------
+    # --- model and data ----------------------------------------------------------------------
+    def _build_model(self) -> nn.Module:
+        model = self.cfg.model
+        if str(model.source) == "timm":
+            from optrepro.models.timm_models import build_timm_model
+
+            return build_timm_model(str(model.name), int(self.cfg.num_classes), bool(model.pretrained),
+                                    model.checkpoint, model.kwargs, download=bool(self.cfg.data.download))
+        from optrepro.models.cifar import build_model
+
+        # task.model.num_classes: the head's width when it differs from the labels' (EAdam's nets have
+        # 100 outputs on CIFAR-10 too: the 90 extra logits only enter the softmax's normaliser)
+        outputs = model.num_classes if model.get("num_classes") is not None else self.cfg.num_classes
+        return build_model(str(model.name), int(outputs))
+
     def _norm_stats(self) -> tuple[Sequence[float] | None, Sequence[float] | None]:
+        if str(self.cfg.data.normalize) == "model":
+            from optrepro.models.timm_models import model_norm_stats
+
+            return model_norm_stats(str(self.cfg.model.name))
         if self.data_name in ("cifar10", "cifar100"):
             from optrepro.data.cifar import CIFAR_MEAN, CIFAR_STD
 
@@ -173,7 +215,7 @@ class ImageClassificationTask(Task):
         self.train_loader: LoaderImages | None = None  # the dataloader pipeline; "device" uses train_images
         self.heldin_loader: LoaderImages | None = None  # ImageFolder's held-in subset
         self.heldin_images: DeviceImages | None = None
-        self.val_images: DeviceImages | None = None
+        self.val_images: DeviceImages | None = None  # task.data.val_size of an in-memory training set
         self.n_heldin = 0
         norm = dict(mean=self.mean, std=self.std, channels_last=self.channels_last)
         if self.data_name == "imagefolder":
@@ -243,8 +285,7 @@ class ImageClassificationTask(Task):
             gen = torch.Generator().manual_seed(derived_seed("vision-val", self.data_name, len(y_train)))
             perm = torch.randperm(len(y_train), generator=gen)
             val_idx, keep = perm[: int(val_size)].sort().values, perm[int(val_size):].sort().values
-            self.val_images = DeviceImages(x_train[val_idx], y_train[val_idx], self.device,
-                                           mean=self.mean, std=self.std, channels_last=self.channels_last)
+            self.val_images = DeviceImages(x_train[val_idx], y_train[val_idx], self.device, **norm)
             self.n_val = int(val_idx.numel())
             self.val_metric = "val_acc"
             x_train, y_train = x_train[keep], y_train[keep]
@@ -296,26 +337,43 @@ class ImageClassificationTask(Task):
             for b in range(first, self.order.batches_per_epoch)
         ])
 
+    def _resized(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images resized on the device to ``task.data.input_size`` (bilinear; after normalising, which
+        commutes with it), as a pretrained model's input size asks; unchanged when it is null."""
+        images, labels = batch
+        if self.input_size is None or images.shape[-1] == self.input_size:
+            return images, labels
+        memory = torch.channels_last if self.channels_last else torch.contiguous_format
+        size = (self.input_size, self.input_size)
+        images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=False)
+        return images.contiguous(memory_format=memory), labels
+
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pipeline == "device":
             epoch, b = self._advance()
-            return self.train_images.batch(
+            return self._resized(self.train_images.batch(
                 self._global_batch(epoch, b), self._batch_seed(epoch, b), self.dist.rank, self.dist.world
-            )
+            ))
         assert self.train_loader is not None
         if not self.train_loader.serving or self.order.epoch_finished:
             self._plan_rest_of_epoch()
         batch = self.train_loader.next()
         self._advance()
-        return batch
+        return self._resized(batch)
 
     # --- schedule ---------------------------------------------------------------------------
     def _next_epoch(self) -> int:
         return self.order.epoch + (1 if self.order.epoch_finished else 0)
 
-    def _set_lr(self) -> None:
+    def lr_factor(self) -> float:
+        """The multiple of the base lr for the next update (step schedule, or warm-up + cosine)."""
+        if self.schedule == "cosine":
+            return cosine_lr(self.step, 1.0, self.warmup_steps, self.total_steps, self.min_lr_ratio)
         epoch = self._next_epoch()
-        factor = self.lr_gamma ** sum(1 for m in self.milestones if epoch >= m)
+        return self.lr_gamma ** sum(1 for m in self.milestones if epoch >= m)
+
+    def _set_lr(self) -> None:
+        factor = self.lr_factor()
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
 
@@ -325,6 +383,8 @@ class ImageClassificationTask(Task):
         loss, correct = self._loss(self.train_model, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_norm)
         self.optimizer.step()
         return self.member_end_step(loss, correct)
 
@@ -371,17 +431,14 @@ class ImageClassificationTask(Task):
             for buffer in self.model.buffers():
                 self.dist.broadcast(buffer, src=0)
         self.model.eval()
-        loss_sum, top1, top5, count = self._eval_sums(self._eval_batches())
+        out = self._score(self._eval_batches())
+        if self.val_images is not None:
+            val = self._score(self._image_batches(self.val_images, self.n_val))
+            out.update({"val_loss": val["test_loss"], "val_acc": val["test_acc"]})
+        out.update(self.heldin_metrics())
         train = torch.stack([self._train_correct.double(), self._train_seen.double()])
         self.dist.all_reduce_sum(train)
         correct, seen = train.tolist()
-        out = {"test_loss": loss_sum / max(count, 1.0), "test_acc": 100.0 * top1 / max(count, 1.0)}
-        if self.top5:
-            out["test_acc5"] = 100.0 * top5 / max(count, 1.0)
-        if self.val_images is not None:
-            v_loss, v_top1, _, v_count = self._eval_sums(self._image_batches(self.val_images, self.n_val))
-            out["val_loss"], out["val_acc"] = v_loss / max(v_count, 1.0), 100.0 * v_top1 / max(v_count, 1.0)
-        out.update(self.heldin_metrics())
         if seen:
             out["train_acc"] = 100.0 * correct / seen
             out["images_per_s"] = seen / max(train_time, 1e-9)
@@ -393,16 +450,16 @@ class ImageClassificationTask(Task):
     def heldin_metrics(self) -> dict[str, float]:
         """Loss and accuracy on the fixed held-in training subset, unaugmented (call in eval mode)."""
         if self.heldin_loader is not None:
-            batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = self.heldin_loader
+            batches: Iterable[tuple[torch.Tensor, torch.Tensor]] = (self._resized(b) for b in self.heldin_loader)
         elif self.heldin_images is not None:
             batches = self._image_batches(self.heldin_images, self.n_heldin)
         else:
             return {}
-        loss_sum, top1, _, count = self._eval_sums(batches)
-        return {"heldin_loss": loss_sum / max(count, 1.0), "heldin_acc": 100.0 * top1 / max(count, 1.0)}
+        score = self._score(batches)
+        return {"heldin_loss": score["test_loss"], "heldin_acc": score["test_acc"]}
 
-    def _eval_sums(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
-        """Summed loss, top-1 and top-5 hits and count over ``batches`` (this rank's share), all-reduced."""
+    def _score(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+        """Loss and top-1 (top-5) accuracy over ``batches`` (this rank's share), summed over every rank."""
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, top1, top5, count
         for images, labels in batches:
             with self.ctx.autocast():
@@ -416,11 +473,16 @@ class ImageClassificationTask(Task):
             sums[2] += hits.any(dim=1).sum()
             sums[3] += labels.numel()
         self.dist.all_reduce_sum(sums)
-        return sums.tolist()
+        loss_sum, top1, top5, count = sums.tolist()
+        out = {"test_loss": loss_sum / max(count, 1.0), "test_acc": 100.0 * top1 / max(count, 1.0)}
+        if self.top5:
+            out["test_acc5"] = 100.0 * top5 / max(count, 1.0)
+        return out
 
     def _eval_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.test_loader is not None:
-            yield from self.test_loader
+            for batch in self.test_loader:
+                yield self._resized(batch)
             return
         yield from self._image_batches(self.test_images, self.n_test)
 
@@ -428,7 +490,7 @@ class ImageClassificationTask(Task):
         """This rank's share of an in-memory split, in eval batches, unaugmented."""
         shard = torch.arange(self.dist.rank, n, self.dist.world)
         for s in range(0, shard.numel(), self.eval_batch_size):
-            yield images.batch(shard[s : s + self.eval_batch_size])
+            yield self._resized(images.batch(shard[s : s + self.eval_batch_size]))
 
     def _reset_interval(self) -> None:
         self._train_correct = torch.zeros((), dtype=torch.int64, device=self.device)
@@ -436,14 +498,16 @@ class ImageClassificationTask(Task):
         self._interval_start = time.perf_counter()
 
     def done(self) -> bool:
+        if self.max_steps is not None:
+            return self.step >= self.max_steps
         return self.order.epochs_done >= self.epochs
 
     def eval_due(self) -> bool:
-        return self.order.epoch_finished
+        return self.order.epoch_finished or (self.max_steps is not None and self.step >= self.max_steps)
 
     @property
     def total_steps(self) -> int:
-        return self.epochs * self.order.batches_per_epoch
+        return self.max_steps if self.max_steps is not None else self.epochs * self.order.batches_per_epoch
 
     @property
     def epoch(self) -> float:
