@@ -232,6 +232,9 @@ def _tiny(kind: str, data: Path) -> list[str]:
         "detection": ["task=synthetic_det", "task.epochs=1", "task.data.n_train=4", "task.data.n_test=2",
                       "task.batch_size=2", "task.eval_batch_size=2", "task.data.image_size=64",
                       "task.model.min_size=64", "task.model.max_size=64", "task.model.width=8"],
+        "lm_pretrain": ["task=lm_pretrain_tiny", f"task.data.root={data / 'pydoc_tokens'}", "task.steps=4",
+                        "task.eval_every=2", "task.warmup_steps=1", "task.data.eval_tokens=256", "task.batch_size=4",
+                        "task.seq_len=16", "task.eval_batch_size=8"],
         "finetune_glue": ["task=glue_rte", f"task.model.name={data / 'absent'}", "task.data.source=tsv",
                           f"task.data.root={data / 'absent'}", "task.data.download=false"],
     }[kind]

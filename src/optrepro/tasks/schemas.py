@@ -413,7 +413,7 @@ class DetectionModel:
     backbone: str = _f(choices="optrepro.models.detection:BACKBONES")
     backbone_weights: str | None = None
     trainable_layers: int = _f(3, **NONNEG)
-    width: int = _f(**POS)
+    width: int = _f(min=4)  # the tiny backbone's first conv has width // 4 channels
     representation_size: int = _f(**POS)
     anchor_sizes: list[int] = MISSING
     min_size: int = _f(**POS)
