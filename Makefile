@@ -30,10 +30,11 @@ SWEEP_DIR = $(RESULTS)/sweeps/$(TASK)
 RESULTS_DIR_IN_ARGS = error: ARGS sets results_dir; set RESULTS=<folder> instead (sweep-eps trains into \
 	RESULTS/sweeps/<TASK>/runs and writes the analysis next to them)
 
-.PHONY: help setup test test-all check-install demo reproduce-table sweep-eps bench gpu-check gpu-wheels lint format wandb-sync clean
+.PHONY: help setup test test-all check-install demo demo-full reproduce-table sweep-eps bench gpu-check gpu-wheels lint format wandb-sync clean
 
 help:
-	@echo "make demo             the whole pipeline at CPU scale (no downloads), report in results/demo/"
+	@echo "make demo             every demo task, 147 runs at CPU scale (no downloads), ~6 min on 2 cores -> results/demo/"
+	@echo "make demo-full        the demo's full grid at the tasks' own training, 174 runs, ~24 min -> results/demo_full/"
 	@echo "make test             the test suite (installs everything first)"
 	@echo "make reproduce-table  TABLE=<name> [RESULTS=...] [LAUNCHER=slurm PARTITION=...] paper-scale sweep + analysis; LIST=1 lists tables"
 	@echo "make sweep-eps        TASK=... OPTIMIZERS=... EPS=... SEEDS=... [RESULTS=...] an eps sweep + its analysis"
@@ -61,6 +62,9 @@ test-all: setup
 
 demo: setup
 	$(BIN)/python -m optrepro.demo --jobs $(JOBS)
+
+demo-full: setup
+	$(BIN)/python -m optrepro.demo --full --jobs $(JOBS)
 
 reproduce-table: setup
 	$(BIN)/python -m optrepro.reproduce --table $(TABLE) --seeds $(SEEDS) --jobs $(JOBS) --results $(RESULTS) \
