@@ -33,7 +33,7 @@ RESULTS_DIR_IN_ARGS = error: ARGS sets results_dir; set RESULTS=<folder> instead
 .PHONY: help setup test test-all check-install demo demo-full reproduce-table sweep-eps bench gpu-check gpu-wheels lint format wandb-sync clean
 
 help:
-	@echo "make demo             every demo task, 147 runs at CPU scale (no downloads), <= 10 min (~6-7) on 2 cores -> results/demo/"
+	@echo "make demo             every demo task, 147 runs at CPU scale (no downloads), <= 10 min (~6.5) on 2 cores -> results/demo/"
 	@echo "make demo-full        the demo's full grid at the tasks' own training, 174 runs, ~24 min -> results/demo_full/"
 	@echo "make test             the test suite (installs everything first)"
 	@echo "make reproduce-table  TABLE=<name> [RESULTS=...] [LAUNCHER=slurm PARTITION=...] paper-scale sweep + analysis; LIST=1 lists tables"
