@@ -30,10 +30,11 @@ SWEEP_DIR = $(RESULTS)/sweeps/$(TASK)
 RESULTS_DIR_IN_ARGS = error: ARGS sets results_dir; set RESULTS=<folder> instead (sweep-eps trains into \
 	RESULTS/sweeps/<TASK>/runs and writes the analysis next to them)
 
-.PHONY: help setup test test-all check-install demo demo-lm reproduce-table sweep-eps tune tune-demo bench gpu-check gpu-wheels lint format wandb-sync clean
+.PHONY: help setup test test-all check-install demo demo-full demo-lm reproduce-table sweep-eps tune tune-demo bench gpu-check gpu-wheels lint format wandb-sync clean
 
 help:
-	@echo "make demo             the whole pipeline at CPU scale (no downloads), report in results/demo/"
+	@echo "make demo             every demo task, 147 runs at CPU scale (no downloads), <= 10 min (~6.5) on 2 cores -> results/demo/"
+	@echo "make demo-full        the demo's full grid at the tasks' own training, 174 runs, ~24 min -> results/demo_full/"
 	@echo "make demo-lm          GPT-style pretraining at CPU size: the 2x2 corners on pydoc tokens (5.6 min measured, loaded 2 cores) -> results/demo_lm/"
 	@echo "make test             the test suite (installs everything first)"
 	@echo "make reproduce-table  TABLE=<name> [RESULTS=...] [LAUNCHER=slurm PARTITION=...] paper-scale sweep + analysis; LIST=1 lists tables"
@@ -75,6 +76,9 @@ demo-lm: setup
 		optimizer=ablation_adam,ablation_eadam,ablation_belief_outside,ablation_belief_inside \
 		diagnostics.enabled=true results_dir=results/demo_lm/runs progress=false
 	$(BIN)/python -m optrepro.analyze --runs results/demo_lm/runs --out results/demo_lm
+
+demo-full: setup
+	$(BIN)/python -m optrepro.demo --full --jobs $(JOBS)
 
 reproduce-table: setup
 	$(BIN)/python -m optrepro.reproduce --table $(TABLE) --seeds $(SEEDS) --jobs $(JOBS) --results $(RESULTS) \

@@ -7,8 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, run_folders, summary
-from optrepro.demo import demo_plan
+from optrepro.demo import CORNERS, OUTSIDE, demo_plan
+from optrepro.demo import OPTIMIZERS as ALL
 from optrepro.pipeline import Sweep, analyze, count_outcomes, measure_step_seconds, run_sweeps
 from optrepro.reproduce import TABLES, plan, runs_per_task
 
@@ -21,21 +24,79 @@ def test_sweep_counts_runs_of_the_whole_grid() -> None:
     assert preset.n_runs() == 2 * 3 * 2
 
 
-def test_demo_plan_covers_the_debate() -> None:
+#: the demo grid before it had a 10-minute default (174 runs): what ``--full`` must still run
+OLD_DEMO_GRID = {
+    "toy2d": ("task=toy2d", "task.function=l1,l1_rotated,quadratic_rotated,beale,rosenbrock", f"optimizer={ALL}",
+              "seed=0"),
+    "toy2d_l1_scaled": ("task=toy2d_l1_scaled", f"optimizer={ALL}", "seed=0"),
+    "digits": ("task=digits_cnn", f"optimizer={ALL}", "seed=0,1,2"),
+    "digits-eps": ("task=digits_cnn", f"optimizer={CORNERS}", "optimizer.eps=1e-16,1e-4", "seed=0,1,2"),
+    "digits-matched": ("task=digits_cnn", f"optimizer={OUTSIDE}", "seed=0,1,2",
+                       "optimizer.eps=" + ",".join(repr(math.sqrt(e / (1 - 0.999))) for e in (1e-16, 1e-8, 1e-4))),
+    "textlm": ("task=textlm_lstm1", f"optimizer=adabelief,{CORNERS}", "seed=0,1,2"),
+    "textlm-matched": ("task=textlm_lstm1", f"optimizer={OUTSIDE}", f"optimizer.eps={math.sqrt(1e-8 / (1 - 0.999))!r}",
+                       "seed=0,1,2"),
+    "ring_gan": ("task=ring_gan", f"optimizer=adabelief,{CORNERS}", "seed=0,1,2"),
+    "synthetic_mt": ("task=synthetic_mt", f"optimizer=adabelief,{CORNERS}", "seed=0,1,2"),
+}
+
+
+def _optimizers(sweep: Sweep) -> set[str]:
+    return set(sweep.values("optimizer"))
+
+
+def test_demo_plan_covers_every_family_in_fewer_runs() -> None:
     sweeps = {s.label: s for s in demo_plan()}
-    assert {"toy2d", "digits", "digits-eps", "textlm", "ring_gan", "synthetic_mt"} <= set(sweeps)
-    digits = " ".join(sweeps["digits"].overrides)
-    for name in ("sgd", "adam", "adamw", "eadam", "adabelief", "ablation_adam", "ablation_eadam",
-                 "ablation_belief_outside", "ablation_belief_inside"):
-        assert name in digits.split("optimizer=")[1].split()[0].split(",")
-    assert "seed=0,1,2" in digits
-    assert "optimizer.eps=" in " ".join(sweeps["digits-eps"].overrides)
-    # placement at a matched floor: the outside corners at each inside ε's floor sqrt(eps / (1 - beta2))
-    floors = {math.sqrt(e / (1 - 0.999)) for e in (1e-16, 1e-8, 1e-4)}
+    assert list(sweeps) == list(OLD_DEMO_GRID)  # every sweep of the full grid, in the same order
+    tasks = {s.values("task")[0] for s in sweeps.values()}
+    assert tasks == {"toy2d", "toy2d_l1_scaled", "digits_cnn", "textlm_lstm1", "ring_gan", "synthetic_mt"}
+    corners = set(CORNERS.split(","))
+    # every optimizer of the debate on the cheap tasks, with 3 seeds on digits
+    assert _optimizers(sweeps["toy2d"]) == _optimizers(sweeps["digits"]) == set(ALL.split(","))
+    assert sweeps["digits"].values("seed") == ["0", "1", "2"]
+    # the 2x2 on every slow task with 3 seeds (paired intervals), and its matched-floor contrast on the LSTM
+    for label in ("textlm", "ring_gan", "synthetic_mt"):
+        assert _optimizers(sweeps[label]) == corners and sweeps[label].n_runs() == 12, label
+    assert sweeps["textlm-matched"].n_runs() == 6
+    # the digits eps axis: 1e-8 (the default) and 1e-4, each inside eps with its matched outside floor
+    assert _optimizers(sweeps["digits-eps"]) == corners
+    assert [float(v) for v in sweeps["digits-eps"].values("optimizer.eps")] == [1e-4]
+    floors = {math.sqrt(e / (1 - 0.999)) for e in (1e-8, 1e-4)}
     assert {float(v) for v in sweeps["digits-matched"].values("optimizer.eps")} == floors
     assert sweeps["digits-matched"].values("optimizer") == ["ablation_adam", "ablation_belief_outside"]
-    assert sweeps["digits-matched"].n_runs() == 18 and sweeps["textlm-matched"].n_runs() == 6
-    assert sum(s.n_runs() for s in sweeps.values()) == 150 + 24
+    assert sum(s.n_runs() for s in sweeps.values()) == 147
+
+
+def test_demo_full_is_the_old_grid() -> None:
+    sweeps = demo_plan(full=True)
+    assert {s.label: s.overrides for s in sweeps} == OLD_DEMO_GRID
+    assert sum(s.n_runs() for s in sweeps) == 174
+
+
+def test_demo_profiles_shorten_the_training_and_full_keeps_it() -> None:
+    from optrepro.config import compose_train
+    from optrepro.demo import PROFILE
+
+    assert PROFILE == {False: "demo", True: "demo_full"}
+    length = {"digits_cnn": "epochs", "textlm_lstm1": "epochs", "ring_gan": "steps", "synthetic_mt": "epochs"}
+    for task, key in length.items():
+        own, demo, full = (compose_train([f"task={task}", f"profile={p}"]).task
+                           for p in ("default", "demo", "demo_full"))
+        assert demo[key] < own[key], task
+        # demo_full: the task's own training; only synthetic_mt's per-epoch valid BLEU is trimmed (50 sentences)
+        trimmed = {"valid_bleu_subset": 50} if task == "synthetic_mt" else {}
+        assert {**own, **trimmed} == dict(full), task
+    # the toy functions are cheap whatever their length: both profiles run them unchanged
+    for profile in ("demo", "demo_full"):
+        assert compose_train(["task=toy2d", f"profile={profile}"]).task == compose_train(["task=toy2d"]).task
+
+
+def test_demo_refuses_an_unknown_sweep_label(capsys: pytest.CaptureFixture[str]) -> None:
+    from optrepro.demo import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--only", "digits,nope"])
+    assert exc.value.code == 2 and "unknown sweep label(s) nope" in capsys.readouterr().err
 
 
 def test_every_table_has_its_preset_and_plan() -> None:
