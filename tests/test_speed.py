@@ -204,3 +204,20 @@ def test_every_configured_published_target_resolves() -> None:
     assert {t.task for t in pub} == {t for t, e in cfg.tasks.items() if any(
         s["kind"] in ("published", "published_curve") for s in e.get("targets") or [])}
     assert all(math.isfinite(t.value) and t.mode in ("max", "min") for t in pub), [t for t in pub if t.value != t.value]
+
+
+def test_reference_arm_falls_back_to_the_adam_corner_when_the_grid_has_no_adam() -> None:
+    """The default reference arm is a list: adam, else ablation_adam (Adam's update as the ablation's corner);
+    a grid of the four corners (the demo's LSTM, MT and ring GAN) gets its target from ablation_adam."""
+    cfg = speed.load_speed_config(None)
+    have = {("corners_only", "ablation_adam"): 7.0, ("both", "adam"): 3.0, ("both", "ablation_adam"): 9.0}
+
+    def reference_best(task: str, arm: str, metric: str, mode: str) -> tuple[float, str]:
+        value = have.get((task, arm), math.nan)
+        return value, f"{arm}" if not math.isnan(value) else f"no runs of arm {arm}"
+
+    targets = speed.resolve_targets(cfg, ["corners_only", "both", "neither"], pd.DataFrame(),
+                                    {t: ("test_acc", "max") for t in ("corners_only", "both", "neither")},
+                                    reference_best)
+    value = {t.task: t.value for t in targets}
+    assert value["corners_only"] == 7.0 and value["both"] == 3.0 and math.isnan(value["neither"])

@@ -8,8 +8,8 @@ task), several eps values and 3 seeds, then writes the analysis (REPORT.md, tabl
 
 * the default (``make demo``): 147 runs, each family's training shortened by ``profile=demo``
   (configs/profile/demo/), the ε sweep on digits at ε = 1e-8 and 1e-4, and the four corners alone on the
-  three tasks that do not batch or batch slowly. Under 10 minutes on a 2-core CPU (6.1 min of runs timed
-  sweep by sweep, 0.5 min of analysis).
+  three tasks that do not batch or batch slowly. 4.7 min on an idle 2-core CPU (4.2 min of runs,
+  0.5 min of analysis; measured with `time make demo`).
 * ``--full`` (``make demo-full``): the 174-run grid at the tasks' own training (``profile=demo_full``),
   the ε sweep also at 1e-16, AdaBelief at its own recipe on every task. About 24 minutes.
 

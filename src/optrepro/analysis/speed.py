@@ -44,7 +44,7 @@ MEASURES = {"step": "steps", "wall_time": "wall-clock s", "epoch": "epochs"}
 REQUIRED_SHARE = 0.6
 R_MAX = 4.0
 DEFAULT_TARGETS: list[dict[str, Any]] = [
-    {"id": "reference_best", "kind": "reference", "arm": "adam",
+    {"id": "reference_best", "kind": "reference", "arm": ["adam", "ablation_adam"],
      "origin": "AlgoPerf-style: median over seeds of the best value the adam arm of this grid reached"},
 ]
 _MIN_WORDS = ("loss", "ppl", "fid", "distance", "error", "nll")
@@ -230,8 +230,12 @@ def resolve_targets(
             elif kind == "published_curve":
                 value, where = _curve_value(curves, task, spec, str(metric), mode)
                 origin = f"{origin}; {where}" if origin else where
-            elif kind == "reference":
-                value, why = reference_best(task, str(spec.get("arm", "adam")), str(metric), mode)
+            elif kind == "reference":  # arm: one arm, or a list: the first that has runs on the task
+                arm = spec.get("arm", "adam")
+                for candidate in [arm] if isinstance(arm, str) else list(arm):
+                    value, why = reference_best(task, str(candidate), str(metric), mode)
+                    if not math.isnan(value):
+                        break
                 origin = f"{origin} ({why})" if origin else why
             elif kind not in ("published", "published_curve"):
                 raise ValueError(f"speed.yaml: target {spec.get('id')} of {task}: unknown kind {kind!r}")
