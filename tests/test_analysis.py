@@ -461,3 +461,22 @@ def test_settings_leave_out_data_location() -> None:
         "cfg.precision": "auto",
         "cfg.profile.name": "smoke",
     }
+
+
+def test_the_ablation_keeps_task_variants_apart() -> None:
+    """A model-size grid (one task, task.model.* varying) is split into one ablation task per size, so a seed's
+    corner runs of two sizes are never paired or averaged; tasks whose settings do not vary keep their name."""
+    import pandas as pd
+
+    from optrepro.analysis.tables import split_task_variants
+
+    frame = pd.DataFrame({
+        "task": ["lm", "lm", "lm", "digits"],
+        "task.model.n_layer": [2, 2, 12, None],
+        "task.steps": [100, 100, 100, None],
+        "corner": ["adam", "eadam", "adam", "adam"],
+    })
+    out = split_task_variants(frame)
+    assert out.task.tolist() == ["lm (task.model.n_layer=2)", "lm (task.model.n_layer=2)", "lm (task.model.n_layer=12)",
+                                 "digits"]
+    assert frame.task.tolist()[0] == "lm"  # the input is not changed

@@ -19,7 +19,13 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import LogLocator, NullLocator  # noqa: E402
 
 from optrepro.analysis.load import RunsData, format_value, short_key  # noqa: E402
-from optrepro.analysis.tables import CORNER_TITLES, ablation_runs, main_setting, safe_name  # noqa: E402
+from optrepro.analysis.tables import (  # noqa: E402
+    CORNER_TITLES,
+    ablation_runs,
+    main_setting,
+    safe_name,
+    split_task_variants,
+)
 from optrepro.status import RunStatus  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -116,7 +122,7 @@ def ablation_floor(data: RunsData, out_dir: Path, value_kind: str = "final") -> 
     """The four ablation corners against the effective floor: coinciding placements mean only the
     floor's size matters (README, "Optimizers": the 2x2 ablation)."""
     paths: dict[str, Path] = {}
-    abl = ablation_runs(data.runs)
+    abl = split_task_variants(ablation_runs(data.runs))
     for task, frame in abl.groupby("task", sort=True):
         task = str(task)
         counted = _counted(frame, value_kind)

@@ -516,6 +516,24 @@ def ablation_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return frame[frame.corner.notna()]
 
 
+def split_task_variants(frame: pd.DataFrame) -> pd.DataFrame:
+    """The ablation's runs with ``task`` relabelled by the task settings that vary among one task's runs
+    (e.g. ``lm_pretrain_fineweb (task.model.n_layer=12, ...)`` in a model-size grid): the 2x2 then pairs and
+    averages runs of one variant only, never a seed's runs of two model sizes, and reports one verdict per size."""
+    cols = [c for c in frame.columns if str(c).startswith("task.")]
+    if frame.empty or not cols:
+        return frame
+    out = frame.copy()
+    for task, sub in frame.groupby("task", sort=False):
+        varying = [c for c in cols if sub[c].astype(str).nunique(dropna=False) > 1]
+        if varying:
+            out.loc[sub.index, "task"] = [
+                f"{task} ({', '.join(f'{short_key(c)}={format_value(v)}' for c, v in zip(varying, row, strict=True))})"
+                for row in sub[varying].itertuples(index=False, name=None)
+            ]
+    return out
+
+
 def _eps_label(eps: Any) -> str:
     return "all" if eps == "all" else format_value(float(eps))
 
@@ -622,7 +640,7 @@ def _cell(stat: Stat) -> str:
 def ablation_tables(data: RunsData, value_kind: str = "final", alpha: float = ALPHA) -> Ablation:
     """Four corners with intervals, the effects with paired-t intervals, Holm over the verdicts' family,
     detectable effects, and one verdict per task (per ε; pooled only where every ε says the same)."""
-    abl = ablation_runs(data.runs)
+    abl = split_task_variants(ablation_runs(data.runs))
     corner_rows: list[dict[str, Any]] = []
     raw: list[dict[str, Any]] = []  # one per (task, scope, effect), Estimate included
     per_task: dict[str, dict[str, Any]] = {}
