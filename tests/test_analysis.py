@@ -480,3 +480,17 @@ def test_the_ablation_keeps_task_variants_apart() -> None:
     assert out.task.tolist() == ["lm (task.model.n_layer=2)", "lm (task.model.n_layer=2)", "lm (task.model.n_layer=12)",
                                  "digits"]
     assert frame.task.tolist()[0] == "lm"  # the input is not changed
+
+
+def test_ablation_effects_against_the_variant_are_drawn(tmp_path: Path) -> None:
+    """A base task in three sizes gets one figure of the belief and placement effects per size and ε."""
+    import pandas as pd
+
+    from optrepro.analysis.figures import ablation_by_variant
+
+    rows = [{"task": f"lm (task.model.n_layer={n})", "eps": eps, "effect": effect, "mean": 0.1 * n,
+             "ci_lo": 0.1 * n - 0.05, "ci_hi": 0.1 * n + 0.05}
+            for n in (2, 12, 4) for eps in ("1e-08", "1e-15") for effect in ("belief", "placement", "gap")]
+    rows.append({"task": "digits", "eps": "1e-08", "effect": "belief", "mean": 1.0, "ci_lo": 0.0, "ci_hi": 2.0})
+    paths = ablation_by_variant(pd.DataFrame(rows), tmp_path)
+    assert list(paths) == ["lm"] and paths["lm"].is_file() and paths["lm"].with_suffix(".pdf").is_file()

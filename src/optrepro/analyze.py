@@ -128,6 +128,7 @@ def analyze(
             ("curves", figs.learning_curves(data, figures_dir)),
             ("eps", figs.eps_sensitivity(data, figures_dir, value_kind)),
             ("ablation_floor", figs.ablation_floor(data, figures_dir, value_kind)),
+            ("ablation_by_variant", figs.ablation_by_variant(ablation.effects, figures_dir)),
             ("samples", figs.ring_gan_samples(data, figures_dir)),
             ("diagnostics", optimizer_diagnostics.figures(data, figures_dir)),
         ):

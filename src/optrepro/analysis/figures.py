@@ -156,6 +156,48 @@ def ablation_floor(data: RunsData, out_dir: Path, value_kind: str = "final") -> 
     return paths
 
 
+def ablation_by_variant(effects: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+    """Per task run in several variants (a model-size grid: one ablation task per size, see
+    ``tables.split_task_variants``): the belief and ε-placement effects with their 95% intervals against
+    the variant, one line per ε — how the 2x2's answer moves with model size (or tokens)."""
+    paths: dict[str, Path] = {}
+    if effects.empty:
+        return paths
+    frame = effects[effects.effect.isin(["belief", "placement"]) & effects.task.astype(str).str.contains(" (",
+                                                                                                          regex=False)]
+    frame = frame.assign(base=frame.task.astype(str).str.split(" (", n=1, regex=False).str[0],
+                         variant=frame.task.astype(str).str.split(" (", n=1, regex=False).str[1].str.rstrip(")"))
+    for base, sub in frame.groupby("base", sort=True):
+        variants = sorted(sub.variant.unique(), key=_natural_key)
+        if len(variants) < 2:
+            continue
+        x = {v: i for i, v in enumerate(variants)}
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained", sharey=False)
+        for ax, effect in zip(axes, ("belief", "placement"), strict=True):
+            for ci, (eps, rows) in enumerate(sub[sub.effect == effect].groupby("eps", sort=True)):
+                rows = rows.assign(_x=rows.variant.map(x)).sort_values("_x")
+                mean = rows["mean"].to_numpy(float)
+                err = np.vstack([mean - rows.ci_lo.to_numpy(float), rows.ci_hi.to_numpy(float) - mean])
+                ax.errorbar(rows._x + 0.06 * ci, mean, yerr=np.nan_to_num(err), marker="o", ms=3, capsize=2,
+                            color=_color(ci), label=f"ε = {eps}")
+            ax.axhline(0.0, color="0.5", lw=0.8)
+            ax.set_xticks(range(len(variants)), variants, rotation=20, ha="right", fontsize=7)
+            ax.set_title(f"{effect} effect")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        axes[0].set_ylabel("effect (improvement; 95% interval)")
+        fig.suptitle(f"{base}: the belief × ε ablation per variant")
+        paths[str(base)] = save(fig, out_dir, f"ablation_by_variant_{safe_name(str(base))}")
+    return paths
+
+
+def _natural_key(text: str) -> list[Any]:
+    """Sort ``n_layer=12`` after ``n_layer=2``."""
+    import re
+
+    return [float(t) if t.replace(".", "", 1).isdigit() else t for t in re.split(r"(\d+(?:\.\d+)?)", text)]
+
+
 # ------------------------------------------------------------------------------------- curves
 def learning_curves(data: RunsData, out_dir: Path) -> dict[str, Path]:
     """Per task: primary metric vs epoch and vs wall time; one line per optimizer (its main

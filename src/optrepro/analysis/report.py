@@ -182,6 +182,7 @@ def write_report(
             ("curves", "Learning curves"),
             ("eps", "ε sensitivity (nominal ε and effective floor)"),
             ("ablation_floor", "Ablation corners on the effective-floor axis"),
+            ("ablation_by_variant", "Ablation effects per variant (e.g. model size)"),
             ("samples", "Generated samples"),
         ):
             png = artifacts.figures.get(task, {}).get(kind)
