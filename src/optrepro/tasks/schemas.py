@@ -418,7 +418,9 @@ class DetectionModel:
     anchor_sizes: list[int] = MISSING
     min_size: int = _f(**POS)
     max_size: int = _f(**POS)
-    sampling_ratio: int = _f(**POS)
+    sampling_ratio: int = _f(**NONNEG)  # RoIAlign samples per bin; 0 = adaptive (mmdet)
+    bn_affine_trainable: bool = False
+    box_loss: str = _f("smooth_l1", choices="optrepro.models.detection:BOX_LOSSES")
     rpn_pre_nms_top_n_train: int = _f(**POS)
     rpn_pre_nms_top_n_test: int = _f(**POS)
     rpn_post_nms_top_n_train: int = _f(**POS)
