@@ -233,7 +233,13 @@ def test_report_names_profiles_and_data_and_never_a_smoke_delta(smoke_and_preset
     paper = (out / "tables" / "paper_eadam2020_table2.md").read_text()
     assert "8.594" not in paper.split("Not compared")[0] and "not comparable: profile=smoke" in paper
     listed = pd.read_csv(out / "tables" / "not_comparable.csv")
-    assert set(listed.run) == {"smoke", "old"} and {"paper_eadam2020_table2"} <= set(listed.table)
+    eadam = listed[listed.table == "paper_eadam2020_table2"]
+    assert set(eadam.run) == {"smoke", "old"}
+    # the preset run is EAdam Table 2's recipe (100-way heads, the reference's last partial batch): beside the
+    # AdaBelief repo's curves of the same task it is listed, with what differs
+    preset = listed[listed.run == "preset"]
+    assert len(preset) and not preset.table.eq("paper_eadam2020_table2").any()
+    assert preset.reason.str.contains("task.model.num_classes").all()
 
 
 def test_provenance_of_gan_and_synthetic_task_runs(tmp_path: Path) -> None:
@@ -254,3 +260,13 @@ def test_provenance_of_gan_and_synthetic_task_runs(tmp_path: Path) -> None:
     assert len(records["gan"]["files"]) == 7  # the test batch too (FID's real statistics may read it)
     assert records["mt"]["dataset"] == "synthetic_mt" and records["mt"]["kind"] == "synthetic"
     assert records["det"]["dataset"] == "synthetic_det" and records["det"]["real"] is False
+
+
+def test_a_table_preset_run_stands_beside_its_own_papers_number(smoke_and_preset: Path) -> None:
+    """cifar10_vgg11 adam has two published numbers (EAdam Table 2; the AdaBelief repo's final curve value,
+    preferred for the 'final' value kind). An EAdam Table 2 preset run is not the AdaBelief repo's recipe, so
+    the comparison puts EAdam's number beside it, never a Δ against a recipe it did not run."""
+    data = load_runs(smoke_and_preset)
+    numeric, _ = comparison_tables(data, load_published(PUBLISHED)).per_task["cifar10_vgg11"]
+    preset_row = numeric[~numeric.setting.str.contains("smoke")].iloc[0]
+    assert preset_row.published_ref == "eadam2020/table2" and preset_row.published == pytest.approx(88.95)
