@@ -495,6 +495,7 @@ class FinetuneSchema(TaskSchema):
     batch_size: int = _f(**POS)
     eval_batch_size: int = _f(64, **POS)
     max_seq_length: int = _f(512, **POS)
+    max_tokens: int | None = _f(None, **POS)  # fairseq --max-tokens: padded tokens per batch (null: batch_size only)
     warmup_ratio: float = _f(0.06, **UNIT)
     warmup_steps: int | None = _f(None, **NONNEG)  # null: warmup_ratio x the decay horizon
     decay_steps: int | None = _f(None, **POS)  # the linear decay's horizon (fairseq max_update); null: the run
