@@ -366,3 +366,41 @@ def test_timm_vision_backbones_classify_into_their_kinds(arch: str) -> None:
         kinds = parameter_kinds(model)
         assert kinds["fc.weight"] == "head" and kinds["conv1.weight"] == kinds["layer1.0.conv1.weight"] == "mlp"
         assert kinds["bn1.weight"] == kinds["fc.bias"] == "norm_bias"
+
+
+# ---------------------------------------------------------------------------------------- token budget
+def test_token_budget_batches_cap_sentences_and_padded_tokens() -> None:
+    """fairseq's max_tokens beside max_sentences: every batch within both caps, each example once per epoch,
+    the batches fixed by the seed and reshuffled per epoch, and the position resumes as BatchOrder's."""
+    from optrepro.errors import UserError
+    from optrepro.tasks.finetune import TokenBudgetOrder
+
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 41, (200,), generator=gen).tolist()
+    order = TokenBudgetOrder(lengths, max_tokens=100, max_sentences=8, seed=5)
+    epoch0 = [order.next_indices().tolist() for _ in range(order.batches_per_epoch)]
+    assert all(len(b) <= 8 and len(b) * max(lengths[i] for i in b) <= 100 for b in epoch0)
+    assert sorted(i for b in epoch0 for i in b) == list(range(200))
+    assert order.batches_per_epoch > -(-200 // 8)  # the token cap binds: more, smaller batches
+    epoch1 = [order.next_indices().tolist() for _ in range(order.batches_per_epoch)]
+    assert epoch1 != epoch0 and sorted(map(tuple, epoch1)) == sorted(map(tuple, epoch0))
+    again = TokenBudgetOrder(lengths, max_tokens=100, max_sentences=8, seed=5)
+    assert again.batches == order.batches
+    again.load_state_dict({"epoch": 1, "index": 3})
+    assert again.next_indices().tolist() == epoch1[3]
+    # a cap no batch reaches: batches of max_sentences, as BatchOrder cuts them
+    loose = TokenBudgetOrder(lengths, max_tokens=10**6, max_sentences=8, seed=5)
+    assert loose.batches_per_epoch == -(-200 // 8)
+    with pytest.raises(UserError, match="task.max_tokens=30"):
+        TokenBudgetOrder(lengths, max_tokens=30, max_sentences=8, seed=5)
+
+
+def test_the_glue_presets_cap_batches_at_fairseqs_max_tokens(checkpoint: Path, glue_root: Path) -> None:
+    for name in ("rte", "mrpc", "cola", "stsb", "sst2"):
+        assert compose([f"task=glue_{name}"])[0].task.max_tokens == 4400
+    assert compose(["experiment=finetune_glue_hf", "task=glue_rte"])[0].task.max_tokens is None
+    capped = _task(checkpoint, glue_root, epochs=1, batch_size=16, max_tokens=64)
+    free = _task(checkpoint, glue_root, epochs=1, batch_size=16, max_tokens="null")
+    assert capped.total_steps > free.total_steps
+    batch = capped._collate([capped.train[i] for i in capped.order.next_indices().tolist()])
+    assert batch["input_ids"].numel() <= 64

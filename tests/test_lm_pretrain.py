@@ -307,7 +307,8 @@ def test_the_size_timing_runs_on_random_gpt2_tokens() -> None:
     """The path a GPU takes (gpt_tiny is timed on a CPU too): shards of the GPT-2 vocabulary, made here."""
     from optrepro import reproduce
 
-    timing = reproduce.measure("lm_pretrain_fineweb[gpt_tiny]", ["task.seq_len=64", "task.batch_size=4"])
+    timing = reproduce.measure("lm_pretrain_fineweb[gpt_tiny]", ["task.seq_len=64", "task.batch_size=4",
+                                                                  "task.grad_accum_steps=2"])
     assert isinstance(timing, tuple), timing
     seconds, steps = timing
     assert seconds > 0 and steps == compose(["task=lm_pretrain_fineweb"])[0].task.steps
@@ -337,3 +338,93 @@ def test_population_steps_match_runs_alone_with_clipping(token_root: Path) -> No
         assert (member.step, member.pos) == (solo.step, solo.pos)
         for (name, p), q in zip(member.model.named_parameters(), solo.model.parameters(), strict=True):
             assert torch.allclose(p, q, rtol=1e-4, atol=1e-6), name
+
+
+# ---------------------------------------------------------------------------------------- nanoGPT knobs
+def test_nanogpt_warmup_formula_at_known_steps() -> None:
+    """nanoGPT's get_lr: lr (it+1)/(warmup+1) in the warm-up; llm.c's (the default): lr (step+1)/warmup."""
+    assert cosine_lr(0, 1.0, 4, 10, 0.1, "nanogpt") == pytest.approx(1 / 5, rel=1e-15)
+    assert cosine_lr(3, 1.0, 4, 10, 0.1, "nanogpt") == pytest.approx(4 / 5, rel=1e-15)
+    assert cosine_lr(3, 1.0, 4, 10, 0.1) == pytest.approx(1.0, rel=1e-15)  # default unchanged: llm.c's
+    assert cosine_lr(0, 1.0, 4, 10, 0.1) == pytest.approx(1 / 4, rel=1e-15)
+    for step in (4, 7, 10, 12):  # the cosine after the warm-up is the same in both
+        assert cosine_lr(step, 1.0, 4, 10, 0.1, "nanogpt") == cosine_lr(step, 1.0, 4, 10, 0.1)
+    with pytest.raises(ValueError, match="warmup_formula"):
+        cosine_lr(0, 1.0, 4, 10, 0.1, "other")
+
+
+def test_the_fineweb_preset_composes_nanogpts_batch_schedule_and_sampler() -> None:
+    fine = compose(["task=lm_pretrain_fineweb"])[0].task
+    assert fine.batch_size * fine.grad_accum_steps * fine.seq_len == 491_520  # nanoGPT's 12 x 40 x 1024
+    assert (fine.batch_size, fine.grad_accum_steps) == (12, 40)
+    assert fine.warmup_formula == "nanogpt" and fine.data.sampler == "random"
+    tiny = compose(["task=lm_pretrain_tiny"])[0].task
+    assert (tiny.grad_accum_steps, tiny.warmup_formula, tiny.data.sampler) == (1, "llmc", "sequential")
+
+
+def test_accumulated_micro_batches_give_the_gradient_of_one_batch(token_root: Path) -> None:
+    """k=4 micro-batches of 2 read the same rows as one batch of 8 (sequential); the averaged gradient equals
+    the full batch's up to float32 summation order (a few ulps of the largest entry)."""
+    extra = (*SMALL, "task.grad_clip=0")
+    one = lm_task(token_root, *extra, "task.batch_size=8", optimizer="sgd")
+    acc = lm_task(token_root, *extra, "task.batch_size=2", "task.grad_accum_steps=4", optimizer="sgd")
+    for task in (one, acc):
+        task.optimizer.step = lambda *a, **k: None  # keep the gradients to compare
+    loss_one, loss_acc = one.train_step()["loss"], acc.train_step()["loss"]
+    assert float(loss_acc) == pytest.approx(float(loss_one), rel=1e-5)
+    assert one.tokens_seen == acc.tokens_seen == 8 * 32 and one.pos == acc.pos
+    worst = 0.0
+    for p, q in zip(one.model.parameters(), acc.model.parameters(), strict=True):
+        scale = float(p.grad.abs().max()) + 1e-12
+        worst = max(worst, float((p.grad - q.grad).abs().max()) / scale)
+    assert worst < 1e-4, worst  # measured 6.7e-7 (~6 float32 ulps); 150x margin for BLAS orders
+    # the test can fail: accumulating without dividing by k gives k times the gradient
+    half = lm_task(token_root, *extra, "task.batch_size=4", optimizer="sgd")
+    half.optimizer.step = lambda *a, **k: None
+    half.train_step()
+    far = max(float((p.grad - q.grad).abs().max()) for p, q in
+              zip(one.model.parameters(), half.model.parameters(), strict=True))
+    assert far > 1e-3 * max(float(p.grad.abs().max()) for p in one.model.parameters())
+
+
+def test_random_sampler_windows_depend_on_seed_and_step_only(token_root: Path) -> None:
+    task = lm_task(token_root, *SMALL, "task.data.sampler=random")
+    x0, y0 = task._next_batch()
+    assert torch.equal(x0[:, 1:], y0[:, :-1])  # targets are the next tokens of the same window
+    again, _ = task._next_batch()
+    assert torch.equal(again, x0)  # no hidden state: the same step draws the same windows
+    other, _ = task._next_batch(micro=1)
+    assert not torch.equal(other, x0)
+    task.step = 1
+    assert not torch.equal(task._next_batch()[0], x0)
+    task.step, task.seed = 0, 1
+    assert not torch.equal(task._next_batch()[0], x0)
+    # windows are the stream's tokens at some start in [0, train_len - seq_len)
+    task.seed = 0
+    stream = torch.from_numpy(task.train.window(0, task.train_len - 1))  # windows starting below train_len - seq_len
+    windows = stream.unfold(0, task.seq_len, 1)
+    for row in x0:
+        assert (windows == row).all(dim=1).any(), row
+
+
+def test_random_sampler_with_accumulation_resumes_exactly(token_root: Path) -> None:
+    extra = (*SMALL, "task.steps=12", "task.data.sampler=random", "task.grad_accum_steps=2",
+             "task.warmup_formula=nanogpt")
+    opt = "ablation_belief_inside"
+    straight = lm_task(token_root, *extra, optimizer=opt)
+    while not straight.done():
+        straight.train_step()
+    first = lm_task(token_root, *extra, optimizer=opt)
+    while first.step < 5:
+        first.train_step()
+    saved, rng = roundtrip(first.state_dict()), rng_state()
+    torch.manual_seed(1234)
+    second = lm_task(token_root, *extra, optimizer=opt)
+    second.load_state_dict(saved)
+    set_rng_state(rng)
+    while not second.done():
+        second.train_step()
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[name]), name
+    assert second.evaluate() == straight.evaluate()
+    assert straight.tokens_seen == 12 * 2 * 4 * 32

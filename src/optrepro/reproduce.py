@@ -196,7 +196,8 @@ def measure(task: str, overrides: Sequence[str]) -> tuple[float, int] | str:
 
 
 def lm_pflop(task: str, size: str) -> float:
-    """6 N D of one run: N parameters (the decoder built on the meta device), D = steps x batch x seq_len."""
+    """6 N D of one run: N parameters (the decoder built on the meta device), D = steps x batch x accumulation
+    x seq_len."""
     import torch
 
     from optrepro.config import compose_train
@@ -207,7 +208,8 @@ def lm_pflop(task: str, size: str) -> float:
     vocab = -(-int(cfg.data.get("n_vocab") or 50257) // int(m.vocab_multiple)) * int(m.vocab_multiple)
     with torch.device("meta"):
         model = GPT(GPTConfig(vocab, int(m.block_size), int(m.n_layer), int(m.n_head), int(m.n_embd)))
-    return 6 * model.num_parameters() * int(cfg.steps) * int(cfg.batch_size) * int(cfg.seq_len) / 1e15
+    tokens = int(cfg.steps) * int(cfg.batch_size) * int(cfg.grad_accum_steps) * int(cfg.seq_len)
+    return 6 * model.num_parameters() * tokens / 1e15
 
 
 _TIMING_SHARDS: list[Path] = []

@@ -241,13 +241,22 @@ class FixedStepsTask(Task):
 
 
 # ------------------------------------------------------------------------------- batch order
-def cosine_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float) -> float:
+#: warm-up formulas of :func:`cosine_lr`: llm.c's ``peak (step+1)/warmup``, nanoGPT's ``peak (step+1)/(warmup+1)``
+WARMUP_FORMULAS = ("llmc", "nanogpt")
+
+
+def cosine_lr(step: int, peak: float, warmup: int, total: int, min_ratio: float,
+              warmup_formula: str = "llmc") -> float:
     """The lr of the update that follows ``step`` finished updates: linear warm-up, then cosine to ``min_ratio``.
 
     Shared by every warm-up + cosine task (lm_pretrain, the vision fine-tune), so there is one copy.
+    ``warmup_formula="nanogpt"`` divides by ``warmup + 1`` (nanoGPT's get_lr: the warm-up ends one step
+    below the peak); the default ``"llmc"`` divides by ``warmup`` (llm.c's train_gpt2.py).
     """
     if step < warmup:
-        return peak * (step + 1) / warmup
+        if warmup_formula not in WARMUP_FORMULAS:
+            raise ValueError(f"warmup_formula={warmup_formula!r}; expected one of {WARMUP_FORMULAS}")
+        return peak * (step + 1) / (warmup + 1 if warmup_formula == "nanogpt" else warmup)
     if step >= total:
         return peak * min_ratio
     progress = (step - warmup) / max(total - warmup, 1)

@@ -11,6 +11,8 @@ Adam at eps 1e-6, so an eps floor may matter most here. What it does, in the ord
   result (GLUE's test labels are not public), as RoBERTa and HF ``run_glue`` report it.
 * batch order: :class:`~optrepro.tasks.base.BatchOrder` (seed, epoch) keeping the last partial batch, as
   both references do; dropout draws from the global RNG the loop checkpoints: a resumed run is exact.
+  ``task.max_tokens`` (fairseq's ``--max-tokens``) caps each batch's padded size instead
+  (:class:`TokenBudgetOrder`): at most ``batch_size`` sentences and ``max_tokens`` tokens (count x longest).
 * optimizer: weight decay on matrices only (``task.decay_mask=matrices``: no decay on biases and norms, HF
   Trainer's rule, :func:`optrepro.models.param_kinds.weight_decay_groups`) or on everything (``all``: fairseq).
 * schedule: linear warm-up to the optimizer's lr over ``warmup_steps`` (or ``warmup_ratio`` of the decay
@@ -33,11 +35,50 @@ from torch.nn import functional as F
 
 from optrepro.data import glue as glue_data
 from optrepro.data import provenance
-from optrepro.errors import DataMissingError
+from optrepro.errors import DataMissingError, UserError
 from optrepro.metrics.glue import LOGGED, PRIMARY, chance_level, failed, glue_metrics
 from optrepro.tasks.base import BatchOrder, RunContext, Task, check_fits, derived_seed
 
 DECAY_MASKS = ("matrices", "all")
+
+
+class TokenBudgetOrder(BatchOrder):
+    """fairseq's ``batch_by_size`` batching: the examples in one fixed seeded order (sentence_prediction's
+    ``SortDataset(sort_order=[shuffle])``), cut greedily into batches of at most ``max_sentences`` examples
+    whose padded size (count x longest) stays within ``max_tokens``; the batch list is fixed and shuffled
+    per epoch from (seed, epoch), as fairseq's epoch iterator does. Position: (epoch, index), as BatchOrder."""
+
+    def __init__(self, lengths: list[int], max_tokens: int, max_sentences: int, seed: int) -> None:
+        super().__init__(len(lengths), max_sentences, seed, shuffle=True, drop_last=False)
+        too_long = max(lengths)
+        if too_long > max_tokens:
+            raise UserError(f"task.max_tokens={max_tokens} is below the longest training example "
+                            f"({too_long} tokens); raise it or lower task.max_seq_length")
+        gen = torch.Generator().manual_seed(derived_seed("token-budget-order", seed))
+        self.batches: list[list[int]] = []
+        batch: list[int] = []
+        longest = 0
+        for i in torch.randperm(len(lengths), generator=gen).tolist():
+            grown = max(longest, lengths[i])
+            if batch and (len(batch) + 1 > max_sentences or (len(batch) + 1) * grown > max_tokens):
+                self.batches.append(batch)
+                batch, grown = [], lengths[i]
+            batch.append(i)
+            longest = grown
+        self.batches.append(batch)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.batches)
+
+    def next_indices(self) -> torch.Tensor:
+        if self.index >= self.batches_per_epoch:
+            self.epoch += 1
+            self.index = 0
+        gen = torch.Generator().manual_seed(derived_seed("batch-order", self.seed, self.epoch))
+        which = torch.randperm(len(self.batches), generator=gen)[self.index]
+        self.index += 1
+        return torch.tensor(self.batches[int(which)])
 
 
 class GlueFinetuneTask(Task):
@@ -61,8 +102,12 @@ class GlueFinetuneTask(Task):
         self.tokenizer, self.model = self._load_pretrained()
         self._build_data()
         check_fits("batch_size", self.batch_size, len(self.train), "training examples")
-        self.order = BatchOrder(len(self.train), self.batch_size, seed=derived_seed("finetune-order", ctx.seed),
-                                drop_last=False)
+        seed = derived_seed("finetune-order", ctx.seed)
+        if cfg.max_tokens is None:
+            self.order = BatchOrder(len(self.train), self.batch_size, seed=seed, drop_last=False)
+        else:  # fairseq's --max-tokens beside --batch-size
+            lengths = [len(ex["input_ids"]) for ex in self.train]
+            self.order = TokenBudgetOrder(lengths, int(cfg.max_tokens), self.batch_size, seed)
         self.decay_steps = int(cfg.decay_steps) if cfg.decay_steps is not None else self.total_steps
         self.warmup_steps = (int(cfg.warmup_steps) if cfg.warmup_steps is not None
                              else round(float(cfg.warmup_ratio) * self.decay_steps))

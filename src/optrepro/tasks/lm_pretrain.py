@@ -6,11 +6,16 @@ The recipe of the LLM-pretraining optimizer studies and of nanoGPT / llm.c's GPT
 * next-token cross entropy on contiguous windows of ``seq_len`` tokens read in order from memory-mapped
   uint16 shards (:mod:`optrepro.data.token_shards`, llm.c's layout and loader order): step ``k`` reads the
   ``batch_size * seq_len + 1`` tokens from the stream position, which then advances by
-  ``batch_size * seq_len`` and wraps to 0 at the end (an epoch). The position is in the checkpoint;
+  ``batch_size * seq_len`` and wraps to 0 at the end (an epoch). The position is in the checkpoint.
+  ``task.data.sampler=random`` draws each row's start uniformly instead (nanoGPT's get_batch, torch.randint),
+  from a generator seeded by (run seed, step, micro-batch), so a resumed run draws the same windows;
+* ``task.grad_accum_steps`` micro-batches of ``batch_size`` per optimizer step (nanoGPT: 40 x 12 x 1024),
+  each loss divided by their number (the gradient of the mean), one clip and one step per accumulated step;
 * weight decay on matrices only (``weight_decay_groups``: embeddings and projections decay, LayerNorm
   gains and biases do not), at the optimizer's ``weight_decay``;
-* lr: linear warm-up over ``warmup_steps`` (``peak * (step + 1) / warmup``, llm.c's), then cosine decay to
-  ``min_lr_ratio * peak`` at ``steps``; gradients clipped to global norm ``grad_clip``;
+* lr: linear warm-up over ``warmup_steps`` (``task.warmup_formula``: ``llmc`` is ``peak * (step + 1) / warmup``,
+  ``nanogpt`` is ``peak * (step + 1) / (warmup + 1)``), then cosine decay to ``min_lr_ratio * peak`` at
+  ``steps``; gradients clipped to global norm ``grad_clip``;
 * metric: ``val_loss`` (mean cross entropy per token, nats) on a fixed held-out set -- the first
   ``eval_tokens`` of the val split in windows of ``seq_len`` -- and ``val_ppl = exp(val_loss)``.
 
@@ -37,9 +42,11 @@ from optrepro.data import token_shards as shards
 from optrepro.errors import UserError
 from optrepro.models.gpt import GPT, GPTConfig, next_token_loss
 from optrepro.models.param_kinds import parameter_kinds, weight_decay_groups
-from optrepro.tasks.base import RunContext, Task, check_fits, cosine_lr, time_steps
+from optrepro.tasks.base import RunContext, Task, check_fits, cosine_lr, derived_seed, time_steps
 
 SOURCES = ("pydoc", "shards")
+#: task.data.sampler: llm.c's sequential windows from a checkpointed position, or nanoGPT's random offsets
+SAMPLERS = ("sequential", "random")
 PARAM_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: training tokens the unigram yardstick is counted on (the whole split when shorter)
 UNIGRAM_TOKENS = 20_000_000
@@ -76,6 +83,12 @@ class LMPretrainTask(Task):
     gap_pairs = {"heldin_loss": "val_loss", "heldin_ppl": "val_ppl"}
     gap_metric = "heldin_loss"
 
+    @classmethod
+    def population_refusal_for(cls, cfg: DictConfig) -> str:
+        if int(cfg.get("grad_accum_steps", 1)) > 1:
+            return "a population member takes one micro-batch per step; set task.grad_accum_steps=1"
+        return cls.population_refusal
+
     def __init__(self, cfg: DictConfig, ctx: RunContext) -> None:
         super().__init__(cfg, ctx)
         cfg = self.cfg  # validated and typed by tasks/schemas.py
@@ -84,6 +97,9 @@ class LMPretrainTask(Task):
         self.eval_batch_size = int(cfg.eval_batch_size)
         self.steps, self.eval_every = int(cfg.steps), int(cfg.eval_every)
         self.warmup, self.min_lr_ratio = int(cfg.warmup_steps), float(cfg.min_lr_ratio)
+        self.warmup_formula = str(cfg.warmup_formula)
+        self.grad_accum_steps = int(cfg.grad_accum_steps)
+        self.sampler, self.seed = str(cfg.data.sampler), int(ctx.seed)
         self.grad_clip = float(cfg.grad_clip)
         self.member_clip_norm = self.grad_clip  # a population clips each member's gradient the same way
 
@@ -194,7 +210,9 @@ class LMPretrainTask(Task):
         logp = np.log(counts) - np.log(counts.sum())
         return float(-logp[targets].mean())
 
-    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _next_batch(self, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sampler == "random":
+            return self._random_batch(micro)
         n = self.batch_size * self.seq_len
         if self.pos + n + 1 > self.train_len:
             self.pos, self.epochs_done = 0, self.epochs_done + 1
@@ -204,9 +222,20 @@ class LMPretrainTask(Task):
             tokens = tokens.pin_memory().to(self.device, non_blocking=True)
         return tokens[:-1].view(self.batch_size, self.seq_len), tokens[1:].view(self.batch_size, self.seq_len)
 
+    def _random_batch(self, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """nanoGPT's get_batch: ``batch_size`` windows at uniform starts in [0, train_len - seq_len), drawn
+        from a generator of (seed, step, micro) alone, so resume needs no sampler state."""
+        gen = torch.Generator().manual_seed(derived_seed("lm-random-batch", self.seed, self.step, micro))
+        starts = torch.randint(self.train_len - self.seq_len, (self.batch_size,), generator=gen)
+        rows = np.stack([self.train.window(int(i), self.seq_len + 1) for i in starts])
+        tokens = torch.from_numpy(rows)
+        if self.device.type == "cuda":
+            tokens = tokens.pin_memory().to(self.device, non_blocking=True)
+        return tokens[:, :-1], tokens[:, 1:]
+
     # --- training ----------------------------------------------------------------------
     def _set_lr(self) -> None:
-        lr = cosine_lr(self.step, self.peak_lr, self.warmup, self.steps, self.min_lr_ratio)
+        lr = cosine_lr(self.step, self.peak_lr, self.warmup, self.steps, self.min_lr_ratio, self.warmup_formula)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -232,18 +261,21 @@ class LMPretrainTask(Task):
 
     def train_step(self) -> dict[str, Any]:
         self._set_lr()
-        x, y = self._next_batch()
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with self.ctx.autocast():
-            logits = self.model(x)
-        loss = next_token_loss(logits, y)
-        loss.backward()
+        loss = torch.zeros((), device=self.device)
+        for micro in range(self.grad_accum_steps):
+            x, y = self._next_batch(micro)
+            with self.ctx.autocast():
+                logits = self.model(x)
+            part = next_token_loss(logits, y) / self.grad_accum_steps  # the gradient of the mean
+            part.backward()
+            loss += part.detach()
+            self.tokens_seen += x.numel()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip) if self.grad_clip else None
         self.optimizer.step()
         self.step += 1
-        self.tokens_seen += x.numel()
-        out: dict[str, Any] = {"loss": loss.detach()}
+        out: dict[str, Any] = {"loss": loss}
         if norm is not None:
             out["grad_norm"] = norm.detach()
         return out
@@ -281,6 +313,8 @@ class LMPretrainTask(Task):
 
     @property
     def epoch(self) -> float:
+        if self.sampler == "random":
+            return self.tokens_seen / self.train_len
         return self.epochs_done + self.pos / self.train_len
 
     def finalize(self, run_dir: Path) -> dict[str, Any]:

@@ -201,6 +201,7 @@ class LMPretrainData:
     val_tokens: int = _f(40_000, **POS)  # pydoc: tokens (whole topics) held out as the val split
     train_tokens: int | None = _f(None, **POS)  # the first N training tokens only
     eval_tokens: int = _f(**POS)  # the fixed held-out set: the first N val tokens
+    sampler: str = _f("sequential", choices="optrepro.tasks.lm_pretrain:SAMPLERS")  # random: nanoGPT's get_batch
 
 
 @dataclass
@@ -224,6 +225,8 @@ class LMPretrainSchema(TaskSchema):
     steps: int = _f(**POS)
     eval_every: int = _f(**POS)
     warmup_steps: int = _f(**NONNEG)
+    warmup_formula: str = _f("llmc", choices="optrepro.tasks.base:WARMUP_FORMULAS")
+    grad_accum_steps: int = _f(1, **POS)  # micro-batches of batch_size per optimizer step
     min_lr_ratio: float = _f(0.1, min=0, max=1)
     grad_clip: float = _f(1.0, **NONNEG)
     weight_decay_on: str = _f("matrices", choices=("matrices", "all"))
@@ -494,6 +497,7 @@ class FinetuneSchema(TaskSchema):
     batch_size: int = _f(**POS)
     eval_batch_size: int = _f(64, **POS)
     max_seq_length: int = _f(512, **POS)
+    max_tokens: int | None = _f(None, **POS)  # fairseq --max-tokens: padded tokens per batch (null: batch_size only)
     warmup_ratio: float = _f(0.06, **UNIT)
     warmup_steps: int | None = _f(None, **NONNEG)  # null: warmup_ratio x the decay horizon
     decay_steps: int | None = _f(None, **POS)  # the linear decay's horizon (fairseq max_update); null: the run
