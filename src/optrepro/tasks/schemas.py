@@ -328,6 +328,7 @@ class FIDSchema:
     real_split: str = _f("train", choices=("train", "test"))
     is_splits: int = _f(10, **POS)  # Inception Score splits (torch-fidelity's 10; StudioGAN's 1)
     per_image_minmax: bool = False  # stretch every image to its own [min, max] before uint8 (the WGAN FID's)
+    resize: str = _f("fidelity", choices=("fidelity", "pytorch_fid"))  # Inception input: whose resize
     inception_score: bool = True
     weights_path: str | None = None
 
