@@ -157,3 +157,35 @@ def test_inception_wrapper_loads_a_local_weights_file(tmp_path: Path) -> None:
     assert features.shape == (2, 2048) and logits.shape == (2, 1008)
     stats = statistics_of([_images(2, seed=0), _images(1, seed=1)], extractor)
     assert stats.n == 3 and torch.cat(stats.logits).shape == (3, 1008)
+
+
+def test_pytorch_fid_resize_feeds_the_same_net_pytorch_fid_input(tmp_path: Path) -> None:
+    """task.fid.resize=pytorch_fid: the first layer sees F.interpolate(x/255, 299, bilinear)*2-1 (pytorch-fid's
+    InceptionV3 input); fidelity: torch-fidelity's own (TF1 resize - 128)/128. Random weights, same for both."""
+    from unittest import mock
+
+    import torch.nn.functional as F
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from optrepro.metrics.fid import InceptionFeatures
+
+    empty = tmp_path / "empty.pth"
+    torch.save({}, empty)
+    with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None):
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
+    weights = tmp_path / INCEPTION_WEIGHTS_FILE
+    torch.save(net.state_dict(), weights)
+    images = _images(2, seed=0)
+    expected = F.interpolate(images.float() / 255, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+    seen: dict[str, torch.Tensor] = {}
+    out = {}
+    for resize in ("fidelity", "pytorch_fid"):
+        extractor = InceptionFeatures(weights, resize=resize)
+        first = extractor.net.Conv2d_1a_3x3.conv
+        first.register_forward_pre_hook(lambda _m, args, r=resize: seen.__setitem__(r, args[0].detach()))
+        out[resize] = extractor(images)[0]
+    torch.testing.assert_close(seen["pytorch_fid"], expected, rtol=0, atol=1e-6)
+    assert (seen["fidelity"] - expected).abs().max() > 1e-2  # the other resize and normalisation
+    a, b = out["fidelity"], out["pytorch_fid"]  # random weights: features ~1e-7, so compare relatively
+    assert (a - b).abs().max() > 1e-3 * a.abs().max()
+    assert InceptionFeatures(weights, resize="pytorch_fid").name != InceptionFeatures(weights).name  # own cache

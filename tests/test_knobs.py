@@ -193,6 +193,13 @@ def test_eadam_compiled_first_update_adds_eps_outside_the_root() -> None:
     (["experiment=eadam_table2", "task=cifar10_vgg11"],
      {"task.model.num_classes": 100, "optimizer.name": "eadam", "optimizer.eps_outside": True}),
     (["experiment=adabelief_cifar"], {"task.model.num_classes": None}),
+    (["experiment=adabelief_transformer"],
+     {"task.data.joined_dictionary": True, "task.model.share_all_embeddings": True}),
+    (["task=cifar10_wgan"], {"task.fid.resize": "pytorch_fid"}),
+    (["task=cifar10_wgangp"], {"task.fid.resize": "pytorch_fid"}),
+    (["experiment=adabelief_sngan"], {"task.fid.resize": "pytorch_fid"}),
+    (["task=iwslt14_transformer"],  # fairseq-adabelief's run scripts
+     {"task.data.joined_dictionary": False, "task.model.share_all_embeddings": False}),
 ])
 def test_presets_compose_the_reference_values(overrides: list[str], expected: dict) -> None:
     cfg = compose_train(overrides)

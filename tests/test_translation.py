@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from pathlib import Path
@@ -494,3 +495,44 @@ def test_iwslt14_task_prepares_from_the_raw_archive(tmp_path: Path) -> None:
     metrics = task.evaluate()
     assert 0.0 <= metrics["test_bleu"] <= 100.0
     TranslationTask(cfg.task, ctx)  # second time: reads the prepared folder, no preparation (no warning)
+
+
+# ------------------------------------------------------------------------------- --share-all-embeddings
+def test_share_all_embeddings_is_one_parameter() -> None:
+    cfg = TransformerConfig(d_model=32, ffn_dim=64, heads=4, encoder_layers=1, decoder_layers=1,
+                            share_all_embeddings=True)
+    model = Seq2SeqTransformer(24, 24, pad=1, config=cfg)
+    assert model.src_embed.weight is model.tgt_embed.weight and model.output_proj is None
+    separate = Seq2SeqTransformer(24, 24, pad=1, config=dataclasses.replace(cfg, share_all_embeddings=False))
+    n_shared, n_separate = (sum(p.numel() for p in m.parameters()) for m in (model, separate))
+    assert n_separate - n_shared == 24 * 32  # exactly one table fewer
+    with pytest.raises(ValueError, match="one vocabulary"):
+        Seq2SeqTransformer(20, 24, pad=1, config=cfg)
+
+
+def test_joined_dictionary_and_shared_embeddings_in_the_task() -> None:
+    from optrepro.data.translation import Vocab
+    from optrepro.errors import UserError
+
+    task = _task({"data.joined_dictionary": True, "model.share_all_embeddings": True})
+    assert task.src_vocab is task.tgt_vocab
+    train = task.data["train"]
+    src_words = {w for line in train.src_text for w in line.split()}
+    tgt_words = {w for line in train.tgt_text for w in line.split()}
+    assert src_words - tgt_words and tgt_words - src_words  # the two sides have words of their own
+    assert (src_words | tgt_words) <= set(task.src_vocab.symbols)  # all of them in the one Vocab
+    assert len(task.src_vocab) == len(Vocab.build([*train.src_text, *train.tgt_text]))
+    m = task.model
+    assert m.src_embed.weight is m.tgt_embed.weight and m.output_proj is None
+    names = [n for n, _ in m.named_parameters()]
+    assert "src_embed.weight" in names and "tgt_embed.weight" not in names  # one Parameter, trained once
+    assert sum(p is m.src_embed.weight for g in task.optimizer.param_groups for p in g["params"]) == 1
+    before = m.src_embed.weight.detach().clone()
+    task.train_step()
+    assert not torch.equal(before, m.src_embed.weight)
+    separate = _task()
+    assert separate.src_vocab is not separate.tgt_vocab
+    assert separate.model.src_embed.weight is not separate.model.tgt_embed.weight
+    with pytest.raises(UserError, match="joined_dictionary"):
+        _task({"model.share_all_embeddings": True})
+

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from optrepro.errors import DataMissingError
@@ -57,9 +58,15 @@ class InceptionFeatures(nn.Module):
 
     name = "inception-v3-compat"
 
-    def __init__(self, weights_path: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, weights_path: str | os.PathLike[str] | None = None, resize: str = "fidelity") -> None:
         super().__init__()
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        if resize not in RESIZES:
+            raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
+        self.resize = resize
+        if resize != "fidelity":
+            self.name = f"{self.name}-{resize}"  # other features: another real-statistics cache entry
 
         path = resolve_inception_weights(weights_path)
         # torch-fidelity loads with weights_only=False; refuse anything a plain tensor load would not accept
@@ -67,11 +74,36 @@ class InceptionFeatures(nn.Module):
         self.net = FeatureExtractorInceptionV3(
             "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(path)
         )
+        self._batch: torch.Tensor | None = None
+        if resize == "pytorch_fid":
+            # torch-fidelity's forward takes only uint8 and always applies its TF1 resize and (x-128)/128, so the
+            # pytorch-fid input replaces what reaches its first layer (same weights, no copy of its forward)
+            self.net.Conv2d_1a_3x3.register_forward_pre_hook(self._pytorch_fid_input)
+
+    def _pytorch_fid_input(self, _module: nn.Module, _args: tuple[Any, ...]) -> tuple[torch.Tensor]:
+        assert self._batch is not None
+        return (pytorch_fid_resize(self._batch).to(_args[0].dtype),)
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features, logits = self.net(images)
+        self._batch = images
+        try:
+            features, logits = self.net(images)
+        finally:
+            self._batch = None
         return features, logits
+
+
+#: how images reach 299x299: torch-fidelity's TF1-compatible resize then (x-128)/128 (``fidelity``), or
+#: pytorch-fid's F.interpolate(bilinear, align_corners=False) of x/255 then 2x-1 (``pytorch_fid``)
+RESIZES = ("fidelity", "pytorch_fid")
+
+
+def pytorch_fid_resize(images: torch.Tensor) -> torch.Tensor:
+    """pytorch-fid's InceptionV3 input (resize_input, normalize_input): uint8 images -> [-1, 1] at 299x299."""
+    x = images.float() / 255.0
+    x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
+    return 2 * x - 1
 
 
 class TinyFeatures(nn.Module):
@@ -98,9 +130,9 @@ class TinyFeatures(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-def build_extractor(kind: str, weights_path: str | None, device: torch.device) -> nn.Module:
+def build_extractor(kind: str, weights_path: str | None, device: torch.device, resize: str = "fidelity") -> nn.Module:
     if kind == "inception":
-        return InceptionFeatures(weights_path).to(device).eval()
+        return InceptionFeatures(weights_path, resize).to(device).eval()
     if kind == "tiny":
         return TinyFeatures().to(device).eval()
     raise ValueError(f"unknown feature extractor {kind!r}; choose inception or tiny")

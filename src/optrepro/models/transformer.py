@@ -35,6 +35,9 @@ class TransformerConfig:
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
     share_decoder_input_output: bool = True
+    # fairseq's --share-all-embeddings: one table for encoder input, decoder input and output projection
+    # (needs one vocabulary over both languages and share_decoder_input_output, checked at build time)
+    share_all_embeddings: bool = False
     max_positions: int = 1024
     # pre-LN layers (LayerNorm before each sublayer, a final LayerNorm after the encoder and the
     # decoder): fairseq's --encoder/decoder-normalize-before, transformer_iwslt_de_en_v2
@@ -188,8 +191,14 @@ class Seq2SeqTransformer(nn.Module):
         self.config, self.pad = c, pad
         self.embed_scale = math.sqrt(c.d_model)
         self.src_embed = nn.Embedding(src_vocab, c.d_model, padding_idx=pad)
-        self.tgt_embed = nn.Embedding(tgt_vocab, c.d_model, padding_idx=pad)
-        for emb in (self.src_embed, self.tgt_embed):
+        if c.share_all_embeddings:
+            if src_vocab != tgt_vocab or not c.share_decoder_input_output:
+                raise ValueError("share_all_embeddings needs one vocabulary for both sides (got sizes "
+                                 f"{src_vocab} and {tgt_vocab}) and share_decoder_input_output=True")
+            self.tgt_embed = self.src_embed  # the same module: one Parameter in parameters()
+        else:
+            self.tgt_embed = nn.Embedding(tgt_vocab, c.d_model, padding_idx=pad)
+        for emb in dict.fromkeys((self.src_embed, self.tgt_embed)):
             nn.init.normal_(emb.weight, mean=0.0, std=c.d_model**-0.5)
             nn.init.zeros_(emb.weight[pad])
         # positions are numbered pad+1, pad+2, ... as in fairseq's SinusoidalPositionalEmbedding

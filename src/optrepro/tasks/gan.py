@@ -295,7 +295,8 @@ class GANTask(AdversarialTask):
             from optrepro.metrics.fid import build_extractor
 
             self._extractor = build_extractor(str(self.fid_cfg.get("extractor", "inception")),
-                                              self.fid_cfg.get("weights_path"), self.device)
+                                              self.fid_cfg.get("weights_path"), self.device,
+                                              str(self.fid_cfg.get("resize", "fidelity")))
         return self._extractor
 
     def _real_images(self) -> torch.Tensor:

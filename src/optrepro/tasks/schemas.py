@@ -258,6 +258,7 @@ class MTData:
     test_size: int = _f(500, **POS)
     train_subset: int | None = _f(None, **POS)
     test_subset: int | None = _f(None, **POS)
+    joined_dictionary: bool = False  # true: one Vocab over both sides' training text (fairseq --joined-dictionary)
 
 
 @dataclass
@@ -272,6 +273,7 @@ class MTModel:
     attention_dropout: float = _f(**UNIT)
     activation_dropout: float = _f(**UNIT)
     share_decoder_input_output: bool = True
+    share_all_embeddings: bool = False  # true: one embedding for both sides and the output (data.joined_dictionary)
     normalize_before: bool = False  # true: pre-LN layers + final LayerNorms (transformer_iwslt_de_en_v2)
 
 
@@ -303,6 +305,10 @@ def _check_translation(cfg: DictConfig) -> None:
     if cfg.model.d_model % cfg.model.heads:
         raise UserError(f"task.model.d_model ({cfg.model.d_model}) must be a multiple of "
                         f"task.model.heads ({cfg.model.heads})")
+    if cfg.model.share_all_embeddings and not (cfg.data.joined_dictionary and cfg.model.share_decoder_input_output):
+        raise UserError("task.model.share_all_embeddings=true needs task.data.joined_dictionary=true and "
+                        "task.model.share_decoder_input_output=true (fairseq: --share-all-embeddings requires a "
+                        "joined dictionary and ties the output projection)")
 
 
 # ------------------------------------------------------------------------------ GANs
@@ -325,6 +331,7 @@ class FIDSchema:
     real_split: str = _f("train", choices=("train", "test"))
     is_splits: int = _f(10, **POS)  # Inception Score splits (torch-fidelity's 10; StudioGAN's 1)
     per_image_minmax: bool = False  # stretch every image to its own [min, max] before uint8 (the WGAN FID's)
+    resize: str = _f("fidelity", choices=("fidelity", "pytorch_fid"))  # Inception input: whose resize
     inception_score: bool = True
     weights_path: str | None = None
 

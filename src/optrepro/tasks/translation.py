@@ -72,8 +72,11 @@ class TranslationTask(Task):
                        f"{split} sentence pairs")
         text["train"] = subset(text["train"], cfg.data.get("train_subset"))
         text["test"] = subset(text["test"], cfg.data.get("test_subset"))
-        self.src_vocab = Vocab.build(text["train"][0])
-        self.tgt_vocab = Vocab.build(text["train"][1])
+        if cfg.data.joined_dictionary:  # fairseq-preprocess --joined-dictionary: counts over both sides
+            self.src_vocab = self.tgt_vocab = Vocab.build([*text["train"][0], *text["train"][1]])
+        else:
+            self.src_vocab = Vocab.build(text["train"][0])
+            self.tgt_vocab = Vocab.build(text["train"][1])
         self.data = {split: Split(*pair, self.src_vocab, self.tgt_vocab) for split, pair in text.items()}
         self.counts = {split: len(s) for split, s in self.data.items()}
         longest = max(int(max(s.src_lens.max(initial=0), s.tgt_lens.max(initial=0))) for s in self.data.values())
