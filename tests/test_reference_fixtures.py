@@ -11,6 +11,13 @@ correct orderings of the same sums by at most about L * n * 2^-53 relative to th
 ``FWD_RTOL`` = 1e-8 of their largest magnitude. A knob switched to its corrected variant moves the
 outputs by 1e-3 or more of that scale, far outside it. The optimizer updates are 3 elementwise
 steps: a few ulps each, checked to 1e-12 relative plus 1e-15 absolute.
+
+Same-seed init is drawn in float32 (the models are built as the tasks build them, then cast): two
+correct float32 kernels (vectorised, or torch's portable ones under ATEN_CPU_CAPABILITY=default) may
+round each drawn weight differently by one float32 ulp (2^-24 relative), and a depth-L network moves
+its output by about L times that relative to its scale: 130 * 6e-8 = 7.7e-6 here, so those outputs are
+checked to ``SEED_RTOL`` = 5e-5 (measured: 4.9e-7 between the two kernel paths). A different init order
+moves them by O(1).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from optrepro.optim import build_optimizer
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "reference"
 FWD_RTOL = 1e-8
+SEED_RTOL = 5e-5
 OPT_RTOL, OPT_ATOL = 1e-12, 1e-15
 
 
@@ -104,7 +112,7 @@ def forward_check(
     if seed_init:  # the init is the same iff the eval output is (train mode is covered by the recipe)
         model.double().eval()
         with torch.no_grad():
-            close(rf.first(model(*inputs)), rec["seed"]["eval"], "same-seed init, eval")
+            close(rf.first(model(*inputs)), rec["seed"]["eval"], "same-seed init, eval", rtol=SEED_RTOL)
     model.double()
     rf.fill_recipe(model, (names or (lambda m: positional_names(m, rec["state"])))(model))
     rf.align_spectral_norms(model)
