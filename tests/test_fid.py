@@ -138,20 +138,26 @@ def test_extractor_needs_uint8_images() -> None:
         statistics_of([torch.zeros(2, 3, 8, 8)], TinyFeatures())
 
 
-def test_inception_wrapper_loads_a_local_weights_file(tmp_path: Path) -> None:
-    """The real extractor's plumbing, with randomly initialised weights written in the expected format."""
+def _random_inception_weights(folder: Path) -> Path:
+    """torch-fidelity's InceptionV3 with random weights, saved where the FID weights file would be."""
     from unittest import mock
 
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    from optrepro.metrics.fid import InceptionFeatures
-
-    empty = tmp_path / "empty.pth"
+    empty = folder / "empty.pth"
     torch.save({}, empty)
     with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None):
         net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
-    weights = tmp_path / INCEPTION_WEIGHTS_FILE
+    weights = folder / INCEPTION_WEIGHTS_FILE
     torch.save(net.state_dict(), weights)
+    return weights
+
+
+def test_inception_wrapper_loads_a_local_weights_file(tmp_path: Path) -> None:
+    """The real extractor's plumbing, with randomly initialised weights written in the expected format."""
+    from optrepro.metrics.fid import InceptionFeatures
+
+    weights = _random_inception_weights(tmp_path)
     extractor = InceptionFeatures(weights)
     features, logits = extractor(_images(2, seed=0))
     assert features.shape == (2, 2048) and logits.shape == (2, 1008)
@@ -162,19 +168,11 @@ def test_inception_wrapper_loads_a_local_weights_file(tmp_path: Path) -> None:
 def test_pytorch_fid_resize_feeds_the_same_net_pytorch_fid_input(tmp_path: Path) -> None:
     """task.fid.resize=pytorch_fid: the first layer sees F.interpolate(x/255, 299, bilinear)*2-1 (pytorch-fid's
     InceptionV3 input); fidelity: torch-fidelity's own (TF1 resize - 128)/128. Random weights, same for both."""
-    from unittest import mock
-
     import torch.nn.functional as F
-    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     from optrepro.metrics.fid import InceptionFeatures
 
-    empty = tmp_path / "empty.pth"
-    torch.save({}, empty)
-    with mock.patch.object(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None):
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(empty))
-    weights = tmp_path / INCEPTION_WEIGHTS_FILE
-    torch.save(net.state_dict(), weights)
+    weights = _random_inception_weights(tmp_path)
     images = _images(2, seed=0)
     expected = F.interpolate(images.float() / 255, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
     seen: dict[str, torch.Tensor] = {}

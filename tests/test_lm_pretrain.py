@@ -187,6 +187,27 @@ def roundtrip(state: dict[str, Any]) -> dict[str, Any]:
     return torch.load(buffer, weights_only=True)
 
 
+def _stop_save_resume(token_root: Path, extra: tuple[str, ...], opt: str, stop_at: int) -> tuple[Any, Any]:
+    """A run stopped at ``stop_at``, saved, and rebuilt from its state in a fresh RNG state: (first, second)."""
+    first = lm_task(token_root, *extra, optimizer=opt)
+    while first.step < stop_at:
+        first.train_step()
+    saved, rng = roundtrip(first.state_dict()), rng_state()
+    torch.manual_seed(1234)
+    second = lm_task(token_root, *extra, optimizer=opt)
+    second.load_state_dict(saved)
+    set_rng_state(rng)
+    return first, second
+
+
+def _finish_and_compare(straight: Any, resumed: Any) -> None:
+    """Run the resumed task to its end: its weights equal the uninterrupted run's, bit for bit."""
+    while not resumed.done():
+        resumed.train_step()
+    for name, value in straight.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+
+
 def test_resume_continues_exactly(token_root: Path) -> None:
     """Stopped mid-run past a wrap of the stream, saved, rebuilt in a fresh RNG state, continued: bitwise equal."""
     extra = (*SMALL, "task.data.train_tokens=3000")  # 3000 tokens: the stream wraps every 23 steps
@@ -195,19 +216,9 @@ def test_resume_continues_exactly(token_root: Path) -> None:
     while not straight.done():
         straight.train_step()
     assert straight.epochs_done == 1
-    first = lm_task(token_root, *extra, optimizer=opt)
-    while first.step < 27:
-        first.train_step()
-    saved, rng = roundtrip(first.state_dict()), rng_state()
-    torch.manual_seed(1234)
-    second = lm_task(token_root, *extra, optimizer=opt)
-    second.load_state_dict(saved)
-    set_rng_state(rng)
+    first, second = _stop_save_resume(token_root, extra, opt, stop_at=27)
     assert (second.pos, second.epochs_done) == (first.pos, 1)
-    while not second.done():
-        second.train_step()
-    for name, value in straight.model.state_dict().items():
-        assert torch.equal(value, second.model.state_dict()[name]), name
+    _finish_and_compare(straight, second)
     assert second.evaluate() == straight.evaluate()
 
 
@@ -414,17 +425,7 @@ def test_random_sampler_with_accumulation_resumes_exactly(token_root: Path) -> N
     straight = lm_task(token_root, *extra, optimizer=opt)
     while not straight.done():
         straight.train_step()
-    first = lm_task(token_root, *extra, optimizer=opt)
-    while first.step < 5:
-        first.train_step()
-    saved, rng = roundtrip(first.state_dict()), rng_state()
-    torch.manual_seed(1234)
-    second = lm_task(token_root, *extra, optimizer=opt)
-    second.load_state_dict(saved)
-    set_rng_state(rng)
-    while not second.done():
-        second.train_step()
-    for name, value in straight.model.state_dict().items():
-        assert torch.equal(value, second.model.state_dict()[name]), name
+    _, second = _stop_save_resume(token_root, extra, opt, stop_at=5)
+    _finish_and_compare(straight, second)
     assert second.evaluate() == straight.evaluate()
     assert straight.tokens_seen == 12 * 2 * 4 * 32
