@@ -197,12 +197,6 @@ def published_candidates(pub: pd.DataFrame, task: str, optimizer: str, opt_class
     return out
 
 
-def match_published(pub: pd.DataFrame, task: str, optimizer: str, opt_class: Any, value_kind: str) -> pd.Series | None:
-    """The published row for our config: the first of :func:`published_candidates`."""
-    rows = published_candidates(pub, task, optimizer, opt_class, value_kind)
-    return rows[0] if rows else None
-
-
 # ------------------------------------------------------------------------------------- comparison
 @dataclass
 class Comparison:
