@@ -22,6 +22,7 @@ from optrepro.metrics.fid import (
     resolve_inception_weights,
     statistics_of,
     to_uint8,
+    to_unit_range,
 )
 
 
@@ -133,9 +134,13 @@ def test_inception_score_limits() -> None:
     assert inception_score(confident, splits=1)[0] == pytest.approx(4.0, rel=1e-6)
 
 
-def test_extractor_needs_uint8_images() -> None:
-    with pytest.raises(TypeError, match="uint8"):
-        statistics_of([torch.zeros(2, 3, 8, 8)], TinyFeatures())
+def test_extractor_needs_uint8_or_float_images() -> None:
+    with pytest.raises(TypeError, match="uint8 or float"):
+        statistics_of([torch.zeros(2, 3, 8, 8, dtype=torch.int64)], TinyFeatures())
+    images = _images(4, seed=0)
+    as_float = statistics_of([to_unit_range(images)], TinyFeatures()).mean_cov()[0]
+    as_uint8 = statistics_of([images], TinyFeatures()).mean_cov()[0]
+    np.testing.assert_allclose(as_float, as_uint8, rtol=0, atol=1e-6)  # the same images, two encodings
 
 
 def _random_inception_weights(folder: Path) -> Path:
@@ -187,3 +192,29 @@ def test_pytorch_fid_resize_feeds_the_same_net_pytorch_fid_input(tmp_path: Path)
     a, b = out["fidelity"], out["pytorch_fid"]  # random weights: features ~1e-7, so compare relatively
     assert (a - b).abs().max() > 1e-3 * a.abs().max()
     assert InceptionFeatures(weights, resize="pytorch_fid").name != InceptionFeatures(weights).name  # own cache
+
+
+def test_float_input_reaches_the_first_layer_unrounded(tmp_path: Path) -> None:
+    """task.fid.input=float (StudioGAN's FID): G's [-1, 1] output is only resized (F.interpolate bilinear to
+    299) before Conv2d_1a_3x3, with no rounding to the 1/127.5 grid; reals as ToTensor + Normalize(0.5, 0.5)
+    give the uint8 path's input to float rounding; torch-fidelity's own resize refuses float images."""
+    import torch.nn.functional as F
+
+    from optrepro.metrics.fid import InceptionFeatures
+
+    extractor = InceptionFeatures(_random_inception_weights(tmp_path), resize="pytorch_fid")
+    seen: list[torch.Tensor] = []
+    extractor.net.Conv2d_1a_3x3.conv.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    fakes = torch.tanh(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    extractor(fakes)
+    extractor(to_uint8(fakes))
+    expected = F.interpolate(fakes, size=(299, 299), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(seen[0], expected, rtol=0, atol=1e-6)
+    rounding = (seen[0] - seen[1]).abs().max().item()
+    assert 1e-3 < rounding <= 1 / 127.5  # the uint8 path moves the input by up to half a grey level (x2)
+    reals = _images(2, seed=1)
+    extractor(reals)
+    extractor(to_unit_range(reals))
+    torch.testing.assert_close(seen[3], seen[2], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="pytorch_fid"):
+        InceptionFeatures(tmp_path / INCEPTION_WEIGHTS_FILE)(fakes)

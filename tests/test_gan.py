@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import REPO, cli, metrics, run_folders, run_inprocess, summary
+from optrepro.errors import UserError
 from optrepro.models.gan import (
     DCGANDiscriminator,
     DCGANGenerator,
@@ -163,6 +164,29 @@ def test_fid_uses_an_injected_extractor_and_leaves_global_rng_alone(fake_root: P
     assert first["fid"] > 0 and sum(s[0] for s in calls) == 64 + 64  # real (num_real) + fakes (num_fake)
     again = task.compute_fid()  # same fixed noise, real stats kept in memory: same value, fakes only
     assert again["fid"] == first["fid"] and sum(s[0] for s in calls) == 64 + 64 + 64
+
+
+def test_fid_input_float_feeds_unrounded_fakes_and_normalised_reals(fake_root: Path) -> None:
+    """The SN-GAN preset's task.fid.input=float: the extractor gets G's output as it is and the reals as
+    ToTensor + Normalize(0.5, 0.5); uint8 rounds both. Other real statistics, so another cache file."""
+    from optrepro.metrics.fid import to_unit_range
+
+    seen: dict[str, list[torch.Tensor]] = {}
+    for mode in ("float", "uint8"):
+        task = _task("cifar10_sngan", fake_root, {"fid": {"input": mode}})
+        assert task.fid_input == mode
+        task._extractor = lambda images, m=mode: (seen.setdefault(m, []).append(images), images.float().mean((2, 3)))[1]
+        task.compute_fid()
+    real, fake = seen["float"][0], seen["float"][-1]
+    assert real.dtype == fake.dtype == torch.float32
+    torch.testing.assert_close(real, to_unit_range(seen["uint8"][0]), rtol=0, atol=0)
+    on_grid = (fake + 1) * 127.5
+    assert (on_grid - on_grid.round()).abs().max() > 0.1  # unrounded: off the uint8 grid
+    assert all(x.dtype == torch.uint8 for x in seen["uint8"])
+    with pytest.raises(UserError, match="task.fid.resize=pytorch_fid"):
+        _task("cifar10_sngan", fake_root, {"fid": {"input": "float", "resize": "fidelity", "extractor": "inception"}})
+    with pytest.raises(UserError, match="per_image_minmax"):
+        _task("cifar10_sngan", fake_root, {"fid": {"input": "float", "per_image_minmax": True}})
 
 
 def test_exact_resume_through_task_api(fake_root: Path) -> None:

@@ -197,7 +197,8 @@ def test_eadam_compiled_first_update_adds_eps_outside_the_root() -> None:
      {"task.data.joined_dictionary": True, "task.model.share_all_embeddings": True}),
     (["task=cifar10_wgan"], {"task.fid.resize": "pytorch_fid"}),
     (["task=cifar10_wgangp"], {"task.fid.resize": "pytorch_fid"}),
-    (["experiment=adabelief_sngan"], {"task.fid.resize": "pytorch_fid"}),
+    (["experiment=adabelief_sngan"], {"task.fid.resize": "pytorch_fid", "task.fid.input": "float"}),
+    (["task=cifar10_wgan"], {"task.fid.input": "uint8"}),  # the WGAN FID read saved PNGs
     (["task=iwslt14_transformer"],  # fairseq-adabelief's run scripts
      {"task.data.joined_dictionary": False, "task.model.share_all_embeddings": False}),
 ])

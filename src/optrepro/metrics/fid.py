@@ -1,9 +1,10 @@
 """Fréchet Inception Distance (and Inception Score) with an injectable feature extractor.
 
 A feature extractor is any callable ``uint8 images (N, 3, H, W) -> features (N, D)`` or
-``-> (features, logits)``; it owns its resizing (torch-fidelity's InceptionV3 resizes to 299 the
-way the TensorFlow original did). The Inception one reads its weights from a local file; tests and
-smoke runs use ``TinyFeatures``, a fixed random conv net that needs nothing.
+``-> (features, logits)``, and float images in [-1, 1] where it can (``INPUTS``); it owns its resizing
+(torch-fidelity's InceptionV3 resizes to 299 the way the TensorFlow original did). The Inception one
+reads its weights from a local file; tests and smoke runs use ``TinyFeatures``, a fixed random conv
+net that needs nothing.
 
 Statistics are accumulated in float64 (sums and outer products) so 64,000 fakes never sit in
 memory; the real-image statistics are cached in a ``.pt`` file keyed by dataset, split, number of
@@ -86,9 +87,17 @@ class InceptionFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images, or (resize=pytorch_fid only) float images in [-1, 1] that reach the net unrounded."""
+        net_input = images
+        if images.is_floating_point():
+            if self.resize != "pytorch_fid":
+                raise ValueError("float images reach the Inception only through task.fid.resize=pytorch_fid; "
+                                 "torch-fidelity's own resize takes uint8")
+            # torch-fidelity's forward insists on uint8; the pre-hook replaces what its first layer sees anyway
+            net_input = torch.zeros(images.shape, dtype=torch.uint8, device=images.device)
         self._batch = images
         try:
-            features, logits = self.net(images)
+            features, logits = self.net(net_input)
         finally:
             self._batch = None
         return features, logits
@@ -99,11 +108,27 @@ class InceptionFeatures(nn.Module):
 RESIZES = ("fidelity", "pytorch_fid")
 
 
+#: what reaches the feature extractor: ``uint8`` (every image rounded as saving a PNG would) or ``float``
+#: (the generator's output in [-1, 1] as it is, the reals as ToTensor + Normalize(0.5, 0.5): StudioGAN's FID)
+INPUTS = ("uint8", "float")
+
+
 def pytorch_fid_resize(images: torch.Tensor) -> torch.Tensor:
-    """pytorch-fid's InceptionV3 input (resize_input, normalize_input): uint8 images -> [-1, 1] at 299x299."""
+    """pytorch-fid's InceptionV3 input at 299x299 in [-1, 1].
+
+    uint8 images as pytorch-fid reads files (x/255, resize, then normalize_input's 2x-1); float images
+    are taken to be in [-1, 1] already and only resized (StudioGAN's InceptionV3(normalize_input=False)).
+    """
+    if images.is_floating_point():
+        return F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
     x = images.float() / 255.0
     x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
     return 2 * x - 1
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [-1, 1] as ToTensor + Normalize(0.5, 0.5) computes it ((x/255 - 0.5)/0.5)."""
+    return (images.float() / 255.0 - 0.5) / 0.5
 
 
 class TinyFeatures(nn.Module):
@@ -125,7 +150,7 @@ class TinyFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 127.5 - 1.0
+        x = images.float() if images.is_floating_point() else images.float() / 127.5 - 1.0
         x = torch.tanh(self.conv2(torch.tanh(self.conv1(x))))
         return x.mean(dim=(2, 3))
 
@@ -195,12 +220,12 @@ def inception_score(logits: torch.Tensor, splits: int = 10) -> tuple[float, floa
 
 def statistics_of(batches: Iterable[torch.Tensor], extractor: FeatureExtractor,
                   keep_logits: bool = True) -> FeatureStats:
-    """Run uint8 image batches through the extractor and accumulate their statistics."""
+    """Run image batches (uint8, or float in [-1, 1]) through the extractor and accumulate their statistics."""
     stats = FeatureStats(keep_logits=keep_logits)
     with torch.no_grad():
         for images in batches:
-            if images.dtype != torch.uint8:
-                raise TypeError(f"FID feature extractors take uint8 images, got {images.dtype}")
+            if images.dtype != torch.uint8 and not images.is_floating_point():
+                raise TypeError(f"FID feature extractors take uint8 or float images, got {images.dtype}")
             stats.update(extractor(images))
     return stats
 
@@ -255,6 +280,7 @@ __all__ = [
     "INCEPTION_WEIGHTS_URL",
     "FeatureExtractor",
     "FeatureStats",
+    "INPUTS",
     "InceptionFeatures",
     "TinyFeatures",
     "build_extractor",
@@ -267,4 +293,5 @@ __all__ = [
     "resolve_inception_weights",
     "statistics_of",
     "to_uint8",
+    "to_unit_range",
 ]

@@ -209,6 +209,9 @@ class GANTask(AdversarialTask):
         self.fid_every = int(fid.get("every_steps", 0) or 0) if self.fid_enabled else 0
         self._extractor: Any = ctx.extras.get("fid_feature_extractor")
         self._real_stats: tuple[Any, Any] | None = None
+        # task.fid.input: "uint8" rounds every image as a saved PNG would; "float" feeds G's output unrounded
+        # and the reals as ToTensor + Normalize(0.5, 0.5) (StudioGAN's FID: metrics/FID.py:83-104)
+        self.fid_input = str(fid.get("input", "uint8"))  # checked against resize and per_image_minmax in schemas
 
     # ----------------------------------------------------------------------------- data, noise
     def _to_model_range(self, images: torch.Tensor) -> torch.Tensor:
@@ -324,6 +327,7 @@ class GANTask(AdversarialTask):
             real_stats_cache_path,
             statistics_of,
             to_uint8,
+            to_unit_range,
         )
 
         extractor = self.feature_extractor()
@@ -331,11 +335,14 @@ class GANTask(AdversarialTask):
         batch = int(self.fid_cfg.batch_size)
 
         stretch = bool(self.fid_cfg.get("per_image_minmax", False))
+        unrounded = self.fid_input == "float"
 
         def batches() -> Iterator[torch.Tensor]:
             for start in range(0, images.shape[0], batch):
                 chunk = images[start : start + batch].to(self.device)
-                if self.image_size == 32 and not stretch:
+                if unrounded:
+                    yield to_unit_range(chunk) if self.image_size == 32 else self._to_model_range(chunk)
+                elif self.image_size == 32 and not stretch:
                     yield chunk
                 else:
                     yield to_uint8(self._to_model_range(chunk), per_image_minmax=stretch)
@@ -343,6 +350,8 @@ class GANTask(AdversarialTask):
         name = extractor_name(extractor)
         if name is not None and stretch:
             name = f"{name}-minmax"  # other real statistics: never share a cache file
+        if name is not None and unrounded:
+            name = f"{name}-float"
         cache = None
         if name is not None:
             digest = hashlib.sha1(images.cpu().numpy().tobytes()).hexdigest()[:10]  # fake vs real data apart
@@ -368,7 +377,11 @@ class GANTask(AdversarialTask):
             for start in range(0, num_fake, batch):
                 z, y = self._noise(min(batch, num_fake - start), gen)
                 with self.ctx.autocast():
-                    images = to_uint8(self.G(z, y), per_image_minmax=bool(self.fid_cfg.get("per_image_minmax", False)))
+                    out = self.G(z, y)
+                if self.fid_input == "float":
+                    images = out.float()  # unrounded and unclamped, as StudioGAN feeds its Inception
+                else:
+                    images = to_uint8(out, per_image_minmax=bool(self.fid_cfg.get("per_image_minmax", False)))
                 yield images  # outside autocast: the extractor runs in fp32
 
         was_training = self.G.training

@@ -332,6 +332,7 @@ class FIDSchema:
     is_splits: int = _f(10, **POS)  # Inception Score splits (torch-fidelity's 10; StudioGAN's 1)
     per_image_minmax: bool = False  # stretch every image to its own [min, max] before uint8 (the WGAN FID's)
     resize: str = _f("fidelity", choices=("fidelity", "pytorch_fid"))  # Inception input: whose resize
+    input: str = _f("uint8", choices=("uint8", "float"))  # images rounded to uint8, or G's output unrounded
     inception_score: bool = True
     weights_path: str | None = None
 
@@ -371,6 +372,13 @@ def _check_gan(cfg: DictConfig) -> None:
             raise UserError("task.conditional=true needs arch=sngan_resnet")
     elif cfg.image_size != 32:
         raise UserError(f"task.image_size must be 32 for arch=sngan_resnet, got {cfg.image_size}")
+    if cfg.fid.input == "float":  # G's output unrounded: not through a PNG stretch or torch-fidelity's uint8 resize
+        if cfg.fid.per_image_minmax:
+            raise UserError("task.fid.input=float feeds the images unrounded; task.fid.per_image_minmax "
+                            "(a PNG-saving stretch) needs task.fid.input=uint8")
+        if cfg.fid.extractor == "inception" and cfg.fid.resize != "pytorch_fid":
+            raise UserError("task.fid.input=float needs task.fid.resize=pytorch_fid (torch-fidelity's own "
+                            "resize takes uint8 only)")
     if cfg.fid.enabled and cfg.fid.extractor == "inception":
         from optrepro.metrics.fid import resolve_inception_weights
 
