@@ -1,5 +1,6 @@
 """Reference-code knobs of the Faster R-CNN (EAdam Table 4 ran mmdetection): RoIAlign sampling, BN affine
-trainable with fixed statistics, L1 box losses. Each changes what it names; the VOC preset composes mmdet's."""
+trainable with fixed statistics, L1 box losses, batches grouped by aspect ratio. Each changes what it names;
+the VOC preset composes mmdet's."""
 
 from __future__ import annotations
 
@@ -153,3 +154,90 @@ def test_box_loss_l1_changes_only_the_box_terms_of_a_tiny_detector() -> None:
     with torch.no_grad():
         out_s, out_l = smooth(images), l1(images)
     assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(out_s, out_l, strict=True))
+
+
+# ----------------------------------------------------------------------------- batch grouping
+def grouped_batches(order: Any, n_batches: int) -> list[list[int]]:
+    return [order.next_indices().tolist() for _ in range(n_batches)]
+
+
+def test_grouped_batch_order_is_mmdets_group_sampler() -> None:
+    from optrepro.tasks.base import GroupedBatchOrder
+
+    groups = [int(i % 10 < 7) for i in range(23)]  # 16 landscape (1), 7 portrait (0)
+    sizes = {g: groups.count(g) for g in (0, 1)}
+    for batch_size in (1, 2, 3, 4):
+        order = GroupedBatchOrder(groups, batch_size, seed=5)
+        per_epoch = sum(-(-n // batch_size) for n in sizes.values())
+        assert order.batches_per_epoch == per_epoch
+        for epoch in range(3):
+            batches = grouped_batches(order, per_epoch)
+            assert order.epoch == epoch and order.epoch_finished
+            assert all(len(b) == batch_size and len({groups[i] for i in b}) == 1 for b in batches)
+            taken = [i for b in batches for i in b]
+            assert set(taken) == set(range(23))  # every image, the padding repeats images of its own group
+            for g, n in sizes.items():
+                assert sum(groups[i] == g for i in taken) == -(-n // batch_size) * batch_size
+    # a fresh order with the seed gives the same batches, another seed other ones; epochs differ
+    first = grouped_batches(GroupedBatchOrder(groups, 2, seed=5), 24)
+    assert first == grouped_batches(GroupedBatchOrder(groups, 2, seed=5), 24)
+    assert first != grouped_batches(GroupedBatchOrder(groups, 2, seed=6), 24)
+    assert first[:12] != first[12:]
+    # the order of batches is shuffled: both groups show up within the first half of an epoch
+    assert {groups[b[0]] for b in first[:6]} == {0, 1}
+    # resume mid-epoch: the position is all the state
+    stopped = GroupedBatchOrder(groups, 2, seed=5)
+    grouped_batches(stopped, 17)
+    resumed = GroupedBatchOrder(groups, 2, seed=5)
+    resumed.load_state_dict(dict(stopped.state_dict()))
+    assert grouped_batches(resumed, 7) == first[17:]
+
+
+def mixed_voc(root: Any) -> Any:
+    """Fake VOC in the real format: 2007 trainval landscape (w 128 > h 96), 2012 trainval portrait."""
+    from optrepro.data.voc import write_fake_voc
+
+    write_fake_voc(root, n_images=3, years=("2007",), size=(96, 128))
+    write_fake_voc(root, n_images=3, years=("2012",), size=(128, 96), seed=1)
+    return root
+
+
+def test_preset_groups_by_aspect_ratio_from_the_xml_sizes_and_none_is_batch_order(tmp_path: Any) -> None:
+    from optrepro.config import resolve_interpolations
+    from optrepro.tasks import RunContext, build_task
+    from optrepro.tasks.base import BatchOrder, GroupedBatchOrder, derived_seed
+    from optrepro.tasks.schemas import validate
+
+    cfg, _ = compose(["experiment=eadam_table4"])
+    assert cfg.task.batch_grouping == "aspect_ratio"
+    assert compose(["experiment=eadam_table4", "task.batch_grouping=none"])[0].task.batch_grouping == "none"
+    bad = cfg.task.copy()
+    bad.batch_grouping, bad.model.backbone = "width", "tiny"
+    with pytest.raises(UserError, match="task.batch_grouping"):
+        validate(bad)
+    # the synthetic preset leaves the key to the schema's default, none: its composed config (run identity) is as before
+    synthetic, _ = compose(["task=synthetic_det"])
+    assert "batch_grouping" not in synthetic.task and validate(synthetic.task).batch_grouping == "none"
+
+    root = mixed_voc(tmp_path / "voc")
+    tasks = {}
+    for grouping in ("aspect_ratio", "none"):
+        cfg, _ = compose(["task=voc_fasterrcnn", "optimizer=adam", "profile=smoke", f"task.data.root={root}",
+                          "task.model.backbone=tiny", "task.model.min_size=96", "task.model.max_size=128",
+                          "task.data.train_subset=null", "task.epochs=2", f"task.batch_grouping={grouping}"])
+        cfg = resolve_interpolations(cfg)
+        tasks[grouping] = build_task(cfg.task, RunContext(cfg=cfg, device=torch.device("cpu"), precision="fp32",
+                                                          seed=0))
+    grouped, plain = tasks["aspect_ratio"], tasks["none"]
+    assert grouped.train_data.aspect_groups() == [1, 1, 1, 0, 0, 0]
+    assert type(grouped.order) is GroupedBatchOrder and type(plain.order) is BatchOrder
+    assert grouped.order.batches_per_epoch == 4 and plain.order.batches_per_epoch == 3  # 2 + 2 vs 6 // 2
+    assert (grouped.total_steps, plain.total_steps) == (8, 6)
+    # none draws exactly the batches of before the knob existed
+    before = BatchOrder(6, 2, seed=derived_seed("det-order", 0))
+    assert [plain.order.next_indices().tolist() for _ in range(6)] == [before.next_indices().tolist()
+                                                                       for _ in range(6)]
+    for _ in range(4):  # the epoch counters, eval and done run on the grouped count
+        grouped.train_step()
+        assert grouped.epoch == grouped.step / 4
+    assert grouped.eval_due() and not grouped.done()

@@ -26,7 +26,7 @@ import hashlib
 import math
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,6 +334,40 @@ class BatchOrder:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+
+class GroupedBatchOrder(BatchOrder):
+    """Batches each drawn from one group (mmdetection's ``GroupSampler``: images of one aspect-ratio
+    group share a batch, so little of a padded batch is padding).
+
+    Every epoch, from (seed, epoch) alone: each group's indices are shuffled and padded to a multiple
+    of ``batch_size`` with indices of that group drawn at random (with replacement), the groups are
+    concatenated in ascending group id, cut into batches, and the batch order is shuffled. An epoch
+    is ``sum_g ceil(n_g / batch_size)`` batches and holds every index at least once. Position and
+    resume: (epoch, index), as :class:`BatchOrder`.
+    """
+
+    def __init__(self, groups: Sequence[int], batch_size: int, seed: int) -> None:
+        super().__init__(len(groups), batch_size, seed, shuffle=True, drop_last=False)
+        flags = torch.as_tensor(list(groups), dtype=torch.int64)
+        #: the indices of each non-empty group, in ascending group id
+        self.members = [torch.nonzero(flags == g).flatten() for g in torch.unique(flags).tolist()]
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return sum(math.ceil(len(m) / self.batch_size) for m in self.members)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        """The epoch's ``batches_per_epoch * batch_size`` indices, batch after batch."""
+        gen = torch.Generator().manual_seed(derived_seed("grouped-batch-order", self.seed, epoch))
+        padded = []
+        for members in self.members:
+            extra = -len(members) % self.batch_size
+            padded.append(members[torch.randperm(len(members), generator=gen)])
+            padded.append(members[torch.randint(len(members), (extra,), generator=gen)])
+        batches = torch.cat(padded).view(-1, self.batch_size)
+        return batches[torch.randperm(len(batches), generator=gen)].flatten()
 
 
 # ------------------------------------------------------------------------------- state

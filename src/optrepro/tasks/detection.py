@@ -12,8 +12,12 @@ horizontally with probability ``flip_prob`` (boxes too) and handed with their bo
 whose transform normalizes them (ImageNet mean/std) and resizes them so the short side is
 ``model.min_size`` and the long side at most ``model.max_size`` (mmdetection's
 ``Resize(img_scale=(1000, 600), keep_ratio=True)``), padding the batch to a multiple of 32. The
-loss is the sum of the RPN and RoI head losses. The batch order comes from ``BatchOrder`` and each
-flip from a hash of (seed, epoch, image), so a resumed run sees exactly the same batches.
+loss is the sum of the RPN and RoI head losses. The batch order comes from ``BatchOrder`` (uniform
+batches, the last partial one dropped: ``batch_grouping=none``) or ``GroupedBatchOrder``
+(``batch_grouping=aspect_ratio``, mmdetection's ``GroupSampler``: every batch from one group,
+landscape ``width / height > 1`` or not, each group padded to whole batches with random repeats
+of its images), and each flip from a hash of (seed, epoch, image), so a resumed run sees exactly
+the same batches.
 
 Evaluation (``eval_every_epochs`` and at the end) detects on the whole test set at the model's
 test size (scores >= 0.05, NMS 0.5, at most 100 per image, mapped back to the original image) and
@@ -38,10 +42,12 @@ from omegaconf import DictConfig
 from optrepro.errors import UserError
 from optrepro.metrics.map import voc_map
 from optrepro.models.detection import build_detector
-from optrepro.tasks.base import BatchOrder, RunContext, Task, derived_seed
+from optrepro.tasks.base import BatchOrder, GroupedBatchOrder, RunContext, Task, derived_seed
 
 SOURCES = ("voc", "synthetic")
 METRICS = ("map50", "map50_11pt")
+#: how training batches are drawn: none = uniform (BatchOrder); aspect_ratio = mmdetection's GroupSampler
+BATCH_GROUPINGS = ("none", "aspect_ratio")
 
 
 class DetectionData:
@@ -85,6 +91,17 @@ class DetectionData:
             return {"boxes": t.boxes, "labels": t.labels, "difficult": t.difficult}
         boxes, labels = self.synthetic.boxes[index], self.synthetic.labels[index]
         return {"boxes": boxes, "labels": labels, "difficult": torch.zeros(len(labels), dtype=torch.bool)}
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """(width, height) of every image, without decoding any: VOC's XML ``<size>``, the synthetic tensors' shapes."""
+        if self.source == "voc":
+            return [(t.width, t.height) for t in self.voc.targets]
+        height, width = self.synthetic.images.shape[-2:]
+        return [(int(width), int(height))] * self.size
+
+    def aspect_groups(self) -> list[int]:
+        """mmdetection's group flag (``CustomDataset._set_group_flag``): 1 when width / height > 1, else 0."""
+        return [int(width / height > 1) for width, height in self.sizes()]
 
     def training_target(self, index: int) -> dict[str, torch.Tensor]:
         """The boxes the detector learns: difficult ones left out unless ``data.train_difficult``."""
@@ -134,7 +151,12 @@ class DetectionTask(Task):
         self.batch_size, self.eval_batch_size = int(cfg.batch_size), int(cfg.eval_batch_size)
         if len(self.train_data) < self.batch_size:
             raise UserError(f"{len(self.train_data)} training images < task.batch_size={self.batch_size}")
-        self.order = BatchOrder(len(self.train_data), self.batch_size, seed=derived_seed("det-order", ctx.seed))
+        seed = derived_seed("det-order", ctx.seed)
+        self.order: BatchOrder
+        if cfg.batch_grouping == "aspect_ratio":
+            self.order = GroupedBatchOrder(self.train_data.aspect_groups(), self.batch_size, seed=seed)
+        else:
+            self.order = BatchOrder(len(self.train_data), self.batch_size, seed=seed)
         self.flip_prob = float(cfg.get("flip_prob", 0.5))
         self.epochs = int(cfg.epochs)
         self.eval_every = int(cfg.eval_every_epochs)

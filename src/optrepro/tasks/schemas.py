@@ -461,6 +461,7 @@ class DetectionSchema(TaskSchema):
     flip_prob: float = _f(0.5, min=0, max=1)
     lr_milestones: list[int] = _f([])
     lr_gamma: float = _f(0.1, **POS)
+    batch_grouping: str = _f("none", choices="optrepro.tasks.detection:BATCH_GROUPINGS")  # aspect_ratio: mmdet's
 
 
 def _check_detection(cfg: DictConfig) -> None:
