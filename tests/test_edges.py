@@ -314,6 +314,8 @@ def test_any_field_value_completes_or_is_one_line_with_nothing_on_disk(
     results = tmp_path_factory.mktemp("runs") / "r"
     overrides = _overrides(kind, key, value, data_dir, results)
     capsys.readouterr()
+    cwd = os.getcwd()
+    os.chdir(results.parent)  # a drawn relative path (task.data.root=false is the folder "False") lands here
     try:
         preflight(overrides)
     except UserError as exc:
@@ -322,6 +324,8 @@ def test_any_field_value_completes_or_is_one_line_with_nothing_on_disk(
     else:
         status = run(compose_train(overrides)).status
         lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    finally:
+        os.chdir(cwd)
     event(f"{kind}: {status}")  # --hypothesis-show-statistics shows how the examples ended
     if status == RunStatus.ERROR:
         assert len(lines) == 1, (overrides, lines)
