@@ -201,6 +201,8 @@ def test_eadam_compiled_first_update_adds_eps_outside_the_root() -> None:
     (["task=cifar10_wgan"], {"task.fid.input": "uint8"}),  # the WGAN FID read saved PNGs
     (["task=iwslt14_transformer"],  # fairseq-adabelief's run scripts
      {"task.data.joined_dictionary": False, "task.model.share_all_embeddings": False}),
+    (["experiment=finetune_vision"], {"task.data.augment": "inception_crop"}),  # vit_jax's Inception crop
+    (["experiment=finetune_vision", "task=cifar10_resnet50_ft"], {"task.data.augment": "inception_crop"}),
 ])
 def test_presets_compose_the_reference_values(overrides: list[str], expected: dict) -> None:
     cfg = compose_train(overrides)

@@ -1,4 +1,5 @@
-"""Vision fine-tuning (timm ViT / ResNet on CIFAR-10): local checkpoints, schedule, clipping, smoke run, preset.
+"""Vision fine-tuning (timm ViT / ResNet on CIFAR-10): local checkpoints, schedule, clipping, smoke run, preset,
+the Inception crop (task.data.augment=inception_crop) through the task.
 
 Nothing is downloaded: tiny timm models are built with pretrained=False, saved as local state_dicts and
 loaded through task.model.checkpoint; CIFAR is fake data in torchvision's on-disk format.
@@ -112,10 +113,12 @@ def test_warmup_then_cosine_and_clipping(data_root: Path, checkpoints: dict[str,
     assert grad_norm(tiny) <= 1e-3 * (1 + 1e-5) < grad_norm(free)
 
 
+@pytest.mark.parametrize("augment", ["inception_crop", "crop_flip"])  # the preset's (vit_jax's) | the old one
 def test_smoke_run_learns_through_the_real_code(data_root: Path, checkpoints: dict[str, Path],
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path, augment: str) -> None:
     over = overrides("vit", data_root, checkpoints["vit"], "task.max_steps=36", "task.warmup_steps=3",
-                     "task.data.train_subset=48", "task.batch_size=8", "optimizer=sgd", "seed=1")
+                     "task.data.train_subset=48", "task.batch_size=8", "optimizer=sgd", "seed=1",
+                     f"task.data.augment={augment}")
     outcome = run_inprocess(over, tmp_path)
     assert outcome.status == "completed", outcome.reason
     (folder,) = run_folders(tmp_path)
@@ -123,7 +126,8 @@ def test_smoke_run_learns_through_the_real_code(data_root: Path, checkpoints: di
     # 48 images - the smoke profile's 4 validation images = 44: 5 batches of 8 per epoch, 36 steps -> 8 evals
     assert len(rows) == 8 and all({"train_loss", "test_acc", "val_acc", "val_loss", "lr"} <= set(r) for r in rows)
     assert summary(folder)["metric"] == "test_acc"
-    # measured (seeds 1-3): train loss 2.21-2.30 -> 0.90-0.93, final test_acc 47-50% on 32 images (chance 10%)
+    # measured (seeds 1-3), train loss first -> last eval, final test_acc on 32 images (chance 10%):
+    # inception_crop 2.24-2.27 -> 0.65-1.02, 53-66%; crop_flip 2.27-2.31 -> 0.85-1.16, 53%
     first, last = rows[0]["train_loss"], rows[-1]["train_loss"]
     assert last < 0.7 * first, (first, last)
     assert rows[-1]["test_acc"] > 25.0, rows[-1]
@@ -161,3 +165,80 @@ def test_pretrained_weights_from_the_hf_cache_only(tmp_path: Path, monkeypatch: 
     save_file(source.state_dict(), str(repo / "snapshots" / ("0" * 40) / "model.safetensors"))
     model = build_timm_model(name, 10, pretrained=True, checkpoint=None, kwargs=kwargs, download=False)
     assert torch.equal(model.state_dict()["blocks.1.mlp.fc2.weight"], source.state_dict()["blocks.1.mlp.fc2.weight"])
+
+
+def test_both_presets_take_vit_jaxs_inception_crop_and_the_old_crop_is_one_override_away() -> None:
+    for name in ("cifar10_vit_b16_ft", "cifar10_resnet50_ft"):
+        cfg, _ = compose([f"task={name}"])
+        assert cfg.task.data.augment == "inception_crop", name
+        cfg, _ = compose([f"task={name}", "task.data.augment=crop_flip"])
+        assert cfg.task.data.augment == "crop_flip" and cfg.task.data.pad == 4
+
+
+def _crop_task(root: Path, ckpt: Path, pipeline: str) -> Any:
+    """The ResNet stand-in at 40 px (the crops are resized up, as to 224 / 384 in the presets)."""
+    over = overrides("resnet", root, ckpt, f"task.data.pipeline={pipeline}", "task.data.input_size=40")
+    return build(over)
+
+
+def test_inception_crop_batches_are_the_seeded_crops_of_each_global_batch(data_root: Path,
+                                                                          checkpoints: dict[str, Path]) -> None:
+    from dataclasses import replace
+
+    from torch.nn import functional as F
+
+    from optrepro.data.gpu_pipeline import inception_crop_params
+
+    task = _crop_task(data_root, checkpoints["resnet"], "device")
+    assert task.train_images.pad == 0 and not task.train_images.augments  # no pad-4 crop underneath
+    images, labels = task._next_batch()
+    index = task._global_batch(0, 0)
+    plain, plain_labels = task.train_images.batch(index)  # the batch's images, normalised, unaugmented
+    assert images.shape == (8, 3, 40, 40) and torch.equal(labels, plain_labels)
+    generator = torch.Generator().manual_seed(task._batch_seed(0, 0))
+    top, left, h, w = inception_crop_params(8, 32, 32, generator)
+    flips = torch.rand(8, generator=generator) < 0.5
+    for i in range(8):
+        crop = plain[i : i + 1, :, int(top[i]) : int(top[i] + h[i]), int(left[i]) : int(left[i] + w[i])]
+        expected = F.interpolate(crop, size=(40, 40), mode="bilinear", align_corners=False, antialias=False)[0]
+        assert torch.equal(images[i], expected.flip(-1) if flips[i] else expected), i
+    # (seed, epoch, index) alone: a fresh task moved to batch (0, 1) draws what this one draws next,
+    # through either pipeline (the DataLoader's workers hand over the same unaugmented images)
+    following = task._next_batch()[0]
+    for pipeline in ("device", "dataloader"):
+        fresh = _crop_task(data_root, checkpoints["resnet"], pipeline)
+        fresh.order.index = 1
+        assert torch.allclose(fresh._next_batch()[0], following, atol=1e-6), pipeline
+    # a data-parallel rank's share is the single process's batch, split
+    task.dist = replace(task.dist, rank=1, world=2)
+    share, _ = task._inception_cropped((plain[1::2], plain_labels[1::2]), 0, 0)
+    assert torch.equal(share, images[1::2])
+
+
+def test_inception_crop_resume_mid_epoch_is_exact(data_root: Path, checkpoints: dict[str, Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from optrepro.tasks.vision import ImageClassificationTask
+
+    over = overrides("resnet", data_root, checkpoints["resnet"], "task.data.input_size=40", "optimizer=sgd",
+                     "task.data.train_subset=28", "task.max_steps=5", "checkpoint.every_steps=3")
+    assert run_inprocess(over, tmp_path / "whole").status == "completed"  # 24 images: 3 batches an epoch
+    original = ImageClassificationTask.train_step
+
+    def interrupted(self: ImageClassificationTask) -> dict:
+        if self.step == 4:  # after the step-3 checkpoint, in the second epoch
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(ImageClassificationTask, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_inprocess(over, tmp_path / "split")
+    monkeypatch.setattr(ImageClassificationTask, "train_step", original)
+    outcome = run_inprocess(over, tmp_path / "split")
+    assert outcome.status == "completed" and outcome.resumed
+    (whole,) = run_folders(tmp_path / "whole")
+    (split,) = run_folders(tmp_path / "split")
+    keys = ("step", "train_loss", "test_loss", "test_acc", "train_acc")
+    assert [{k: r[k] for k in keys} for r in metrics(whole)] == [{k: r[k] for k in keys} for r in metrics(split)]
+    a = torch.load(whole / "checkpoint.pt", weights_only=True)["task"]["model"]
+    b = torch.load(split / "checkpoint.pt", weights_only=True)["task"]["model"]
+    assert all(torch.equal(a[name], b[name]) for name in a)

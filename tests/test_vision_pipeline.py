@@ -1,4 +1,5 @@
-"""The two CIFAR input pipelines: same augmentation statistics, exact resume, worker-count independence."""
+"""The two CIFAR input pipelines: same augmentation statistics, exact resume, worker-count independence;
+the Inception crop (task.data.augment=inception_crop): TF's box rules, the crop-then-resize it equals."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch.nn import functional as F
 
 from conftest import metrics, run_folders, run_inprocess
 from optrepro.data.cifar import write_fake_cifar
-from optrepro.data.gpu_pipeline import DeviceImages, normalize_batch
+from optrepro.data.gpu_pipeline import DeviceImages, crop_resize_flip, inception_crop_params, normalize_batch
 from optrepro.data.loader_pipeline import SeededTransformDataset, TensorSource, cifar_crop_flip
 from optrepro.tasks.vision import ImageClassificationTask
 
@@ -71,6 +72,49 @@ def test_unaugmented_device_batches_are_normalized_images() -> None:
     half0, _ = padded.batch(torch.tensor([0, 1, 2, 3]), seed=7, rank=0, world=2)
     half1, _ = padded.batch(torch.tensor([0, 1, 2, 3]), seed=7, rank=1, world=2)
     assert torch.equal(half0, full[0::2]) and torch.equal(half1, full[1::2])
+
+
+def test_inception_boxes_follow_tfs_area_and_aspect_rules() -> None:
+    n = 20_000
+    top, left, h, w = inception_crop_params(n, 32, 32, torch.Generator().manual_seed(3))
+    area = h * w
+    # area_range (0.05, 1.0) of 32 x 32: 51.2 .. 1024 pixels; width = round(height * ratio), ratio 0.75 .. 1.33
+    assert int(area.min()) >= 51.2 and int(area.max()) <= 1024
+    assert bool((w >= torch.round(0.75 * h)).all() and (w <= torch.round(1.33 * h)).all())
+    # inside the image; offsets 0..H-h-1 (TF's Uniform(H - h)), 0 for a full side
+    assert bool((top >= 0).all() and (left >= 0).all())
+    assert bool(((top <= 31 - h) | ((h == 32) & (top == 0))).all())
+    assert bool(((left <= 31 - w) | ((w == 32) & (left == 0))).all())
+    # the whole range is used: small crops (< 10 % of the area) and near-full ones, both aspects
+    fraction = area.float() / 1024
+    assert float((fraction < 0.1).float().mean()) > 0.05 and float((fraction > 0.9).float().mean()) > 0.02
+    assert bool((w > h).any() and (w < h).any())
+    # seeded: the same generator state, the same boxes
+    again = inception_crop_params(n, 32, 32, torch.Generator().manual_seed(3))
+    assert all(torch.equal(a, b) for a, b in zip((top, left, h, w), again, strict=True))
+    # every attempt failing falls back to the whole image (TF: crop_rect = image_rect): with area >= 99 %
+    # only 32 x 32 fits, which a single attempt reaches only for a ratio rounding 32 to 32
+    top, left, h, w = inception_crop_params(500, 32, 32, torch.Generator().manual_seed(4), area_range=(0.99, 1.0),
+                                            attempts=1)
+    assert bool((h == 32).all() and (w == 32).all() and (top == 0).all() and (left == 0).all())
+
+
+def test_the_resize_is_tfs_half_pixel_bilinear_of_the_crop_alone() -> None:
+    # TF2 tf.image.resize bilinear (half-pixel centres, no antialias) of [0, 1] to 4 pixels: 0, 0.25, 0.75, 1
+    ramp = torch.tensor([0.0, 1.0]).view(1, 1, 1, 2).expand(1, 1, 2, 2)
+    row = crop_resize_flip(ramp, *(torch.tensor([v]) for v in (0, 0, 2, 2)), torch.tensor([False]), 4)[0, 0, 0]
+    assert torch.allclose(row, torch.tensor([0.0, 0.25, 0.75, 1.0]))
+    images = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(5)
+    top, left, h, w = inception_crop_params(6, 32, 32, gen)
+    flips = torch.tensor([True, False, True, False, False, True])
+    out = crop_resize_flip(images, top, left, h, w, flips, 48)
+    assert out.shape == (6, 3, 48, 48)
+    for i in range(6):
+        t, s, hh, ww = int(top[i]), int(left[i]), int(h[i]), int(w[i])
+        crop = images[i : i + 1, :, t : t + hh, s : s + ww].clone()  # the crop alone: its edges clamp
+        expected = F.interpolate(crop, size=(48, 48), mode="bilinear", align_corners=False, antialias=False)[0]
+        assert torch.equal(out[i], expected.flip(-1) if flips[i] else expected), i
 
 
 @pytest.fixture(scope="module")

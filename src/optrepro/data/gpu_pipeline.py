@@ -11,6 +11,10 @@ Randomness comes from a generator seeded per batch from (run seed, epoch, batch 
 the global RNG, so a resumed run draws the same crops and a data-parallel run draws the same crops
 as a single process (the draws are made for the global batch, then each rank takes its share).
 The same code runs on CPU (tests, and the digits task, where it is simply the fastest path).
+
+``task.data.augment=inception_crop`` (the ViT fine-tuning recipe's augmentation) is
+:func:`inception_crop_params` + :func:`crop_resize_flip`, applied by the task to either pipeline's
+unaugmented batch with draws seeded the same way.
 """
 
 from __future__ import annotations
@@ -44,6 +48,88 @@ def crop_flip_params(
         else torch.zeros(n, dtype=torch.bool, device=device)
     )
     return offsets[0], offsets[1], flips
+
+
+def inception_crop_params(
+    n: int, height: int, width: int, generator: torch.Generator,
+    area_range: tuple[float, float] = (0.05, 1.0), aspect_range: tuple[float, float] = (0.75, 1.33),
+    attempts: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integer crop boxes (top, left, crop height, crop width; int64 on the CPU) for ``n`` images.
+
+    The sampling rules of TF's ``sample_distorted_bounding_box`` with no boxes given
+    (``use_image_if_no_bounding_boxes``, ``min_object_covered=0``), which vit_jax's Inception crop
+    calls: per attempt an aspect ratio w/h uniform on ``aspect_range``; the crop height an integer
+    uniform between round(sqrt(min_area / ratio)) and the largest height whose width
+    round(height * ratio) fits (at most ``height``); width = round(height * ratio); one step up or
+    down when rounding put the area outside ``area_range``; the attempt fails if it still is, or
+    the box does not fit. The first successful attempt is kept, the whole image when all fail. The
+    offsets are uniform on 0..H-h-1 (TF's ``Uniform(H - h)``; 0 when h = H), so a smaller crop
+    never touches the last row / column, as in TF. Float32 arithmetic and round-half-even like
+    TF's lrintf. Attempts are drawn in parallel (the first valid one has the distribution of TF's
+    sequential loop); the random bits are torch's, not TF's Philox stream.
+    """
+    f32 = torch.float32
+    min_area = torch.tensor(area_range[0], dtype=f32) * width * height
+    max_area = torch.tensor(area_range[1], dtype=f32) * width * height
+    lo, hi = torch.tensor(aspect_range[0], dtype=f32), torch.tensor(aspect_range[1], dtype=f32)
+    ratio = torch.rand((n, attempts), generator=generator, dtype=f32) * (hi - lo) + lo
+    u_height = torch.rand((n, attempts), generator=generator, dtype=torch.float64)
+    u_top = torch.rand(n, generator=generator, dtype=torch.float64)
+    u_left = torch.rand(n, generator=generator, dtype=torch.float64)
+
+    def rounded_width(h: torch.Tensor) -> torch.Tensor:
+        return torch.round(h.to(f32) * ratio).long()
+
+    h = torch.round(torch.sqrt(min_area / ratio)).long()
+    max_h = torch.round(torch.sqrt(max_area / ratio)).long()
+    # the largest height whose rounded width fits: TF's (W + 0.5 - eps) / ratio, in double, truncated
+    eps = float(torch.tensor(1e-7, dtype=f32))
+    fit = ((width + 0.5 - eps) / ratio.double()).long()
+    fit = torch.where(rounded_width(fit) > width, fit - 1, fit)
+    max_h = torch.where(rounded_width(max_h) > width, fit, max_h).clamp(max=height)
+    h = torch.minimum(h, max_h)
+    span = max_h - h + 1  # h += Uniform(span), only when h < max_h (span 1 draws 0 anyway)
+    h = h + torch.minimum((u_height * span).floor().long(), span - 1)
+    w = rounded_width(h)
+    small = (w * h).to(f32) < min_area
+    h = torch.where(small, h + 1, h)
+    w = rounded_width(h)
+    big = (w * h).to(f32) > max_area
+    h = torch.where(big, h - 1, h)
+    w = rounded_width(h)
+    area = (w * h).to(f32)
+    ok = (area >= min_area) & (area <= max_area) & (w <= width) & (h <= height) & (w > 0) & (h > 0) & (area >= 1)
+    first = ok.int().argmax(1, keepdim=True)  # the first successful attempt
+    found = ok.any(1)
+    crop_h = torch.where(found, h.gather(1, first)[:, 0], height)
+    crop_w = torch.where(found, w.gather(1, first)[:, 0], width)
+    top = (u_top * (height - crop_h)).floor().long().clamp(min=0)
+    left = (u_left * (width - crop_w)).floor().long().clamp(min=0)
+    top = torch.minimum(top, (height - crop_h - 1).clamp(min=0))
+    left = torch.minimum(left, (width - crop_w - 1).clamp(min=0))
+    return top, left, crop_h, crop_w
+
+
+def crop_resize_flip(
+    images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, crop_h: torch.Tensor, crop_w: torch.Tensor,
+    flips: torch.Tensor, size: int,
+) -> torch.Tensor:
+    """Each image cropped to its box, resized to ``size`` x ``size`` and flipped where ``flips``.
+
+    The resize is TF2's ``tf.image.resize`` bilinear (half-pixel centres, no antialias):
+    ``F.interpolate(align_corners=False, antialias=False)`` of the crop alone, so the crop's edge
+    pixels are clamped, never blended with pixels outside the box (torchvision's ``roi_align``
+    would blend them, hence one interpolate per image). The flip follows the resize, as in vit_jax.
+    """
+    out = images.new_empty((images.shape[0], images.shape[1], size, size))
+    boxes = zip(top.tolist(), left.tolist(), crop_h.tolist(), crop_w.tolist(), strict=True)
+    for i, (t, s, h, w) in enumerate(boxes):
+        crop = images[i : i + 1, :, t : t + h, s : s + w]
+        out[i : i + 1] = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    flipped = flips.nonzero()[:, 0].to(images.device)
+    out[flipped] = out[flipped].flip(-1)
+    return out
 
 
 class DeviceImages:
@@ -114,4 +200,4 @@ class DeviceImages:
         return normalize_batch(out, self.mean, self.std, self.channels_last), self.labels[idx]
 
 
-__all__ = ["DeviceImages", "crop_flip_params", "normalize_batch"]
+__all__ = ["DeviceImages", "crop_flip_params", "crop_resize_flip", "inception_crop_params", "normalize_batch"]

@@ -126,7 +126,7 @@ def _check_vision(cfg: DictConfig) -> None:
                         "use task.data.pipeline=dataloader (or auto) for ImageFolder")
     if (augment == "imagenet") != (name == "imagefolder"):
         raise UserError(f"task.data.augment={augment} does not fit task.data.name={name} "
-                        f"(imagenet goes with imagefolder, crop_flip or none with in-memory datasets)")
+                        f"(imagenet goes with imagefolder, crop_flip, inception_crop or none with in-memory datasets)")
     if name in CLASSES and cfg.num_classes != CLASSES[name]:
         raise UserError(f"task.num_classes={cfg.num_classes} but {name} has {CLASSES[name]} classes")
     if cfg.model.num_classes is not None and cfg.model.num_classes < cfg.num_classes:

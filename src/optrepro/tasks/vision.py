@@ -11,6 +11,10 @@ CPU-scale ``digits_cnn`` demo. What it does, in the order a reader meets it:
     transforms (CIFAR: RandomCrop(32, padding=4) + RandomHorizontalFlip);
   - ``device``: the whole uint8 dataset on the device, crop + flip as one gather per batch
     (:mod:`optrepro.data.gpu_pipeline`).
+  ``task.data.augment``: ``crop_flip`` (the pad-``task.data.pad`` crop + flip above), ``none``,
+  ``imagenet`` (ImageFolder's RandomResizedCrop), or ``inception_crop``: vit_jax's Inception crop
+  (TF ``sample_distorted_bounding_box``, 5-100% of the area, aspect 3/4-4/3) of the 32 px image,
+  resized to ``task.data.input_size`` and flipped, on the device after either pipeline's batch.
   Both normalize on the device and use channels_last on CUDA. Randomness never comes from the
   global RNG: batch order is :class:`~optrepro.tasks.base.BatchOrder` (seed, epoch) and every
   augmentation draw is seeded by (seed, epoch, batch, position). So a resumed run is exact at
@@ -52,7 +56,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from optrepro.data import provenance
-from optrepro.data.gpu_pipeline import DeviceImages
+from optrepro.data.gpu_pipeline import DeviceImages, crop_resize_flip, inception_crop_params
 from optrepro.data.loader_pipeline import (
     LoaderImages,
     SeededTransformDataset,
@@ -74,7 +78,7 @@ from optrepro.tasks.base import (
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "digits")
 PIPELINES = ("auto", "dataloader", "device")
-AUGMENTS = ("crop_flip", "imagenet", "none")
+AUGMENTS = ("crop_flip", "imagenet", "inception_crop", "none")
 CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10}
 MODEL_SOURCES = ("cifar", "timm")  # optrepro.models.cifar's nets | a timm model (pretrained fine-tuning)
 SCHEDULES = ("step", "cosine")
@@ -121,6 +125,7 @@ class ImageClassificationTask(Task):
             pipeline = "device" if (cuda and self.data_name != "imagefolder") else "dataloader"
         self.pipeline = pipeline
         self.num_workers = int(data.get("num_workers", 0))
+        self.inception_crop = str(data.get("augment", "none")) == "inception_crop"
         self.mean, self.std = self._norm_stats()
 
         self._build_data()
@@ -348,18 +353,38 @@ class ImageClassificationTask(Task):
         images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=False)
         return images.contiguous(memory_format=memory), labels
 
+    def _inception_cropped(self, batch: tuple[torch.Tensor, torch.Tensor], epoch: int,
+                           index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``task.data.augment=inception_crop``: vit_jax's training crop of this rank's share of a batch.
+
+        The boxes and flips are drawn on the CPU for the whole global batch from the batch's seed
+        (seed, epoch, index), then each rank takes its share: the same crops on any device, any
+        number of processes, and after a resume.
+        """
+        images, labels = batch
+        n, height, width = self._global_batch(epoch, index).numel(), images.shape[-2], images.shape[-1]
+        generator = torch.Generator().manual_seed(self._batch_seed(epoch, index))
+        top, left, crop_h, crop_w = inception_crop_params(n, height, width, generator)
+        flips = torch.rand(n, generator=generator) < 0.5  # vit_jax: flip when uniform > 0.5
+        share = slice(self.dist.rank, None, self.dist.world)
+        size = self.input_size or width  # vit_jax resizes the crop to the model's input size
+        images = crop_resize_flip(images, top[share], left[share], crop_h[share], crop_w[share], flips[share], size)
+        memory = torch.channels_last if self.channels_last else torch.contiguous_format
+        return images.contiguous(memory_format=memory), labels
+
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.pipeline == "device":
             epoch, b = self._advance()
-            return self._resized(self.train_images.batch(
+            batch = self.train_images.batch(
                 self._global_batch(epoch, b), self._batch_seed(epoch, b), self.dist.rank, self.dist.world
-            ))
-        assert self.train_loader is not None
-        if not self.train_loader.serving or self.order.epoch_finished:
-            self._plan_rest_of_epoch()
-        batch = self.train_loader.next()
-        self._advance()
-        return self._resized(batch)
+            )
+        else:
+            assert self.train_loader is not None
+            if not self.train_loader.serving or self.order.epoch_finished:
+                self._plan_rest_of_epoch()
+            batch = self.train_loader.next()
+            epoch, b = self._advance()
+        return self._inception_cropped(batch, epoch, b) if self.inception_crop else self._resized(batch)
 
     # --- schedule ---------------------------------------------------------------------------
     def _next_epoch(self) -> int:
