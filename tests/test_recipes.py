@@ -61,3 +61,18 @@ def test_a_deviation_without_a_reason_is_caught(audit_data: tuple[dict, list[aud
     assert "not one of" in (audit.no_knob_problem(vague) or "")
     assert "says too little" in (audit.no_knob_problem(dataclasses.replace(deviation, no_knob="hardware: GPUs")) or "")
     assert audit.no_knob_problem(dataclasses.replace(match, no_knob="hardware: a reason on a match entry")) is not None
+
+
+def test_the_readmes_audit_counts_are_the_tables(audit_data: tuple[dict, list[audit.Entry]]) -> None:
+    """The README quotes the audit's counts; they must be today's, not an earlier round's."""
+    import re
+    from collections import Counter
+
+    from conftest import REPO
+
+    text = " ".join((REPO / "README.md").read_text().split())
+    quoted = re.search(r"Today: (\d+) match, (\d+) deviate, (\d+) have no key of ours", text)
+    assert quoted, "README.md lost its 'Today: N match, N deviate, N have no key of ours' sentence"
+    counts = Counter(e.status for e in audit_data[1])
+    assert tuple(map(int, quoted.groups())) == (counts["match"], counts["deviation"], counts["missing"])
+    assert all(e.no_knob_reason != "not_built" for e in audit_data[1]) == ("No deviation is left for want" in text)

@@ -336,7 +336,6 @@ class BatchOrder:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
-
 class GroupedBatchOrder(BatchOrder):
     """Batches each drawn from one group (mmdetection's ``GroupSampler``: images of one aspect-ratio
     group share a batch, so little of a padded batch is padding).
