@@ -25,8 +25,13 @@ def test_pip_install_then_train_elsewhere(tmp_path: Path) -> None:
     py = venv / "bin" / "python"
     # build from a copy of the checkout (symlinks kept): no build/ left behind, no stale build/ used
     source = tmp_path / "source"
-    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
-        ".git", "build", "*.egg-info", "results", "data", ".venv", "*cache*", "wandb"))
+    anywhere = shutil.ignore_patterns(".git", "build", "*.egg-info", ".venv", "*cache*", "wandb")
+
+    def ignore(folder: str, names: list[str]) -> set[str]:  # results/ and data/ of the checkout, not optrepro.data
+        top = {"results", "data"} & set(names) if Path(folder) == REPO else set()
+        return set(anywhere(folder, names)) | top
+
+    shutil.copytree(REPO, source, symlinks=True, ignore=ignore)
     subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(venv / "site"), str(source)], check=True, env=env, cwd=tmp_path)
     env["PYTHONPATH"] = os.pathsep.join([str(venv / "site"), deps])
