@@ -105,6 +105,29 @@ def run_folders(results_dir: Path) -> list[Path]:
     return sorted(p.parent for p in Path(results_dir).rglob("config.yaml") if ".sweeps" not in p.parts)
 
 
+def whole_and_resumed(overrides: Sequence[str], folder: Path, monkeypatch: pytest.MonkeyPatch, task_class: type,
+                      stop_at_step: int) -> tuple[Path, Path]:
+    """The same run twice, in process: straight through into ``folder/whole``, and into ``folder/split``
+    stopped as Ctrl-C would before train step ``stop_at_step + 1``, then relaunched (it must resume)."""
+    assert run_inprocess(overrides, folder / "whole").status == "completed"
+    original = task_class.train_step
+
+    def interrupted(self: Any) -> Any:
+        if self.step == stop_at_step:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(task_class, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_inprocess(overrides, folder / "split")
+    monkeypatch.setattr(task_class, "train_step", original)
+    outcome = run_inprocess(overrides, folder / "split")
+    assert outcome.status == "completed" and outcome.resumed
+    (whole,) = run_folders(folder / "whole")
+    (split,) = run_folders(folder / "split")
+    return whole, split
+
+
 def summary(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "summary.json").read_text())
 

@@ -16,7 +16,7 @@ import timm
 import torch
 import yaml
 
-from conftest import cli, compose, metrics, run_folders, run_inprocess, summary
+from conftest import cli, compose, metrics, run_folders, run_inprocess, summary, whole_and_resumed
 from optrepro.data.cifar import write_fake_cifar
 
 #: tiny stand-ins for ViT-B/16 and ResNet-50 (same timm classes and parameter names, far fewer weights)
@@ -221,22 +221,8 @@ def test_inception_crop_resume_mid_epoch_is_exact(data_root: Path, checkpoints: 
 
     over = overrides("resnet", data_root, checkpoints["resnet"], "task.data.input_size=40", "optimizer=sgd",
                      "task.data.train_subset=28", "task.max_steps=5", "checkpoint.every_steps=3")
-    assert run_inprocess(over, tmp_path / "whole").status == "completed"  # 24 images: 3 batches an epoch
-    original = ImageClassificationTask.train_step
-
-    def interrupted(self: ImageClassificationTask) -> dict:
-        if self.step == 4:  # after the step-3 checkpoint, in the second epoch
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(ImageClassificationTask, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_inprocess(over, tmp_path / "split")
-    monkeypatch.setattr(ImageClassificationTask, "train_step", original)
-    outcome = run_inprocess(over, tmp_path / "split")
-    assert outcome.status == "completed" and outcome.resumed
-    (whole,) = run_folders(tmp_path / "whole")
-    (split,) = run_folders(tmp_path / "split")
+    # 24 images: 3 batches an epoch; stopped after the step-3 checkpoint, in the second epoch
+    whole, split = whole_and_resumed(over, tmp_path, monkeypatch, ImageClassificationTask, stop_at_step=4)
     keys = ("step", "train_loss", "test_loss", "test_acc", "train_acc")
     assert [{k: r[k] for k in keys} for r in metrics(whole)] == [{k: r[k] for k in keys} for r in metrics(split)]
     a = torch.load(whole / "checkpoint.pt", weights_only=True)["task"]["model"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from conftest import metrics, run_folders, run_inprocess
+from conftest import metrics, whole_and_resumed
 from optrepro.data.cifar import write_fake_cifar
 from optrepro.data.gpu_pipeline import DeviceImages, crop_resize_flip, inception_crop_params, normalize_batch
 from optrepro.data.loader_pipeline import SeededTransformDataset, TensorSource, cifar_crop_flip
@@ -146,22 +146,8 @@ def test_resume_mid_epoch_is_exact(
     tmp_path: Path, fake_root: Path, pipeline: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     overrides = _overrides(fake_root, pipeline)
-    assert run_inprocess(overrides, tmp_path / "whole").status == "completed"
-    original = ImageClassificationTask.train_step
-
-    def interrupted(self: ImageClassificationTask) -> dict:
-        if self.step == 3:  # in the middle of the second epoch (2 steps per epoch)
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(ImageClassificationTask, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        run_inprocess(overrides, tmp_path / "split")
-    monkeypatch.setattr(ImageClassificationTask, "train_step", original)
-    outcome = run_inprocess(overrides, tmp_path / "split")
-    assert outcome.status == "completed" and outcome.resumed
-    (whole,) = run_folders(tmp_path / "whole")
-    (split,) = run_folders(tmp_path / "split")
+    # stopped in the middle of the second epoch (2 steps per epoch)
+    whole, split = whole_and_resumed(overrides, tmp_path, monkeypatch, ImageClassificationTask, stop_at_step=3)
     keys = ("step", "epoch", "lr", "test_loss", "test_acc", "train_acc")
     rows_whole = [{k: r[k] for k in keys} for r in metrics(whole)]
     rows_split = [{k: r[k] for k in keys} for r in metrics(split)]
